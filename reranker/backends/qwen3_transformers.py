@@ -1,0 +1,129 @@
+"""``qwen3_transformers``: Qwen3-Reranker on Hugging Face transformers.
+
+Only the last position's hidden state is projected, and only onto the two lm_head rows
+that matter (no, yes): the 151,669-wide logits are never computed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, ClassVar
+
+from reranker.backends._hf_loading import hf_tokenize_fn, load_or_explain
+from reranker.batching import plan_batches
+from reranker.options import TransformersOptions
+from reranker.prompts.qwen3 import NO_TOKEN_ID, YES_TOKEN_ID, Qwen3PromptEncoder
+from reranker.protocol import PairScores, RerankBackend
+
+logger = logging.getLogger(__name__)
+
+
+class Qwen3TransformersBackend(RerankBackend):
+    """Qwen3-Reranker with ``AutoModelForCausalLM``; thread-safe, batches under a token budget."""
+
+    name: ClassVar[str] = "qwen3_transformers"
+    requires: ClassVar[tuple[str, ...]] = ("torch", "transformers")
+    Options = TransformersOptions
+    env_prefix: ClassVar[str] = "RERANK_HF_"
+    options: TransformersOptions
+
+    def __init__(self, options: Any = None) -> None:
+        super().__init__(options)
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        opts = self.options
+        self._torch = torch
+        self.device = torch.device(
+            ("cuda" if torch.cuda.is_available() else "cpu") if opts.device == "auto" else opts.device
+        )
+        self.dtype = self._pick_dtype(opts.dtype)
+        tokenizer = load_or_explain(
+            opts.model_name,
+            "tokenizer",
+            lambda: AutoTokenizer.from_pretrained(
+                opts.model_name, padding_side="left", local_files_only=opts.local_files_only
+            ),
+        )
+        kwargs: dict[str, Any] = {"dtype": self.dtype, "local_files_only": opts.local_files_only}
+        if opts.attn_implementation != "auto":
+            kwargs["attn_implementation"] = opts.attn_implementation
+        model = load_or_explain(
+            opts.model_name,
+            "model",
+            lambda: AutoModelForCausalLM.from_pretrained(opts.model_name, **kwargs),
+        )
+        self._model = model.to(self.device).eval()
+        self._body = self._model.get_decoder()
+        head = self._model.get_output_embeddings().weight
+        # rows [no, yes]: logit(yes) - logit(no) = h . (w_yes - w_no)
+        self._yes_minus_no = (head[YES_TOKEN_ID] - head[NO_TOKEN_ID]).detach().float()
+        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self._encoder = Qwen3PromptEncoder(
+            self.template, hf_tokenize_fn(tokenizer), opts.max_model_len
+        )
+        self._lock = threading.Lock()
+        logger.info(
+            "qwen3_transformers ready: model=%s device=%s dtype=%s",
+            opts.model_name, self.device, self.dtype,
+        )
+
+    def _pick_dtype(self, name: str) -> Any:
+        torch = self._torch
+        if name != "auto":
+            return getattr(torch, name)
+        if self.device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+
+    def meta_extra(self) -> dict[str, Any]:
+        """Device and dtype in force."""
+        return {"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch.")}
+
+    def _score_pairs(
+        self, query: str, docs: list[str], instruction: str, max_doc_tokens: int | None
+    ) -> PairScores:
+        encoded = self._encoder.encode(query, docs, instruction, max_doc_tokens)
+        lengths = encoded.lengths()
+        batches = plan_batches(
+            lengths,
+            self.options.max_batch_tokens,
+            self.options.infer_batch_size,
+            self.options.sort_by_doc_length,
+        )
+        logits = [0.0] * len(docs)
+        with self._lock:
+            for batch in batches:
+                values = self._forward([encoded.prompt_ids(i) for i in batch])
+                for i, value in zip(batch, values, strict=True):
+                    logits[i] = value
+        return PairScores(logits, len(batches), sum(lengths), sum(encoded.truncated))
+
+    def _forward(self, prompts: list[list[int]]) -> list[float]:
+        torch = self._torch
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+            mask[row, width - len(prompt):] = 1
+        # Left padding: positions count real tokens only, as if each prompt were alone.
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            out = self._body(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                position_ids=positions.to(self.device),
+                use_cache=False,
+            )
+            last = out.last_hidden_state[:, -1, :].float()
+            diff = last @ self._yes_minus_no.to(last.device)
+        return [float(x) for x in diff.cpu()]
+
+    def close(self) -> None:
+        """Drop the model and free GPU memory."""
+        self._model = None
+        self._body = None
+        if self._torch.cuda.is_available():
+            self._torch.cuda.empty_cache()

@@ -1,0 +1,219 @@
+"""Settings: ``config/config.yaml`` plus ``RERANK_*`` environment overrides, validated.
+
+File layout::
+
+    services:
+      rerank:
+        backend: qwen3_transformers
+        backends:
+          qwen3_transformers: {model_name: ..., ...}
+        server: {host: ..., port: ...}
+
+Environment: ``RERANK_CONFIG`` (file path), ``RERANK_BACKEND``, ``RERANK_MODEL`` (the
+selected backend's model_name), and one variable per option of the selected backend,
+``<prefix><OPTION>`` where the prefix is the backend's ``env_prefix``
+(``RERANK_VLLM_`` for the vLLM backends, as before: ``RERANK_VLLM_INFER_BATCH_SIZE``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from reranker.errors import ConfigError
+from reranker.options import BackendOptions
+
+DEFAULT_CONFIG_PATH = Path("config/config.yaml")
+DEFAULT_BACKEND = "qwen3_transformers"
+
+
+class ServerSettings(BaseModel):
+    """HTTP service settings (``services.rerank.server``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_key: str | None = Field(None, description="Bearer token; unset = no auth")
+    max_docs_per_request: int = Field(1000, ge=1)
+    max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_query_chars: int = Field(32768, ge=1)
+    max_queue_docs: int = Field(8192, ge=1, description="Queued documents before 429")
+    batch_wait_ms: float = Field(2.0, ge=0.0, description="Wait to coalesce requests")
+    request_timeout_s: float = Field(120.0, gt=0.0)
+
+
+class RerankSection(BaseModel):
+    """``services.rerank``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: str = DEFAULT_BACKEND
+    backends: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+
+
+class ServicesSection(BaseModel):
+    """``services``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rerank: RerankSection = Field(default_factory=RerankSection)
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(extra="forbid")
+
+    services: ServicesSection = Field(default_factory=ServicesSection)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file and RERANK_* overrides are merged by load_settings into init kwargs.
+        return (init_settings,)
+
+    @property
+    def rerank(self) -> RerankSection:
+        """Shortcut to ``services.rerank``."""
+        return self.services.rerank
+
+    @property
+    def backend(self) -> str:
+        """The selected backend's name."""
+        return self.services.rerank.backend
+
+    def raw_backend_options(self, name: str | None = None) -> dict[str, Any]:
+        """The options mapping of ``name`` (default: the selected backend), unvalidated."""
+        return dict(self.services.rerank.backends.get(name or self.backend) or {})
+
+
+def _format_validation_error(exc: ValidationError, where: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        path = f"{where}.{loc}" if loc else where
+        got = f" (got {err['input']!r})" if "input" in err and err["type"] != "missing" else ""
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"  {path}: {msg}{got}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def _env_value(raw: str) -> Any:
+    """Env strings: JSON objects/lists are parsed, everything else pydantic coerces."""
+    text = raw.strip()
+    if text[:1] in "{[":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"cannot parse JSON value {raw!r}: {exc}") from exc
+    return text
+
+
+def backend_env_overrides(
+    options_model: type[BackendOptions], prefix: str, env: Mapping[str, str],
+    aliases: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Options taken from ``<prefix><OPTION>`` variables (and ``aliases``: var -> option)."""
+    found: dict[str, Any] = {}
+    for option in options_model.model_fields:
+        var = f"{prefix}{option.upper()}"
+        if env.get(var, "").strip():
+            found[option] = _env_value(env[var])
+    for var, option in (aliases or {}).items():
+        if env.get(var, "").strip():
+            found[option] = _env_value(env[var])
+    if env.get("RERANK_MODEL", "").strip():
+        found["model_name"] = env["RERANK_MODEL"].strip()
+    return found
+
+
+def load_settings(
+    config_path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Read the config file (``RERANK_CONFIG`` or ``config/config.yaml``) and RERANK_* env.
+
+    Raises :class:`ConfigError` naming each bad key. Backend options are validated by
+    :func:`resolve_backend_options`, which knows the selected backend's options model.
+    """
+    env = os.environ if env is None else env
+    path_text = config_path or env.get("RERANK_CONFIG")
+    path = Path(path_text) if path_text else DEFAULT_CONFIG_PATH
+    if path_text and not path.is_file():
+        raise ConfigError(f"config file {path} does not exist (RERANK_CONFIG / --config)")
+    data = _read_yaml(path) if path.is_file() else {}
+    rerank = data.setdefault("services", {}) or {}
+    if not isinstance(rerank, dict):
+        raise ConfigError("services must be a mapping")
+    section = rerank.setdefault("rerank", {}) or {}
+    if not isinstance(section, dict):
+        raise ConfigError("services.rerank must be a mapping")
+    rerank["rerank"] = section
+    if env.get("RERANK_BACKEND", "").strip():
+        section["backend"] = env["RERANK_BACKEND"].strip()
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, str(path))) from exc
+
+
+def resolve_backend_options(
+    settings: Settings, name: str | None = None, env: Mapping[str, str] | None = None
+) -> tuple[type[Any], BackendOptions]:
+    """The backend class and its validated options (file + env), or a clear error."""
+    from reranker.registry import load_backend_class
+
+    name = name or settings.backend
+    cls = load_backend_class(name)
+    env = os.environ if env is None else env
+    raw = settings.raw_backend_options(name)
+    raw.update(
+        backend_env_overrides(cls.Options, cls.env_prefix, env, getattr(cls, "env_aliases", None))
+    )
+    try:
+        return cls, cls.Options.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(
+            _format_validation_error(exc, f"services.rerank.backends.{name}")
+        ) from exc

