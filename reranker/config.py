@@ -183,13 +183,16 @@ def load_settings(
     if path_text and not path.is_file():
         raise ConfigError(f"config file {path} does not exist (RERANK_CONFIG / --config)")
     data = _read_yaml(path) if path.is_file() else {}
-    rerank = data.setdefault("services", {}) or {}
-    if not isinstance(rerank, dict):
+    if data.get("services") is None:
+        data["services"] = {}
+    services = data["services"]
+    if not isinstance(services, dict):
         raise ConfigError("services must be a mapping")
-    section = rerank.setdefault("rerank", {}) or {}
+    if services.get("rerank") is None:
+        services["rerank"] = {}
+    section = services["rerank"]
     if not isinstance(section, dict):
         raise ConfigError("services.rerank must be a mapping")
-    rerank["rerank"] = section
     if env.get("RERANK_BACKEND", "").strip():
         section["backend"] = env["RERANK_BACKEND"].strip()
     try:

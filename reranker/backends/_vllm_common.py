@@ -1,0 +1,114 @@
+"""What both vLLM backends share: engine arguments, attention choice, engine shutdown."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+from typing import Any
+
+from reranker.backends._hf_loading import load_or_explain
+from reranker.options import VLLMOptions
+
+logger = logging.getLogger(__name__)
+
+# The official overrides that turn the causal Qwen3-Reranker into a sequence classifier
+# whose single logit is logit(yes) - logit(no) (vLLM's "from_2_way_softmax").
+QWEN3_RERANKER_HF_OVERRIDES: dict[str, Any] = {
+    "architectures": ["Qwen3ForSequenceClassification"],
+    "classifier_from_token": ["no", "yes"],
+    "is_original_qwen3_reranker": True,
+}
+
+
+def cuda_capability() -> tuple[int, int] | None:
+    """The first CUDA device's compute capability, or None without CUDA."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability()
+            return int(major), int(minor)
+    except Exception:  # no torch CUDA runtime: vLLM's CPU build
+        return None
+    return None
+
+
+def attention_backend(options: VLLMOptions) -> str | None:
+    """The attention backend to force, or None to let vLLM choose.
+
+    An explicit ``vllm_attention_backend`` wins. Otherwise, on GPUs older than sm 8.0
+    (T4, V100) TRITON_ATTN is chosen, since FlashAttention-2 needs sm >= 80, unless
+    ``auto_triton_attn_on_sm_lt_8`` is off.
+    """
+    choice = options.vllm_attention_backend.strip().upper()
+    if choice and choice != "AUTO":
+        return choice
+    capability = cuda_capability()
+    if capability and capability[0] < 8 and options.auto_triton_attn_on_sm_lt_8:
+        logger.info("compute capability %d.%d < 8.0: attention backend TRITON_ATTN", *capability)
+        return "TRITON_ATTN"
+    return None
+
+
+def engine_kwargs(options: VLLMOptions, runner: str, **extra: Any) -> dict[str, Any]:
+    """Keyword arguments of ``vllm.LLM`` for these options."""
+    kwargs: dict[str, Any] = {
+        "model": options.model_name,
+        "tokenizer": options.model_name,
+        "runner": runner if options.vllm_runner == "auto" else options.vllm_runner,
+        "max_model_len": options.max_model_len,
+        "tensor_parallel_size": options.tensor_parallel_size,
+        "gpu_memory_utilization": options.gpu_memory_utilization,
+        "enable_prefix_caching": options.enable_prefix_caching,
+        "enforce_eager": options.enforce_eager,
+        "dtype": options.dtype,
+        "seed": options.seed,
+        **extra,
+    }
+    if options.vllm_convert != "auto":
+        kwargs["convert"] = options.vllm_convert
+    if options.hf_overrides:
+        kwargs["hf_overrides"] = {**options.hf_overrides, **kwargs.get("hf_overrides", {})}
+    if options.max_num_seqs:
+        kwargs["max_num_seqs"] = options.max_num_seqs
+    if options.max_num_batched_tokens:
+        kwargs["max_num_batched_tokens"] = options.max_num_batched_tokens
+    backend = attention_backend(options)
+    if backend:
+        kwargs["attention_config"] = {"backend": backend}
+    return kwargs
+
+
+def start_engine(options: VLLMOptions, kwargs: dict[str, Any]) -> Any:
+    """Build ``vllm.LLM``; a missing model becomes one clear error."""
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+    from vllm import LLM
+
+    logger.info("starting vLLM engine: %s", {k: v for k, v in kwargs.items() if k != "model"})
+    return load_or_explain(options.model_name, "vLLM engine", lambda: LLM(**kwargs))
+
+
+def stop_engine(llm: Any) -> None:
+    """Shut the engine's worker processes down and free accelerator memory."""
+    if llm is None:
+        return
+    engine = getattr(llm, "llm_engine", None)
+    core = getattr(engine, "engine_core", None)
+    for obj in (core, engine):
+        shutdown = getattr(obj, "shutdown", None)
+        if callable(shutdown):
+            try:
+                shutdown()
+                break
+            except Exception as exc:  # best effort: the process may be exiting
+                logger.debug("vLLM shutdown: %s", exc)
+    del llm
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:
+        pass

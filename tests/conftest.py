@@ -1,0 +1,32 @@
+"""Shared fixtures: the offline tiny Qwen3 reranker, built once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Directory of the tiny random Qwen3 model + real Qwen3 tokenizer.
+
+    ``RERANK_TEST_MODEL`` points at one built beforehand (scripts/test.sh builds it once
+    for all venvs); otherwise it is built here.
+    """
+    prebuilt = os.environ.get("RERANK_TEST_MODEL")
+    if prebuilt and (Path(prebuilt) / "config.json").is_file():
+        return Path(prebuilt)
+    pytest.importorskip("transformers")
+    from reranker.testing.tiny_qwen3 import build_model
+
+    return build_model(tmp_path_factory.mktemp("tiny-qwen3"))
+
+
+@pytest.fixture(scope="session")
+def qwen3_tokenizer(tiny_model_dir: Path):
+    """The real Qwen3 tokenizer, as saved with the tiny model."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_model_dir))

@@ -1,0 +1,28 @@
+"""A fake backend package registered through a real entry point (tests only)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from reranker.protocol import PairScores, RerankBackend
+
+
+class LengthBackend(RerankBackend):
+    """Scores a document by its length relative to the query: deterministic, no model."""
+
+    name: ClassVar[str] = "fake_length"
+
+    def _score_pairs(self, query, docs, instruction, max_doc_tokens):
+        self.calls = getattr(self, "calls", 0) + 1
+        return PairScores([float(len(d)) - len(query) for d in docs], batches=1, tokens=0)
+
+
+class NeedsMissingModule(LengthBackend):
+    """A backend whose dependency is not installed."""
+
+    name: ClassVar[str] = "fake_missing"
+    requires: ClassVar[tuple[str, ...]] = ("surely_not_installed_module_xyz",)
+
+
+class NotABackend:
+    """Registered by mistake: not a RerankBackend."""

@@ -1,0 +1,106 @@
+"""Config file + environment overrides, and the errors a bad config gets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from reranker.config import load_settings, resolve_backend_options
+from reranker.errors import ConfigError, UnknownBackend
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_config_is_valid():
+    settings = load_settings(REPO / "config" / "config.yaml", env={})
+    assert settings.backend == "qwen3_transformers"
+    for name in ("qwen3_transformers", "qwen3_vllm", "qwen3_vllm_score"):
+        cls, options = resolve_backend_options(settings, name, env={})
+        assert options.model_name == "Qwen/Qwen3-Reranker-0.6B"
+        assert cls.name == name
+
+
+def test_env_overrides_backend_model_and_options(tmp_path):
+    path = write(tmp_path, "services:\n  rerank:\n    backend: qwen3_transformers\n")
+    env = {
+        "RERANK_BACKEND": "qwen3_vllm",
+        "RERANK_MODEL": "/models/x",
+        "RERANK_VLLM_INFER_BATCH_SIZE": "7",
+        "RERANK_VLLM_SORT_BY_DOC_LENGTH": "false",
+        "RERANK_VLLM_HF_OVERRIDES": '{"a": 1}',
+        "RERANK_VLLM_AUTO_TRITON_ATTN": "0",
+        "RERANK_VLLM_ATTENTION_BACKEND": "TRITON_ATTN",
+    }
+    settings = load_settings(path, env=env)
+    assert settings.backend == "qwen3_vllm"
+    _, opts = resolve_backend_options(settings, env=env)
+    assert opts.model_name == "/models/x"
+    assert opts.infer_batch_size == 7
+    assert opts.sort_by_doc_length is False
+    assert opts.hf_overrides == {"a": 1}
+    assert opts.auto_triton_attn_on_sm_lt_8 is False
+    assert opts.vllm_attention_backend == "TRITON_ATTN"
+
+
+def test_rerank_config_env_names_the_file(tmp_path):
+    path = write(tmp_path, "services:\n  rerank:\n    backend: qwen3_vllm_score\n")
+    assert load_settings(env={"RERANK_CONFIG": str(path)}).backend == "qwen3_vllm_score"
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(env={"RERANK_CONFIG": str(tmp_path / "missing.yaml")})
+
+
+@pytest.mark.parametrize(
+    "yaml_text, fragment",
+    [
+        ("services:\n  rerank:\n    backnd: x\n", "services.rerank.backnd: unknown key"),
+        ("services:\n  rerank:\n    server:\n      port: -1\n", "services.rerank.server.port"),
+        ("services: [1, 2\n", "not valid YAML"),
+        ("- a\n- b\n", "mapping"),
+    ],
+)
+def test_bad_file_names_the_key(tmp_path, yaml_text, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, yaml_text), env={})
+    assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "options, fragment",
+    [
+        ("infer_batch_sise: 8", "services.rerank.backends.qwen3_transformers.infer_batch_sise: unknown key"),
+        ("infer_batch_size: 0", "infer_batch_size: Input should be greater than or equal to 1"),
+        ("dtype: float8", "dtype"),
+        ("instruction_format: fancy", "instruction_format"),
+        ("document_template: 'no placeholder'", "{doc}"),
+    ],
+)
+def test_bad_backend_options_name_the_key(tmp_path, options, fragment):
+    path = write(
+        tmp_path,
+        "services:\n  rerank:\n    backend: qwen3_transformers\n    backends:\n"
+        f"      qwen3_transformers:\n        {options}\n",
+    )
+    settings = load_settings(path, env={})
+    with pytest.raises(ConfigError) as err:
+        resolve_backend_options(settings, env={})
+    assert fragment in str(err.value)
+
+
+def test_bad_env_value_names_the_option(tmp_path):
+    settings = load_settings(write(tmp_path, ""), env={})
+    with pytest.raises(ConfigError, match="max_model_len"):
+        resolve_backend_options(settings, env={"RERANK_HF_MAX_MODEL_LEN": "lots"})
+
+
+def test_unknown_backend_lists_known(tmp_path):
+    settings = load_settings(write(tmp_path, ""), env={"RERANK_BACKEND": "nope"})
+    with pytest.raises(UnknownBackend) as err:
+        resolve_backend_options(settings, env={})
+    assert "qwen3_transformers" in str(err.value) and "qwen3_vllm" in str(err.value)

@@ -1,0 +1,107 @@
+"""Prompt layout, tokenisation boundaries and truncation, on the real Qwen3 tokenizer."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from reranker.errors import InvalidRequest  # noqa: E402
+from reranker.prompts.qwen3 import (  # noqa: E402
+    DEFAULT_INSTRUCTION,
+    NO_TOKEN_ID,
+    STANDARD_SUFFIX,
+    YES_TOKEN_ID,
+    Qwen3PromptEncoder,
+    Qwen3PromptTemplate,
+)
+from reranker.testing.tiny_qwen3 import EXPECTED_SUFFIX_IDS  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tokenize(qwen3_tokenizer):
+    return lambda texts: qwen3_tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+
+
+def test_real_tokenizer_ids(qwen3_tokenizer):
+    assert qwen3_tokenizer.convert_tokens_to_ids("yes") == YES_TOKEN_ID == 9693
+    assert qwen3_tokenizer.convert_tokens_to_ids("no") == NO_TOKEN_ID == 2152
+    assert qwen3_tokenizer(STANDARD_SUFFIX, add_special_tokens=False)["input_ids"] == [
+        151645, 198, 151644, 77091, 198, 151667, 271, 151668, 271
+    ] == EXPECTED_SUFFIX_IDS
+    assert qwen3_tokenizer.convert_tokens_to_ids("</think>") == 151668
+    assert len(qwen3_tokenizer) == 151669
+
+
+def test_standard_layout_is_the_model_cards():
+    t = Qwen3PromptTemplate.build()
+    text = t.prompt_text("Q?", "D.", "I")
+    assert text == (
+        "<|im_start|>system\nJudge whether the Document meets the requirements based on the "
+        'Query and the Instruct provided. Note that the answer can only be "yes" or "no".'
+        "<|im_end|>\n<|im_start|>user\n<Instruct>: I\n<Query>: Q?\n<Document>: D."
+        "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    )
+
+
+def test_compact_layout_puts_instruction_in_system():
+    text = Qwen3PromptTemplate.build("compact").prompt_text("Q", "D", "Rank products")
+    assert text.startswith("<|im_start|>system\nRank products<|im_end|>\n<|im_start|>user\n")
+    assert "<Instruct>: Rank products\n\n<Query>: Q\n\n<Document>: D<|im_end|>" in text
+
+
+QUERIES = ["what?", "Ünïcödé query…", "code: x = {a: 1}", "ends with space ", "数字 123"]
+DOCS = ["A doc.", "  leading", "emoji 🚀!", "line\nbreaks\n\n", "{doc} braces", "a" * 50]
+
+
+@pytest.mark.parametrize("fmt", ["standard", "compact"])
+def test_split_tokenisation_equals_whole_prompt(fmt, tokenize):
+    """The three parts tokenised apart give the ids of the whole prompt tokenised at once."""
+    template = Qwen3PromptTemplate.build(fmt)
+    encoder = Qwen3PromptEncoder(template, tokenize, max_length=10_000)
+    for q in QUERIES:
+        enc = encoder.encode(q.strip(), DOCS, DEFAULT_INSTRUCTION)
+        for i, d in enumerate(DOCS):
+            whole = tokenize([template.prompt_text(q.strip(), d, DEFAULT_INSTRUCTION)])[0]
+            assert enc.prompt_ids(i) == whole
+
+
+def test_truncation_cuts_only_the_document(tokenize):
+    template = Qwen3PromptTemplate.build()
+    encoder = Qwen3PromptEncoder(template, tokenize, max_length=120)
+    long_doc = "word " * 500
+    enc = encoder.encode("a query", ["short", long_doc], DEFAULT_INSTRUCTION)
+    assert enc.truncated == [False, True]
+    ids = enc.prompt_ids(1)
+    assert len(ids) == 120
+    assert ids[-9:] == EXPECTED_SUFFIX_IDS  # suffix intact
+    assert ids[: len(enc.query_ids)] == enc.query_ids  # query intact
+    assert enc.lengths()[1] == 120
+
+
+def test_max_doc_tokens_caps_the_document(tokenize):
+    encoder = Qwen3PromptEncoder(Qwen3PromptTemplate.build(), tokenize, max_length=4096)
+    enc = encoder.encode("q", ["word " * 100], DEFAULT_INSTRUCTION, max_doc_tokens=10)
+    lead = len(tokenize(["<Document>: "])[0])
+    assert len(enc.doc_ids[0]) == lead + 10 and enc.truncated == [True]
+
+
+def test_query_too_long_is_a_clear_error(tokenize):
+    encoder = Qwen3PromptEncoder(Qwen3PromptTemplate.build(), tokenize, max_length=100)
+    with pytest.raises(InvalidRequest) as err:
+        encoder.encode("query " * 200, ["doc"], DEFAULT_INSTRUCTION)
+    assert err.value.param == "query" and "max_model_len" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"query_template": "{prefix}{instruction}"}, "{query}"),
+        ({"document_template": "{doc}{doc}"}, "{doc}"),
+        ({"document_template": "{doc}{nope}"}, "unknown placeholder"),
+        ({"query_template": "{query"}, "not a valid template"),
+    ],
+)
+def test_bad_templates_are_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("{", r"\{").replace("}", r"\}")):
+        Qwen3PromptTemplate.build(**kwargs)

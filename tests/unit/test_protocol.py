@@ -1,0 +1,86 @@
+"""The protocol's contract, on a deterministic in-process backend (no model needed)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "fake_plugin"))
+from fake_reranker_plugin import LengthBackend  # noqa: E402
+
+from reranker.errors import InvalidRequest  # noqa: E402
+from reranker.protocol import sigmoid  # noqa: E402
+
+SEED_META_KEYS = {
+    "input_docs", "usable_docs", "unique_docs", "dedup_ratio", "elapsed_ms", "model",
+    "backend", "normalize", "inference_batches", "sort_by_doc_length", "instruction_format",
+    "infer_batch_size", "max_batch_tokens", "scored_tokens",
+}
+
+
+@pytest.fixture()
+def backend():
+    return LengthBackend({"model_name": "fake-model"})
+
+
+class Unprintable:
+    def __str__(self):
+        raise RuntimeError("no text")
+
+
+def test_scores_in_input_order_with_unusable_docs_zero(backend):
+    docs = ["aaaa", None, "", "   ", "aa", Unprintable(), b"aaa", 12345, "aaaa"]
+    scores, meta = backend.score_with_meta("a", docs, normalize=False)
+    assert scores == [3.0, 0.0, 0.0, 0.0, 1.0, 0.0, 2.0, 4.0, 3.0]
+    assert meta["input_docs"] == 9
+    assert meta["usable_docs"] == 5
+    assert meta["unique_docs"] == 4
+    assert meta["dedup_ratio"] == 0.2
+    assert SEED_META_KEYS <= set(meta)
+    assert meta["backend"] == "fake_length" and meta["model"] == "fake-model"
+    assert backend.calls == 1
+
+
+def test_normalize_gives_sigmoid_of_the_logit(backend):
+    raw = backend.score("ab", ["abcd", "a"], normalize=False)
+    prob = backend.score("ab", ["abcd", "a"], normalize=True)
+    assert prob == pytest.approx([1 / (1 + math.exp(-x)) for x in raw])
+    assert all(0.0 <= p <= 1.0 for p in prob)
+
+
+def test_blank_query_scores_everything_zero_without_calling_the_model(backend):
+    for query in ("", "  \n", None):
+        scores, meta = backend.score_with_meta(query, ["x", "y"])
+        assert scores == [0.0, 0.0] and meta["inference_batches"] == 0
+    assert getattr(backend, "calls", 0) == 0
+
+
+def test_empty_docs(backend):
+    assert backend.score_with_meta("q", [])[0] == []
+    assert backend.score_with_meta("q", None)[0] == []
+
+
+def test_docs_must_be_a_list(backend):
+    with pytest.raises(InvalidRequest) as err:
+        backend.score_with_meta("q", "not a list")
+    assert err.value.param == "docs"
+
+
+def test_rerank_orders_best_first_and_cuts_top_n(backend):
+    assert backend.rerank("a", ["aa", "aaaa", "aaa"], top_n=2) == [
+        (1, pytest.approx(sigmoid(3.0))), (2, pytest.approx(sigmoid(2.0)))
+    ]
+    with pytest.raises(InvalidRequest):
+        backend.rerank("a", ["aa"], top_n=0)
+
+
+def test_sigmoid_is_stable_at_the_extremes():
+    assert sigmoid(1000.0) == 1.0 and sigmoid(-1000.0) == 0.0 and sigmoid(0.0) == 0.5
+
+
+def test_context_manager_closes(backend):
+    with backend as b:
+        assert b.score("a", ["aa"])
