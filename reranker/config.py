@@ -57,7 +57,7 @@ class RerankSection(BaseModel):
 
     backend: str = DEFAULT_BACKEND
     backends: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    server: ServerSettings = Field(default_factory=ServerSettings)
+    server: ServerSettings = Field(default_factory=lambda: ServerSettings())
 
 
 class ServicesSection(BaseModel):
@@ -65,7 +65,7 @@ class ServicesSection(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    rerank: RerankSection = Field(default_factory=RerankSection)
+    rerank: RerankSection = Field(default_factory=lambda: RerankSection())
 
 
 class _YamlSource(PydanticBaseSettingsSource):
@@ -85,7 +85,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(extra="forbid")
 
-    services: ServicesSection = Field(default_factory=ServicesSection)
+    services: ServicesSection = Field(default_factory=lambda: ServicesSection())
 
     @classmethod
     def settings_customise_sources(
@@ -151,7 +151,9 @@ def _env_value(raw: str) -> Any:
 
 
 def backend_env_overrides(
-    options_model: type[BackendOptions], prefix: str, env: Mapping[str, str],
+    options_model: type[BackendOptions],
+    prefix: str,
+    env: Mapping[str, str],
     aliases: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Options taken from ``<prefix><OPTION>`` variables (and ``aliases``: var -> option)."""

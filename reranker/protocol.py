@@ -119,9 +119,7 @@ class RerankBackend(ABC):
         None, blank or unconvertible docs score 0.0; a blank query scores every doc 0.0.
         """
         start = time.perf_counter()
-        if isinstance(docs, str | bytes) or (
-            docs is not None and not isinstance(docs, Sequence)
-        ):
+        if isinstance(docs, str | bytes) or (docs is not None and not isinstance(docs, Sequence)):
             raise InvalidRequest("docs must be a list of strings", param="docs")
         if instruction is not None and not str(instruction).strip():
             raise InvalidRequest("instruction must not be blank", param="instruction")

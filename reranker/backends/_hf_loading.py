@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from reranker.errors import ModelUnavailable
 
@@ -27,17 +27,28 @@ def load_or_explain(model_name: str, what: str, load: Callable[[], T]) -> T:
         if local.exists():
             raise ModelUnavailable(f"cannot load the {what} from {local}: {exc}") from exc
         offline = os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True")
+        why = (
+            "HF_HUB_OFFLINE is set"
+            if offline
+            else "not a local directory, and the hub is unreachable or has no such model"
+        )
         raise ModelUnavailable(
-            f"cannot load the {what} of {model_name!r} "
-            f"({'HF_HUB_OFFLINE is set' if offline else 'not a local directory and the hub is unreachable or has no such model'}). "
-            + OFFLINE_HINT
+            f"cannot load the {what} of {model_name!r} ({why}). {OFFLINE_HINT}"
         ) from exc
 
 
-def hf_tokenize_fn(tokenizer: object) -> Callable[[list[str]], list[list[int]]]:
-    """A ``tokenize(texts) -> ids`` function over a HF tokenizer, no special tokens added."""
+class HFTextTokenizer:
+    """A HF tokenizer as :class:`reranker.prompts.qwen3.TextTokenizer` (no special tokens)."""
 
-    def tokenize(texts: list[str]) -> list[list[int]]:
-        return tokenizer(list(texts), add_special_tokens=False)["input_ids"]  # type: ignore[operator]
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
 
-    return tokenize
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text."""
+        return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of ``ids``, special tokens kept."""
+        return self.tokenizer.decode(
+            list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False
+        )

@@ -5,10 +5,12 @@ from __future__ import annotations
 import gc
 import logging
 import os
-from typing import Any
+from typing import Any, ClassVar
 
-from reranker.backends._hf_loading import load_or_explain
+from reranker.backends._hf_loading import HFTextTokenizer, load_or_explain
 from reranker.options import VLLMOptions
+from reranker.prompts.qwen3 import Qwen3PromptEncoder
+from reranker.protocol import RerankBackend
 
 logger = logging.getLogger(__name__)
 
@@ -112,3 +114,42 @@ def stop_engine(llm: Any) -> None:
             torch.cuda.empty_cache()
     except Exception:
         pass
+
+
+class VLLMBackendBase(RerankBackend):
+    """Shared by ``qwen3_vllm`` and ``qwen3_vllm_score``: options, env names, tokenizer,
+    prompt order, shutdown. Subclasses start ``self._llm`` and implement ``_score_pairs``.
+    """
+
+    requires: ClassVar[tuple[str, ...]] = ("vllm", "transformers")
+    Options = VLLMOptions
+    env_prefix: ClassVar[str] = "RERANK_VLLM_"
+    # Variable names the earlier qwen3_vllm_score backend read.
+    env_aliases: ClassVar[dict[str, str]] = {
+        "RERANK_VLLM_AUTO_TRITON_ATTN": "auto_triton_attn_on_sm_lt_8",
+        "RERANK_VLLM_ATTENTION_BACKEND": "vllm_attention_backend",
+    }
+    options: VLLMOptions
+    _llm: Any = None
+
+    def __init__(self, options: Any = None) -> None:
+        super().__init__(options)
+        from transformers import AutoTokenizer
+
+        name = self.options.model_name
+        tokenizer = load_or_explain(name, "tokenizer", lambda: AutoTokenizer.from_pretrained(name))
+        self._encoder = Qwen3PromptEncoder(
+            self.template, HFTextTokenizer(tokenizer), self.options.max_model_len
+        )
+
+    def _engine_order(self, lengths: list[int]) -> list[int]:
+        """Order in which prompts go to the engine: shortest first when configured."""
+        order = list(range(len(lengths)))
+        if self.options.sort_by_doc_length:
+            order.sort(key=lengths.__getitem__)
+        return order
+
+    def close(self) -> None:
+        """Shut the engine down and free its memory."""
+        stop_engine(self._llm)
+        self._llm = None

@@ -10,7 +10,7 @@ import logging
 import threading
 from typing import Any, ClassVar
 
-from reranker.backends._hf_loading import hf_tokenize_fn, load_or_explain
+from reranker.backends._hf_loading import HFTextTokenizer, load_or_explain
 from reranker.batching import plan_batches
 from reranker.options import TransformersOptions
 from reranker.prompts.qwen3 import NO_TOKEN_ID, YES_TOKEN_ID, Qwen3PromptEncoder
@@ -36,7 +36,9 @@ class Qwen3TransformersBackend(RerankBackend):
         opts = self.options
         self._torch = torch
         self.device = torch.device(
-            ("cuda" if torch.cuda.is_available() else "cpu") if opts.device == "auto" else opts.device
+            ("cuda" if torch.cuda.is_available() else "cpu")
+            if opts.device == "auto"
+            else opts.device
         )
         self.dtype = self._pick_dtype(opts.dtype)
         tokenizer = load_or_explain(
@@ -54,19 +56,21 @@ class Qwen3TransformersBackend(RerankBackend):
             "model",
             lambda: AutoModelForCausalLM.from_pretrained(opts.model_name, **kwargs),
         )
-        self._model = model.to(self.device).eval()
+        self._model = model.to(self.device).eval()  # type: ignore[arg-type]
         self._body = self._model.get_decoder()
         head = self._model.get_output_embeddings().weight
         # rows [no, yes]: logit(yes) - logit(no) = h . (w_yes - w_no)
         self._yes_minus_no = (head[YES_TOKEN_ID] - head[NO_TOKEN_ID]).detach().float()
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._encoder = Qwen3PromptEncoder(
-            self.template, hf_tokenize_fn(tokenizer), opts.max_model_len
+            self.template, HFTextTokenizer(tokenizer), opts.max_model_len
         )
         self._lock = threading.Lock()
         logger.info(
             "qwen3_transformers ready: model=%s device=%s dtype=%s",
-            opts.model_name, self.device, self.dtype,
+            opts.model_name,
+            self.device,
+            self.dtype,
         )
 
     def _pick_dtype(self, name: str) -> Any:
@@ -106,8 +110,8 @@ class Qwen3TransformersBackend(RerankBackend):
         ids = torch.full((len(prompts), width), self._pad_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for row, prompt in enumerate(prompts):
-            ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-            mask[row, width - len(prompt):] = 1
+            ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            mask[row, width - len(prompt) :] = 1
         # Left padding: positions count real tokens only, as if each prompt were alone.
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         with torch.inference_mode():

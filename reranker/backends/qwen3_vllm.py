@@ -14,39 +14,23 @@ import logging
 import threading
 from typing import Any, ClassVar
 
-from reranker.backends._hf_loading import hf_tokenize_fn, load_or_explain
-from reranker.backends._vllm_common import engine_kwargs, start_engine, stop_engine
-from reranker.options import VLLMOptions
-from reranker.prompts.qwen3 import NO_TOKEN_ID, YES_TOKEN_ID, Qwen3PromptEncoder
-from reranker.protocol import PairScores, RerankBackend
+from reranker.backends._vllm_common import VLLMBackendBase, engine_kwargs, start_engine
+from reranker.prompts.qwen3 import NO_TOKEN_ID, YES_TOKEN_ID
+from reranker.protocol import PairScores
 
 logger = logging.getLogger(__name__)
 
 
-class Qwen3VLLMBackend(RerankBackend):
+class Qwen3VLLMBackend(VLLMBackendBase):
     """Qwen3-Reranker on vLLM's generate path; one engine call per request."""
 
     name: ClassVar[str] = "qwen3_vllm"
-    requires: ClassVar[tuple[str, ...]] = ("vllm", "transformers")
-    Options = VLLMOptions
-    env_prefix: ClassVar[str] = "RERANK_VLLM_"
-    env_aliases: ClassVar[dict[str, str]] = {
-        "RERANK_VLLM_AUTO_TRITON_ATTN": "auto_triton_attn_on_sm_lt_8"
-    }
-    options: VLLMOptions
 
     def __init__(self, options: Any = None) -> None:
         super().__init__(options)
-        from transformers import AutoTokenizer
         from vllm import SamplingParams
 
         opts = self.options
-        tokenizer = load_or_explain(
-            opts.model_name, "tokenizer", lambda: AutoTokenizer.from_pretrained(opts.model_name)
-        )
-        self._encoder = Qwen3PromptEncoder(
-            self.template, hf_tokenize_fn(tokenizer), opts.max_model_len
-        )
         self._explicit_ids = "logprob_token_ids" in getattr(
             SamplingParams, "__struct_fields__", ()
         ) or "logprob_token_ids" in getattr(SamplingParams, "__dataclass_fields__", {})
@@ -59,7 +43,9 @@ class Qwen3VLLMBackend(RerankBackend):
             # Logprobs after the allowed-token mask: exactly yes and no remain.
             extra["logprobs_mode"] = "processed_logprobs"
             self._params = SamplingParams(
-                max_tokens=1, temperature=0.0, logprobs=2,
+                max_tokens=1,
+                temperature=0.0,
+                logprobs=2,
                 allowed_token_ids=[YES_TOKEN_ID, NO_TOKEN_ID],
             )
         # One generated token needs one more position than the longest prompt.
@@ -80,9 +66,7 @@ class Qwen3VLLMBackend(RerankBackend):
 
         encoded = self._encoder.encode(query, docs, instruction, max_doc_tokens)
         lengths = encoded.lengths()
-        order = sorted(range(len(docs)), key=lengths.__getitem__) if (
-            self.options.sort_by_doc_length
-        ) else list(range(len(docs)))
+        order = self._engine_order(lengths)
         prompts = [TokensPrompt(prompt_token_ids=encoded.prompt_ids(i)) for i in order]
         with self._lock:
             outputs = self._llm.generate(prompts, self._params, use_tqdm=False)
@@ -90,11 +74,6 @@ class Qwen3VLLMBackend(RerankBackend):
         for i, out in zip(order, outputs, strict=True):
             logits[i] = yes_minus_no(out.outputs[0].logprobs[0])
         return PairScores(logits, 1, sum(lengths), sum(encoded.truncated))
-
-    def close(self) -> None:
-        """Shut the engine down."""
-        stop_engine(getattr(self, "_llm", None))
-        self._llm = None
 
 
 def yes_minus_no(position_logprobs: dict[int, Any]) -> float:

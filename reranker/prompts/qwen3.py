@@ -17,16 +17,14 @@ from __future__ import annotations
 import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from reranker.errors import InvalidRequest
 
 YES_TOKEN_ID = 9693
 NO_TOKEN_ID = 2152
 
-DEFAULT_INSTRUCTION = (
-    "Given a web search query, retrieve relevant passages that answer the query"
-)
+DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 
 STANDARD_PREFIX = (
     "<|im_start|>system\nJudge whether the Document meets the requirements based on the "
@@ -46,6 +44,19 @@ COMPACT_DOCUMENT_TEMPLATE = "<Document>: {doc}{suffix}"
 InstructionFormat = Literal["standard", "compact"]
 Tokenize = Callable[[Sequence[str]], list[list[int]]]
 
+
+class TextTokenizer(Protocol):
+    """What the encoder needs of a tokenizer (see ``reranker.backends._hf_loading``)."""
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text, no special tokens added."""
+        ...
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of ``ids``."""
+        ...
+
+
 _QUERY_FIELDS = {"prefix", "instruction", "query"}
 _DOCUMENT_FIELDS = {"doc", "suffix"}
 
@@ -61,7 +72,9 @@ def _check_template(template: str, allowed: set[str], required: str, what: str) 
         raise ValueError(f"{what} is not a valid template: {exc}") from exc
     unknown = sorted(set(names) - allowed)
     if unknown:
-        raise ValueError(f"{what} uses unknown placeholder(s) {unknown}; allowed: {sorted(allowed)}")
+        raise ValueError(
+            f"{what} uses unknown placeholder(s) {unknown}; allowed: {sorted(allowed)}"
+        )
     if names.count(required) != 1:
         raise ValueError(f"{what} must contain {{{required}}} exactly once")
 
@@ -126,9 +139,10 @@ class EncodedPairs:
     """Token ids of one query against many documents."""
 
     query_ids: list[int]
-    doc_ids: list[list[int]]  # document part, already truncated
+    doc_ids: list[list[int]]  # document part ("<Document>: " + doc), already truncated
     tail_ids: list[int]
     truncated: list[bool]
+    doc_texts: list[str]  # each document as scored: the truncated text where cut
 
     def prompt_ids(self, i: int) -> list[int]:
         """Full prompt ids of pair ``i``."""
@@ -143,14 +157,16 @@ class EncodedPairs:
 class Qwen3PromptEncoder:
     """Turns (query, docs) into prompt token ids that fit ``max_length``.
 
-    ``tokenize`` maps texts to ids without adding special tokens, e.g.
-    ``lambda texts: tokenizer(list(texts), add_special_tokens=False)["input_ids"]``.
+    A document is cut where its kept text re-tokenises to exactly the kept ids (one
+    token earlier when the cut would split a character or a merge), so backends that
+    take ids and backends that take text (vLLM's score API) score the same tokens.
     """
 
-    def __init__(self, template: Qwen3PromptTemplate, tokenize: Tokenize, max_length: int):
+    def __init__(self, template: Qwen3PromptTemplate, tokenizer: TextTokenizer, max_length: int):
         self.template = template
         self.max_length = max_length
-        self._tokenize = tokenize
+        self._tokenizer = tokenizer
+        tokenize = self._tokenize = tokenizer.encode_batch
         self._lead, tail = template.document_lead_and_tail()
         self._lead_len = len(tokenize([self._lead])[0]) if self._lead else 0
         self._tail_ids = tokenize([tail])[0] if tail else []
@@ -180,9 +196,23 @@ class Qwen3PromptEncoder:
             room = min(room, self._lead_len + max_doc_tokens)
         doc_ids = self._tokenize([self._lead + d for d in docs]) if docs else []
         truncated = [len(ids) > room for ids in doc_ids]
+        texts = list(docs)
+        for i, cut in enumerate(truncated):
+            if cut:
+                doc_ids[i], texts[i] = self._cut(doc_ids[i][:room])
         return EncodedPairs(
             query_ids=query_ids,
-            doc_ids=[ids[:room] for ids in doc_ids],
+            doc_ids=doc_ids,
             tail_ids=list(self._tail_ids),
             truncated=truncated,
+            doc_texts=texts,
         )
+
+    def _cut(self, ids: list[int]) -> tuple[list[int], str]:
+        """The longest prefix of ``ids`` whose text round-trips, and that text (lead removed)."""
+        while len(ids) > self._lead_len:
+            text = self._tokenizer.decode(ids)
+            if text.startswith(self._lead) and self._tokenize([text])[0] == ids:
+                return ids, text[len(self._lead) :]
+            ids = ids[:-1]
+        return ids, ""

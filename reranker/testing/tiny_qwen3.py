@@ -54,15 +54,23 @@ EXPECTED_SUFFIX_IDS = [151645, 198, 151644, 77091, 198, 151667, 271, 151668, 271
 # Model shapes: "tiny" for tests, "0.6b" for benchmarks (Qwen3-Reranker-0.6B's config).
 SHAPES: dict[str, dict[str, Any]] = {
     "tiny": dict(
-        hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=64,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=64,
         # Wide initial weights: attention then depends on the tokens, so the last hidden
         # state (and the score) varies from prompt to prompt.
         initializer_range=0.3,
     ),
     "0.6b": dict(
-        hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
-        num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
     ),
 }
 
@@ -115,8 +123,13 @@ def check_tokenizer(tokenizer: Any) -> None:
             raise RuntimeError(f"{text!r} tokenizes to {got}, expected {expected}")
 
 
-def build_model(out_dir: str | Path, shape: str = "tiny", seed: int = 0,
-                max_position_embeddings: int = 40960, dtype: str = "float32") -> Path:
+def build_model(
+    out_dir: str | Path,
+    shape: str = "tiny",
+    seed: int = 0,
+    max_position_embeddings: int = 40960,
+    dtype: str = "float32",
+) -> Path:
     """Save tokenizer + random-weight Qwen3ForCausalLM of ``shape`` into ``out_dir``."""
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
@@ -124,7 +137,7 @@ def build_model(out_dir: str | Path, shape: str = "tiny", seed: int = 0,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
-    config = Qwen3Config(
+    config = Qwen3Config(  # type: ignore[call-arg]
         vocab_size=VOCAB_SIZE,
         max_position_embeddings=max_position_embeddings,
         rope_theta=1000000.0,
@@ -160,7 +173,20 @@ def _spread_yes_no(model: Any, tokenizer: Any, target_std: float = 2.0) -> None:
     from reranker.prompts.qwen3 import NO_TOKEN_ID, YES_TOKEN_ID, Qwen3PromptTemplate
 
     template = Qwen3PromptTemplate.build()
-    words = "alpha river stone green market quantum bread violin ocean tiger paper cloud".split()
+    words = [
+        "alpha",
+        "river",
+        "stone",
+        "green",
+        "market",
+        "quantum",
+        "bread",
+        "violin",
+        "ocean",
+        "tiger",
+        "paper",
+        "cloud",
+    ]
     prompts = [
         template.prompt_text(
             " ".join(words[i % 12 : i % 12 + 3]) + "?",
@@ -173,10 +199,12 @@ def _spread_yes_no(model: Any, tokenizer: Any, target_std: float = 2.0) -> None:
     with torch.no_grad():
         emb = model.model.embed_tokens.weight
         emb.normal_(0.0, 1.0, generator=gen)
-        hidden = torch.stack([
-            model.model(**tokenizer(p, return_tensors="pt")).last_hidden_state[0, -1]
-            for p in prompts
-        ])
+        hidden = torch.stack(
+            [
+                model.model(**tokenizer(p, return_tensors="pt")).last_hidden_state[0, -1]
+                for p in prompts
+            ]
+        )
         mean = hidden.mean(dim=0)
         direction = torch.randn(emb.shape[1], generator=gen)
         direction -= (direction @ mean) / (mean @ mean) * mean

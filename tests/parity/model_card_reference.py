@@ -47,9 +47,7 @@ class ModelCardReranker:
         self, query: str, docs: list[str], instruction: str = TASK, batch_size: int = 8
     ) -> tuple[list[float], list[float]]:
         """(P(yes), logit(yes) - logit(no)) for each doc."""
-        pairs = [
-            f"<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}" for doc in docs
-        ]
+        pairs = [f"<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}" for doc in docs]
         probs: list[float] = []
         diffs: list[float] = []
         for start in range(0, len(pairs), batch_size):

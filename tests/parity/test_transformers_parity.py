@@ -18,8 +18,12 @@ from reranker.registry import load_backend  # noqa: E402
 def backend(tiny_model_dir):
     b = load_backend(
         "qwen3_transformers",
-        {"model_name": str(tiny_model_dir), "max_model_len": MAX_MODEL_LEN, "dtype": "float32",
-         "max_batch_tokens": 2048},
+        {
+            "model_name": str(tiny_model_dir),
+            "max_model_len": MAX_MODEL_LEN,
+            "dtype": "float32",
+            "max_batch_tokens": 2048,
+        },
     )
     yield b
     b.close()
@@ -51,8 +55,12 @@ def test_long_docs_are_truncated_and_batched(backend):
 def test_batching_does_not_change_scores(tiny_model_dir, backend):
     single = load_backend(
         "qwen3_transformers",
-        {"model_name": str(tiny_model_dir), "max_model_len": MAX_MODEL_LEN,
-         "infer_batch_size": 1, "sort_by_doc_length": False},
+        {
+            "model_name": str(tiny_model_dir),
+            "max_model_len": MAX_MODEL_LEN,
+            "infer_batch_size": 1,
+            "sort_by_doc_length": False,
+        },
     )
     try:
         a = backend.score(QUERIES[2], DOCS, normalize=False)

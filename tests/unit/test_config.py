@@ -74,7 +74,10 @@ def test_bad_file_names_the_key(tmp_path, yaml_text, fragment):
 @pytest.mark.parametrize(
     "options, fragment",
     [
-        ("infer_batch_sise: 8", "services.rerank.backends.qwen3_transformers.infer_batch_sise: unknown key"),
+        (
+            "infer_batch_sise: 8",
+            "services.rerank.backends.qwen3_transformers.infer_batch_sise: unknown key",
+        ),
         ("infer_batch_size: 0", "infer_batch_size: Input should be greater than or equal to 1"),
         ("dtype: float8", "dtype"),
         ("instruction_format: fancy", "instruction_format"),

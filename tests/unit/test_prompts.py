@@ -19,16 +19,25 @@ from reranker.testing.tiny_qwen3 import EXPECTED_SUFFIX_IDS  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def tokenize(qwen3_tokenizer):
-    return lambda texts: qwen3_tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+def tok(qwen3_tokenizer):
+    from reranker.backends._hf_loading import HFTextTokenizer
+
+    return HFTextTokenizer(qwen3_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def tokenize(tok):
+    return tok.encode_batch
 
 
 def test_real_tokenizer_ids(qwen3_tokenizer):
     assert qwen3_tokenizer.convert_tokens_to_ids("yes") == YES_TOKEN_ID == 9693
     assert qwen3_tokenizer.convert_tokens_to_ids("no") == NO_TOKEN_ID == 2152
-    assert qwen3_tokenizer(STANDARD_SUFFIX, add_special_tokens=False)["input_ids"] == [
-        151645, 198, 151644, 77091, 198, 151667, 271, 151668, 271
-    ] == EXPECTED_SUFFIX_IDS
+    assert (
+        qwen3_tokenizer(STANDARD_SUFFIX, add_special_tokens=False)["input_ids"]
+        == [151645, 198, 151644, 77091, 198, 151667, 271, 151668, 271]
+        == EXPECTED_SUFFIX_IDS
+    )
     assert qwen3_tokenizer.convert_tokens_to_ids("</think>") == 151668
     assert len(qwen3_tokenizer) == 151669
 
@@ -55,10 +64,10 @@ DOCS = ["A doc.", "  leading", "emoji 🚀!", "line\nbreaks\n\n", "{doc} braces"
 
 
 @pytest.mark.parametrize("fmt", ["standard", "compact"])
-def test_split_tokenisation_equals_whole_prompt(fmt, tokenize):
+def test_split_tokenisation_equals_whole_prompt(fmt, tok, tokenize):
     """The three parts tokenised apart give the ids of the whole prompt tokenised at once."""
     template = Qwen3PromptTemplate.build(fmt)
-    encoder = Qwen3PromptEncoder(template, tokenize, max_length=10_000)
+    encoder = Qwen3PromptEncoder(template, tok, max_length=10_000)
     for q in QUERIES:
         enc = encoder.encode(q.strip(), DOCS, DEFAULT_INSTRUCTION)
         for i, d in enumerate(DOCS):
@@ -66,9 +75,9 @@ def test_split_tokenisation_equals_whole_prompt(fmt, tokenize):
             assert enc.prompt_ids(i) == whole
 
 
-def test_truncation_cuts_only_the_document(tokenize):
+def test_truncation_cuts_only_the_document(tok):
     template = Qwen3PromptTemplate.build()
-    encoder = Qwen3PromptEncoder(template, tokenize, max_length=120)
+    encoder = Qwen3PromptEncoder(template, tok, max_length=120)
     long_doc = "word " * 500
     enc = encoder.encode("a query", ["short", long_doc], DEFAULT_INSTRUCTION)
     assert enc.truncated == [False, True]
@@ -79,18 +88,32 @@ def test_truncation_cuts_only_the_document(tokenize):
     assert enc.lengths()[1] == 120
 
 
-def test_max_doc_tokens_caps_the_document(tokenize):
-    encoder = Qwen3PromptEncoder(Qwen3PromptTemplate.build(), tokenize, max_length=4096)
+def test_max_doc_tokens_caps_the_document(tok, tokenize):
+    encoder = Qwen3PromptEncoder(Qwen3PromptTemplate.build(), tok, max_length=4096)
     enc = encoder.encode("q", ["word " * 100], DEFAULT_INSTRUCTION, max_doc_tokens=10)
     lead = len(tokenize(["<Document>: "])[0])
     assert len(enc.doc_ids[0]) == lead + 10 and enc.truncated == [True]
 
 
-def test_query_too_long_is_a_clear_error(tokenize):
-    encoder = Qwen3PromptEncoder(Qwen3PromptTemplate.build(), tokenize, max_length=100)
+def test_query_too_long_is_a_clear_error(tok):
+    encoder = Qwen3PromptEncoder(Qwen3PromptTemplate.build(), tok, max_length=100)
     with pytest.raises(InvalidRequest) as err:
         encoder.encode("query " * 200, ["doc"], DEFAULT_INSTRUCTION)
     assert err.value.param == "query" and "max_model_len" in str(err.value)
+
+
+@pytest.mark.parametrize("doc", ["emoji 🚀🔥 " * 80, "数字与文字混合的文本" * 40, "naïve " * 90])
+def test_truncated_text_round_trips_to_the_kept_ids(tok, tokenize, doc):
+    """Cut docs come back as text that tokenises to exactly the kept ids."""
+    template = Qwen3PromptTemplate.build()
+    encoder = Qwen3PromptEncoder(template, tok, max_length=150)
+    enc = encoder.encode("q", [doc], DEFAULT_INSTRUCTION)
+    assert enc.truncated == [True]
+    assert doc.startswith(enc.doc_texts[0]) and len(enc.doc_texts[0]) < len(doc)
+    assert tokenize(["<Document>: " + enc.doc_texts[0]])[0] == enc.doc_ids[0]
+    assert len(enc.prompt_ids(0)) >= 150 - 3  # at most a few tokens short of the limit
+    whole = tokenize([template.prompt_text("q", enc.doc_texts[0], DEFAULT_INSTRUCTION)])[0]
+    assert whole == enc.prompt_ids(0)
 
 
 @pytest.mark.parametrize(

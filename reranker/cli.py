@@ -1,0 +1,131 @@
+"""``reranker`` command line: backends | score | bench | serve | build-test-model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+from reranker.errors import RerankerError
+
+
+def _backend_from_args(args: argparse.Namespace) -> Any:
+    import os
+
+    from reranker.config import load_settings, resolve_backend_options
+
+    env = dict(os.environ)
+    if args.model:
+        env["RERANK_MODEL"] = args.model
+    settings = load_settings(args.config, env=env)
+    cls, options = resolve_backend_options(settings, args.backend, env=env)
+    for item in args.option or []:
+        key, _, value = item.partition("=")
+        setattr(options, key, json.loads(value) if value[:1] in "[{" else value)
+    from reranker.registry import load_backend
+
+    return load_backend(cls.name, options)
+
+
+def _cmd_backends(args: argparse.Namespace) -> int:
+    from reranker.registry import list_backends
+
+    for info in list_backends():
+        state = "ok" if info.importable else f"unavailable ({info.error or info.missing})"
+        print(f"{info.name:20s} {state}")
+    return 0
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    docs = args.doc or [line.rstrip("\n") for line in sys.stdin]
+    with _backend_from_args(args) as backend:
+        scores, meta = backend.score_with_meta(args.query, docs, normalize=not args.raw)
+    print(json.dumps({"scores": scores, "meta": meta}, ensure_ascii=False, indent=2))
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from reranker.bench import format_result, run_bench
+    from reranker.workload import make_workload
+
+    workload = make_workload(args.queries, args.docs, args.min_words, args.max_words, args.seed)
+    with _backend_from_args(args) as backend:
+        print(format_result(run_bench(backend, workload, args.repeat, args.warmup)), flush=True)
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from reranker.service.server import serve
+
+    return serve(args.config, args.backend, args.host, args.port, args.model)
+
+
+def _cmd_build_test_model(args: argparse.Namespace) -> int:
+    from reranker.testing.tiny_qwen3 import main as build
+
+    build([args.out_dir, "--shape", args.shape, "--dtype", args.dtype])
+    return 0
+
+
+def _add_backend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", help="backend name (default: from config)")
+    p.add_argument("--config", help="config file (default: $RERANK_CONFIG or config/config.yaml)")
+    p.add_argument("--model", help="model_name override (hub id or local dir)")
+    p.add_argument("--option", "-o", action="append", help="backend option KEY=VALUE")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``reranker`` command."""
+    parser = argparse.ArgumentParser(prog="reranker", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("backends", help="list backends and whether they run here").set_defaults(
+        func=_cmd_backends
+    )
+    p = sub.add_parser("score", help="score documents (args or stdin lines) against a query")
+    _add_backend_args(p)
+    p.add_argument("query")
+    p.add_argument("doc", nargs="*")
+    p.add_argument("--raw", action="store_true", help="raw logit(yes)-logit(no)")
+    p.set_defaults(func=_cmd_score)
+    p = sub.add_parser("bench", help="pairs/s and tokens/s on a synthetic workload")
+    _add_backend_args(p)
+    p.add_argument("--queries", type=int, default=4)
+    p.add_argument("--docs", type=int, default=100, help="documents per query")
+    p.add_argument("--min-words", type=int, default=40)
+    p.add_argument("--max-words", type=int, default=700)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.set_defaults(func=_cmd_bench)
+    p = sub.add_parser("serve", help="start the HTTP service")
+    p.add_argument("--backend")
+    p.add_argument("--config")
+    p.add_argument("--model")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.set_defaults(func=_cmd_serve)
+    p = sub.add_parser("build-test-model", help="build the offline tiny Qwen3 reranker")
+    p.add_argument("out_dir")
+    p.add_argument("--shape", default="tiny", choices=["tiny", "0.6b"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.set_defaults(func=_cmd_build_test_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; typed errors become one line on stderr and exit status 2."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except RerankerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Start the reranking service with the configured backend's virtualenv.
+#
+#   scripts/start_reranker.sh [--backend NAME] [--config PATH] [--host H] [--port P] [--model M]
+#
+# The backend comes from --backend, else $RERANK_BACKEND, else services.rerank.backend in
+# the config (--config, else $RERANK_CONFIG, else config/config.yaml). Its venv
+# (.venv-reranker-<backend>, made by scripts/setup_reranker_venv.sh) goes first on PATH
+# and runs `reranker serve`. SIGTERM / SIGINT are forwarded so in-flight requests drain.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+backend="${RERANK_BACKEND:-}"
+config="${RERANK_CONFIG:-$root/config/config.yaml}"
+serve_args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --backend) backend="$2"; shift 2 ;;
+    --config) config="$2"; shift 2 ;;
+    --host|--port|--model) serve_args+=("$1" "$2"); shift 2 ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    *) echo "error: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+if [ ! -f "$config" ]; then
+  echo "error: config file $config does not exist" >&2
+  exit 2
+fi
+if [ -z "$backend" ]; then
+  # Read services.rerank.backend without needing any venv: a tiny YAML-path reader.
+  backend=$(awk '
+    /^[^ #][^:]*:/ { top=$1 } 
+    top=="services:" && /^  rerank:/ { inr=1; next }
+    inr && /^  [^ ]/ { inr=0 }
+    inr && /^    backend:/ { sub(/#.*/, ""); print $2; exit }' "$config")
+  backend="${backend:-qwen3_transformers}"
+fi
+venv="${RERANK_VENV_ROOT:-$root}/.venv-reranker-${backend}"
+if [ ! -x "$venv/bin/python" ] && [ "$backend" = qwen3_vllm_score ] \
+   && [ -x "${RERANK_VENV_ROOT:-$root}/.venv-reranker-qwen3_vllm/bin/python" ]; then
+  venv="${RERANK_VENV_ROOT:-$root}/.venv-reranker-qwen3_vllm"  # same packages
+fi
+if [ ! -x "$venv/bin/python" ]; then
+  echo "error: the venv of backend '$backend' is missing ($venv)." >&2
+  echo "       create it with: scripts/setup_reranker_venv.sh $backend" >&2
+  exit 3
+fi
+export PATH="$venv/bin:$PATH" VIRTUAL_ENV="$venv" RERANK_CONFIG="$config" RERANK_BACKEND="$backend"
+cd "$root"
+echo "[start] backend=$backend venv=$venv config=$config"
+"$venv/bin/python" -m reranker.cli serve "${serve_args[@]}" &
+child=$!
+forward() { kill -"$1" "$child" 2>/dev/null || true; }
+trap 'forward TERM' TERM
+trap 'forward INT' INT
+set +e
+while true; do
+  wait "$child"; rc=$?
+  # wait returns early (rc > 128) when a trapped signal arrives; keep waiting for the child.
+  if kill -0 "$child" 2>/dev/null; then continue; fi
+  exit "$rc"
+done

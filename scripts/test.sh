@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The project's test command (CI runs exactly this through .ci/run).
+#
+#   scripts/test.sh            # all suites: transformers venv, then the vLLM venv
+#   scripts/test.sh core       # unit + parity + service tests in the transformers venv only
+#   scripts/test.sh vllm       # the real-vLLM-engine tests only
+#
+# It creates the venvs it needs (scripts/setup_reranker_venv.sh, idempotent), builds the
+# offline tiny Qwen3 model once into .cache/tiny-qwen3, and fails on any failure or on
+# a suite that ran no test.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+which="${1:-all}"
+
+tf_venv="$root/.venv-reranker-qwen3_transformers"
+vllm_venv="$root/.venv-reranker-qwen3_vllm"
+export RERANK_TEST_MODEL="$root/.cache/tiny-qwen3"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+run_pytest() {  # venv, args...
+  local venv="$1"; shift
+  set +e
+  "$venv/bin/python" -m pytest -p no:cacheprovider -ra "$@"
+  local rc=$?
+  set -e
+  if [ "$rc" = 5 ]; then echo "error: pytest collected no test: $*" >&2; exit 1; fi
+  [ "$rc" = 0 ] || exit "$rc"
+}
+
+bash scripts/setup_reranker_venv.sh qwen3_transformers --dev
+if [ ! -f "$RERANK_TEST_MODEL/config.json" ]; then
+  "$tf_venv/bin/python" -m reranker.testing.tiny_qwen3 "$RERANK_TEST_MODEL"
+fi
+
+if [ "$which" = all ] || [ "$which" = core ]; then
+  "$tf_venv/bin/ruff" check reranker tests
+  "$tf_venv/bin/mypy" reranker
+  run_pytest "$tf_venv" tests --ignore=tests/vllm
+fi
+
+if [ "$which" = all ] || [ "$which" = vllm ]; then
+  # Both vLLM backends need the same packages: one venv serves the two of them here.
+  bash scripts/setup_reranker_venv.sh qwen3_vllm --dev
+  RERANK_REQUIRE_VLLM=1 VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-2}" \
+    run_pytest "$vllm_venv" tests/vllm
+fi
+echo "scripts/test.sh $which: all suites passed"

@@ -1,0 +1,102 @@
+"""qwen3_vllm on a real vLLM engine (CPU build in CI) and the tiny offline model."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from engines import vllm_backend
+from model_card_reference import ModelCardReranker
+from pairs import DOCS, MAX_MODEL_LEN, QUERIES
+from parity_check import assert_matches_reference
+
+from reranker.prompts.qwen3 import NO_TOKEN_ID, YES_TOKEN_ID
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model_dir):
+    b = vllm_backend("qwen3_vllm", tiny_model_dir)
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model_dir):
+    return ModelCardReranker(str(tiny_model_dir), MAX_MODEL_LEN)
+
+
+def test_matches_model_card_recipe(backend, reference):
+    assert assert_matches_reference(backend, reference) >= 50
+
+
+def test_one_engine_call_per_request(backend):
+    _, meta = backend.score_with_meta(QUERIES[0], DOCS)
+    assert meta["inference_batches"] == 1
+    assert meta["logprob_method"] in ("logprob_token_ids", "allowed_token_ids")
+
+
+def _rank_of_no(reference, query: str, doc: str) -> int:
+    import torch
+
+    text = (
+        f"<Instruct>: Given a web search query, retrieve relevant passages that answer the "
+        f"query\n<Query>: {query}\n<Document>: {doc}"
+    )
+    inputs = reference._inputs([text])
+    with torch.no_grad():
+        logits = reference.model(**inputs).logits[0, -1]
+    return int((logits > logits[NO_TOKEN_ID]).sum())
+
+
+def test_no_outside_top_20_still_scores_exactly(backend, reference):
+    """A doc whose "no" is not among the top-20 logprobs: top-k alone would lose it."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    query = QUERIES[0]
+    candidates = [d.strip() for d in DOCS if isinstance(d, str) and d.strip()]
+    doc = next(d for d in candidates if _rank_of_no(reference, query, d) > 20)
+
+    # What plain top-20 logprobs return for it: "no" is missing.
+    encoded = backend._encoder.encode(query, [doc], backend.options.instruction)
+    plain = (
+        backend._llm.generate(
+            [TokensPrompt(prompt_token_ids=encoded.prompt_ids(0))],
+            SamplingParams(max_tokens=1, temperature=0.0, logprobs=20),
+            use_tqdm=False,
+        )[0]
+        .outputs[0]
+        .logprobs[0]
+    )
+    assert NO_TOKEN_ID not in plain
+
+    probs, diffs = reference.score(query, [doc])
+    got_prob = backend.score(query, [doc])[0]
+    got_diff = backend.score(query, [doc], normalize=False)[0]
+    assert got_prob == pytest.approx(probs[0], abs=1e-4)
+    assert got_diff == pytest.approx(diffs[0], abs=1e-4)
+    # A substituted -10 for the missing "no" would have given another number.
+    if YES_TOKEN_ID in plain:
+        assert abs((plain[YES_TOKEN_ID].logprob + 10.0) - got_diff) > 1e-3
+
+
+def test_concurrent_calls_match_sequential(backend):
+    expected = {q: backend.score(q, DOCS) for q in QUERIES}
+    results: dict[tuple[int, str], list[float]] = {}
+    errors: list[BaseException] = []
+
+    def worker(k: int, q: str) -> None:
+        try:
+            results[(k, q)] = backend.score(q, DOCS)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k, q)) for k in range(3) for q in QUERIES]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors
+    for (_, q), scores in results.items():
+        assert scores == pytest.approx(expected[q], abs=1e-5)
+    assert len(results) == 3 * len(QUERIES)
