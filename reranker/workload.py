@@ -10,13 +10,7 @@ import math
 import random
 from dataclasses import dataclass
 
-_WORDS = (
-    "the of and to in is for on that with as by at from this are be or an it was which "
-    "system data model search query result document index ranking relevance score user "
-    "network energy market policy health climate river city music history science code "
-    "protein cell engine budget court language image sensor battery travel recipe garden "
-    "theory vaccine protocol server memory latency throughput storage privacy contract"
-).split()
+_WORDS = ["the", "of", "and", "to", "in", "is", "for", "on", "that", "with", "as", "by", "at", "from", "this", "are", "be", "or", "an", "it", "was", "which", "system", "data", "model", "search", "query", "result", "document", "index", "ranking", "relevance", "score", "user", "network", "energy", "market", "policy", "health", "climate", "river", "city", "music", "history", "science", "code", "protein", "cell", "engine", "budget", "court", "language", "image", "sensor", "battery", "travel", "recipe", "garden", "theory", "vaccine", "protocol", "server", "memory", "latency", "throughput", "storage", "privacy", "contract"]
 
 
 @dataclass(frozen=True)
