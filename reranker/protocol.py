@@ -1,17 +1,18 @@
 """The reranking protocol and the base class every backend extends.
 
-A backend implements :meth:`RerankBackend._score_pairs`: raw ``logit(yes) - logit(no)``
-for already cleaned, deduplicated documents. The base class does the rest, once for all
-backends: input cleaning, dedup, normalisation, scattering back to input order, meta.
+A backend implements :meth:`RerankBackend._score_pairs` (one query) or
+:meth:`RerankBackend._score_jobs` (several queries sharing batches): raw
+``logit(yes) - logit(no)`` for already cleaned, deduplicated documents. The base class
+does the rest, once for all backends: input cleaning, dedup, normalisation, scattering
+back to input order, meta.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from reranker.dedup import deduplicate_with_positions
@@ -27,6 +28,38 @@ class PairScores:
     batches: int  # forward batches (engine calls) used
     tokens: int  # prompt tokens scored, padding excluded
     truncated_docs: int = 0
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """One call of the protocol: a query and its documents (see ``score_with_meta``)."""
+
+    query: Any
+    docs: Sequence[Any] | None
+    normalize: bool = True
+    instruction: str | None = None
+    max_doc_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class ScoreJob:
+    """What a backend scores: a cleaned query and its unique, non-blank documents."""
+
+    query: str
+    docs: list[str]
+    instruction: str
+    max_doc_tokens: int | None = None
+
+
+@dataclass
+class _Prepared:
+    request: ScoreRequest
+    input_docs: int
+    usable: list[tuple[int, str]]
+    unique: list[str] = field(default_factory=list)
+    position_to_unique: list[int] = field(default_factory=list)
+    job: ScoreJob | None = None
+    result: PairScores | InvalidRequest | None = None
 
 
 def sigmoid(x: float) -> float:
@@ -57,7 +90,7 @@ def _as_text(doc: Any) -> str | None:
     return text or None
 
 
-class RerankBackend(ABC):
+class RerankBackend:
     """Scores how relevant each document is to a query.
 
     Class attributes describe a backend before it is built: ``name`` (its entry-point
@@ -85,11 +118,30 @@ class RerankBackend(ABC):
         """The model this backend serves (hub id or path)."""
         return self.options.model_name
 
-    @abstractmethod
     def _score_pairs(
         self, query: str, docs: list[str], instruction: str, max_doc_tokens: int | None
     ) -> PairScores:
-        """Raw logit(yes) - logit(no) for each doc; docs are non-empty and unique."""
+        """Raw logit(yes) - logit(no) for each doc; docs are non-empty and unique.
+
+        Implement this, or :meth:`_score_jobs` to share batches across requests.
+        """
+        raise NotImplementedError(f"{type(self).__name__} implements neither scoring hook")
+
+    def _score_jobs(self, jobs: list[ScoreJob]) -> list[PairScores | InvalidRequest]:
+        """Score several queries' documents at once; one result (or input error) per job.
+
+        The default scores job by job; backends override it to put the documents of all
+        jobs into shared batches or engine calls.
+        """
+        results: list[PairScores | InvalidRequest] = []
+        for job in jobs:
+            try:
+                results.append(
+                    self._score_pairs(job.query, job.docs, job.instruction, job.max_doc_tokens)
+                )
+            except InvalidRequest as exc:
+                results.append(exc)
+        return results
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free the model. Backends holding a model or engine override this."""
@@ -117,38 +169,87 @@ class RerankBackend(ABC):
 
         ``normalize=True`` gives P(yes) in [0, 1]; ``False`` the raw logit(yes) - logit(no).
         None, blank or unconvertible docs score 0.0; a blank query scores every doc 0.0.
+        Raises :class:`InvalidRequest` for input that cannot be scored.
+        """
+        request = ScoreRequest(query, docs, normalize, instruction, max_doc_tokens)
+        result = self.score_requests([request])[0]
+        if isinstance(result, InvalidRequest):
+            raise result
+        return result
+
+    def score_requests(
+        self, requests: Sequence[ScoreRequest]
+    ) -> list[tuple[list[float], dict[str, Any]] | InvalidRequest]:
+        """Score several requests together (their documents share batches).
+
+        Each request gets ``(scores, meta)`` as from :meth:`score_with_meta`, or the
+        :class:`InvalidRequest` its own input raised; one bad request never fails another.
         """
         start = time.perf_counter()
+        prepared: list[_Prepared | InvalidRequest] = []
+        for request in requests:
+            try:
+                prepared.append(self._prepare(request))
+            except InvalidRequest as exc:
+                prepared.append(exc)
+        to_score = [p for p in prepared if isinstance(p, _Prepared) and p.job is not None]
+        results = self._score_jobs([p.job for p in to_score if p.job is not None])
+        if len(results) != len(to_score):
+            raise RuntimeError(f"{self.name}: {len(results)} results for {len(to_score)} jobs")
+        for p, result in zip(to_score, results, strict=True):
+            p.result = result
+        elapsed_ms = round((time.perf_counter() - start) * 1000.0, 3)
+        return [
+            p if isinstance(p, InvalidRequest) else self._finish(p, elapsed_ms) for p in prepared
+        ]
+
+    def _prepare(self, request: ScoreRequest) -> _Prepared:
+        docs = request.docs
         if isinstance(docs, str | bytes) or (docs is not None and not isinstance(docs, Sequence)):
             raise InvalidRequest("docs must be a list of strings", param="docs")
+        instruction = request.instruction
         if instruction is not None and not str(instruction).strip():
             raise InvalidRequest("instruction must not be blank", param="instruction")
-        if max_doc_tokens is not None and max_doc_tokens < 1:
+        if request.max_doc_tokens is not None and request.max_doc_tokens < 1:
             raise InvalidRequest("max_doc_tokens must be >= 1", param="max_doc_tokens")
         docs = list(docs or [])
-        query_text = _as_text(query) or ""
+        query_text = _as_text(request.query) or ""
         usable = [(i, t) for i, t in ((i, _as_text(d)) for i, d in enumerate(docs)) if t]
-        scores = [0.0] * len(docs)
-        unique: list[str] = []
-        result = PairScores(logits=[], batches=0, tokens=0)
+        prepared = _Prepared(request, len(docs), usable)
         if query_text and usable:
-            unique, position_to_unique = deduplicate_with_positions([t for _, t in usable])
-            result = self._score_pairs(
-                query_text, unique, instruction or self.options.instruction, max_doc_tokens
+            prepared.unique, prepared.position_to_unique = deduplicate_with_positions(
+                [t for _, t in usable]
             )
-            if len(result.logits) != len(unique):
-                raise RuntimeError(
-                    f"{self.name}: got {len(result.logits)} scores for {len(unique)} documents"
-                )
-            values = [sigmoid(x) for x in result.logits] if normalize else result.logits
-            for (i, _), u in zip(usable, position_to_unique, strict=True):
+            prepared.job = ScoreJob(
+                query_text,
+                prepared.unique,
+                str(instruction) if instruction else self.options.instruction,
+                request.max_doc_tokens,
+            )
+        return prepared
+
+    def _finish(
+        self, p: _Prepared, elapsed_ms: float
+    ) -> tuple[list[float], dict[str, Any]] | InvalidRequest:
+        result = p.result or PairScores(logits=[], batches=0, tokens=0)
+        if isinstance(result, InvalidRequest):
+            return result
+        if len(result.logits) != len(p.unique):
+            raise RuntimeError(
+                f"{self.name}: got {len(result.logits)} scores for {len(p.unique)} documents"
+            )
+        normalize = p.request.normalize
+        values = [sigmoid(x) for x in result.logits] if normalize else result.logits
+        scores = [0.0] * p.input_docs
+        if p.job is not None:  # else: blank query or no usable doc, all 0.0
+            for (i, _), u in zip(p.usable, p.position_to_unique, strict=True):
                 scores[i] = float(values[u])
         meta = {
-            "input_docs": len(docs),
-            "usable_docs": len(usable),
-            "unique_docs": len(unique),
-            "dedup_ratio": round(1.0 - len(unique) / len(usable), 4) if unique else 0.0,
-            "elapsed_ms": round((time.perf_counter() - start) * 1000.0, 3),
+            "input_docs": p.input_docs,
+            "usable_docs": len(p.usable),
+            "unique_docs": len(p.unique),
+            "dedup_ratio": round(1.0 - len(p.unique) / len(p.usable), 4) if p.unique else 0.0,
+            "elapsed_ms": elapsed_ms,
             "model": self.model_name,
             "backend": self.name,
             "normalize": normalize,

@@ -11,10 +11,12 @@ import threading
 from typing import Any, ClassVar
 
 from reranker.backends._hf_loading import HFTextTokenizer, load_or_explain
+from reranker.backends._jobs import FlatPrompts
 from reranker.batching import plan_batches
+from reranker.errors import InvalidRequest
 from reranker.options import TransformersOptions
 from reranker.prompts.qwen3 import NO_TOKEN_ID, YES_TOKEN_ID, Qwen3PromptEncoder
-from reranker.protocol import PairScores, RerankBackend
+from reranker.protocol import PairScores, RerankBackend, ScoreJob
 
 logger = logging.getLogger(__name__)
 
@@ -85,24 +87,21 @@ class Qwen3TransformersBackend(RerankBackend):
         """Device and dtype in force."""
         return {"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch.")}
 
-    def _score_pairs(
-        self, query: str, docs: list[str], instruction: str, max_doc_tokens: int | None
-    ) -> PairScores:
-        encoded = self._encoder.encode(query, docs, instruction, max_doc_tokens)
-        lengths = encoded.lengths()
+    def _score_jobs(self, jobs: list[ScoreJob]) -> list[PairScores | InvalidRequest]:
+        flat = FlatPrompts.build(self._encoder, jobs)
         batches = plan_batches(
-            lengths,
+            flat.lengths,
             self.options.max_batch_tokens,
             self.options.infer_batch_size,
             self.options.sort_by_doc_length,
         )
-        logits = [0.0] * len(docs)
+        logits = [0.0] * len(flat.lengths)
         with self._lock:
             for batch in batches:
-                values = self._forward([encoded.prompt_ids(i) for i in batch])
-                for i, value in zip(batch, values, strict=True):
-                    logits[i] = value
-        return PairScores(logits, len(batches), sum(lengths), sum(encoded.truncated))
+                values = self._forward([flat.prompt_ids(k) for k in batch])
+                for k, value in zip(batch, values, strict=True):
+                    logits[k] = value
+        return flat.results(logits, len(batches))
 
     def _forward(self, prompts: list[list[int]]) -> list[float]:
         torch = self._torch

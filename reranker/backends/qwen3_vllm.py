@@ -14,9 +14,11 @@ import logging
 import threading
 from typing import Any, ClassVar
 
+from reranker.backends._jobs import FlatPrompts
 from reranker.backends._vllm_common import VLLMBackendBase, engine_kwargs, start_engine
+from reranker.errors import InvalidRequest
 from reranker.prompts.qwen3 import NO_TOKEN_ID, YES_TOKEN_ID
-from reranker.protocol import PairScores
+from reranker.protocol import PairScores, ScoreJob
 
 logger = logging.getLogger(__name__)
 
@@ -59,21 +61,19 @@ class Qwen3VLLMBackend(VLLMBackendBase):
             "logprob_method": "logprob_token_ids" if self._explicit_ids else "allowed_token_ids"
         }
 
-    def _score_pairs(
-        self, query: str, docs: list[str], instruction: str, max_doc_tokens: int | None
-    ) -> PairScores:
+    def _score_jobs(self, jobs: list[ScoreJob]) -> list[PairScores | InvalidRequest]:
         from vllm.inputs import TokensPrompt
 
-        encoded = self._encoder.encode(query, docs, instruction, max_doc_tokens)
-        lengths = encoded.lengths()
-        order = self._engine_order(lengths)
-        prompts = [TokensPrompt(prompt_token_ids=encoded.prompt_ids(i)) for i in order]
-        with self._lock:
-            outputs = self._llm.generate(prompts, self._params, use_tqdm=False)
-        logits = [0.0] * len(docs)
-        for i, out in zip(order, outputs, strict=True):
-            logits[i] = yes_minus_no(out.outputs[0].logprobs[0])
-        return PairScores(logits, 1, sum(lengths), sum(encoded.truncated))
+        flat = FlatPrompts.build(self._encoder, jobs)
+        order = self._engine_order(flat.lengths)
+        prompts = [TokensPrompt(prompt_token_ids=flat.prompt_ids(k)) for k in order]
+        logits = [0.0] * len(order)
+        if prompts:
+            with self._lock:
+                outputs = self._llm.generate(prompts, self._params, use_tqdm=False)
+            for k, out in zip(order, outputs, strict=True):
+                logits[k] = yes_minus_no(out.outputs[0].logprobs[0])
+        return flat.results(logits, 1 if prompts else 0)
 
 
 def yes_minus_no(position_logprobs: dict[int, Any]) -> float:

@@ -13,13 +13,15 @@ import math
 import threading
 from typing import Any, ClassVar
 
+from reranker.backends._jobs import FlatPrompts
 from reranker.backends._vllm_common import (
     QWEN3_RERANKER_HF_OVERRIDES,
     VLLMBackendBase,
     engine_kwargs,
     start_engine,
 )
-from reranker.protocol import PairScores
+from reranker.errors import InvalidRequest
+from reranker.protocol import PairScores, ScoreJob
 
 logger = logging.getLogger(__name__)
 
@@ -48,23 +50,23 @@ class Qwen3VLLMScoreBackend(VLLMBackendBase):
         self._pooling = PoolingParams(**{self._raw: False}) if self._raw else None
         self._lock = threading.Lock()
 
-    def _score_pairs(
-        self, query: str, docs: list[str], instruction: str, max_doc_tokens: int | None
-    ) -> PairScores:
-        encoded = self._encoder.encode(query, docs, instruction, max_doc_tokens)
-        lengths = encoded.lengths()
-        order = self._engine_order(lengths)
-        query_text = self.template.query_text(query, instruction)
-        doc_texts = [self._lead + encoded.doc_texts[i] + self._tail for i in order]
-        with self._lock:
-            outputs = self._llm.score(
-                query_text, doc_texts, use_tqdm=False, pooling_params=self._pooling
-            )
-        logits = [0.0] * len(docs)
-        for i, out in zip(order, outputs, strict=True):
-            value = float(out.outputs.score)
-            logits[i] = value if self._raw else _logit(value)
-        return PairScores(logits, 1, sum(lengths), sum(encoded.truncated))
+    def _score_jobs(self, jobs: list[ScoreJob]) -> list[PairScores | InvalidRequest]:
+        flat = FlatPrompts.build(self._encoder, jobs)
+        order = self._engine_order(flat.lengths)
+        queries = [
+            self.template.query_text(flat.job(k).query, flat.job(k).instruction) for k in order
+        ]
+        docs = [self._lead + flat.doc_text(k) + self._tail for k in order]
+        logits = [0.0] * len(order)
+        if docs:
+            with self._lock:
+                outputs = self._llm.score(
+                    queries, docs, use_tqdm=False, pooling_params=self._pooling
+                )
+            for k, out in zip(order, outputs, strict=True):
+                value = float(out.outputs.score)
+                logits[k] = value if self._raw else _logit(value)
+        return flat.results(logits, 1 if docs else 0)
 
 
 def _logit(p: float) -> float:

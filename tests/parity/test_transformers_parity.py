@@ -77,3 +77,26 @@ def test_instruction_override_changes_scores(backend):
         QUERIES[0], docs, normalize=False, instruction="Find product reviews"
     )
     assert max(abs(x - y) for x, y in zip(base, other, strict=True)) > 1e-3
+
+
+def test_requests_scored_together_match_one_by_one(backend):
+    """Several requests coalesced into shared batches give each its own scores."""
+    from reranker.errors import InvalidRequest
+    from reranker.protocol import ScoreRequest
+
+    requests = [
+        ScoreRequest(QUERIES[0], DOCS),
+        ScoreRequest("word " * 600, DOCS),  # query too long for max_model_len: its own error
+        ScoreRequest(QUERIES[1], DOCS, normalize=False),
+        ScoreRequest("", DOCS),
+        ScoreRequest(QUERIES[2], DOCS[:3], instruction="Find code"),
+    ]
+    together = backend.score_requests(requests)
+    assert isinstance(together[1], InvalidRequest) and together[1].param == "query"
+    for request, result in zip(requests, together, strict=True):
+        if isinstance(result, InvalidRequest):
+            continue
+        alone, _ = backend.score_with_meta(
+            request.query, request.docs, request.normalize, instruction=request.instruction
+        )
+        assert result[0] == pytest.approx(alone, abs=1e-4)
