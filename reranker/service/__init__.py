@@ -1,0 +1,1 @@
+"""The HTTP service: FastAPI app factory, cross-request batching scheduler, metrics."""

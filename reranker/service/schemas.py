@@ -1,0 +1,95 @@
+"""Request bodies of the HTTP API (pydantic), validated before anything is scored."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class DocumentObject(BaseModel):
+    """A document given as an object (Cohere / Jina style)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    text: str
+
+
+class RerankBody(BaseModel):
+    """``POST /rerank``, ``/v1/rerank``, ``/v2/rerank`` (Cohere v2 / Jina shape)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    query: str
+    documents: list[str | DocumentObject]
+    top_n: int | None = Field(None, ge=1)
+    return_documents: bool = False
+    max_tokens_per_doc: int | None = Field(None, ge=1)
+    instruction: str | None = None
+    rank_fields: list[str] | None = None  # accepted for compatibility, unused
+
+    @field_validator("query")
+    @classmethod
+    def _query_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("query must not be empty or whitespace")
+        return value
+
+    @field_validator("documents")
+    @classmethod
+    def _documents_not_empty(cls, value: list[Any]) -> list[Any]:
+        if not value:
+            raise ValueError("documents must hold at least one document")
+        return value
+
+    def texts(self) -> list[str]:
+        """Document texts, in input order."""
+        return [d if isinstance(d, str) else d.text for d in self.documents]
+
+
+class ScoreBody(BaseModel):
+    """``POST /score`` (vLLM shape): ``queries``/``documents`` or ``text_1``/``text_2``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    queries: str | list[str] | None = None
+    documents: str | list[str | DocumentObject] | None = None
+    text_1: str | list[str] | None = None
+    text_2: str | list[str | DocumentObject] | None = None
+    instruction: str | None = None
+
+    def pairs(self) -> tuple[list[str], list[str]]:
+        """(queries, documents) of equal length, or a ValueError saying what is wrong."""
+        left = self.queries if self.queries is not None else self.text_1
+        right = self.documents if self.documents is not None else self.text_2
+        if left is None or right is None:
+            raise ValueError("give queries and documents (or text_1 and text_2)")
+        queries = [left] if isinstance(left, str) else list(left)
+        docs_raw = [right] if isinstance(right, str | DocumentObject) else list(right)
+        docs = [d if isinstance(d, str) else d.text for d in docs_raw]
+        if not queries or not docs:
+            raise ValueError("queries and documents must not be empty")
+        if len(queries) == 1:
+            queries = queries * len(docs)
+        if len(queries) != len(docs):
+            raise ValueError(
+                f"{len(queries)} queries for {len(docs)} documents: give one query, or as "
+                "many queries as documents"
+            )
+        if any(not q.strip() for q in queries):
+            raise ValueError("queries must not be empty or whitespace")
+        return queries, docs
+
+
+class ScoreWithMetaBody(BaseModel):
+    """``POST /v1/score_with_meta``: exactly the protocol call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: str | None
+    docs: list[str | int | float | bool | None]
+    normalize: bool = True
+    instruction: str | None = None
+    max_doc_tokens: int | None = Field(None, ge=1)
