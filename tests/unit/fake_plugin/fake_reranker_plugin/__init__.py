@@ -26,3 +26,19 @@ class NeedsMissingModule(LengthBackend):
 
 class NotABackend:
     """Registered by mistake: not a RerankBackend."""
+
+
+class FlakyBackend(LengthBackend):
+    """Raises on the query "__boom__" and sleeps on "__slow__": to test the HTTP layer's
+    handling of a failing or slow backend."""
+
+    name: ClassVar[str] = "fake_flaky"
+
+    def _score_pairs(self, query, docs, instruction, max_doc_tokens):
+        import time
+
+        if query == "__boom__":
+            raise RuntimeError("backend exploded")
+        if query == "__slow__":
+            time.sleep(0.5)
+        return super()._score_pairs(query, docs, instruction, max_doc_tokens)
