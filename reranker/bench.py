@@ -12,18 +12,29 @@ from reranker.workload import Workload
 
 
 def gpu_info() -> dict[str, Any]:
-    """Name of the GPU and peak memory allocated by this process (torch), if any."""
+    """GPU name, this process's peak torch allocation, and the card's memory in use.
+
+    The vLLM engine runs in a child process, so the card-wide figure (NVML) is the one
+    that covers every backend.
+    """
+    info: dict[str, Any] = {"device": f"cpu ({platform.processor() or platform.machine()})"}
     try:
         import torch
 
         if torch.cuda.is_available():
-            return {
-                "device": torch.cuda.get_device_name(0),
-                "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
-            }
+            info["device"] = torch.cuda.get_device_name(0)
+            info["peak_torch_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    except Exception:
+        return info
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        mem = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0))
+        info["gpu_mem_used_gib"] = round(mem.used / 2**30, 2)
     except Exception:
         pass
-    return {"device": f"cpu ({platform.processor() or platform.machine()})"}
+    return info
 
 
 def run_bench(
@@ -56,11 +67,40 @@ def run_bench(
     }
 
 
+def run_baseline(
+    backend: RerankBackend, workload: Workload, repeat: int = 3
+) -> dict[str, Any] | None:
+    """Time the raw counterpart of ``backend`` (see :mod:`reranker.baselines`)."""
+    from reranker.baselines import BASELINES
+
+    if backend.name not in BASELINES:
+        return None
+    label, fn = BASELINES[backend.name]
+    fn(backend, Workload(workload.queries[:1], [workload.docs[0][:8]]))  # warm-up
+    runs = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        pairs = fn(backend, workload)
+        runs.append(time.perf_counter() - start)
+    best = min(runs)
+    return {
+        "backend": f"baseline:{backend.name}",
+        "baseline": label,
+        "model": backend.model_name,
+        "pairs": pairs,
+        "best_s": round(best, 4),
+        "pairs_per_s": round(pairs / best, 1),
+        "mean_pairs_per_s": round(pairs * len(runs) / sum(runs), 1),
+        **gpu_info(),
+    }
+
+
 def format_result(result: dict[str, Any]) -> str:
     """One human line plus the JSON record."""
+    tokens = f", {result['tokens_per_s']} tokens/s" if "tokens_per_s" in result else ""
+    per_pair = result.get("mean_tokens_per_pair", "?")
     line = (
-        f"{result['backend']}: {result['pairs_per_s']} pairs/s, {result['tokens_per_s']} "
-        f"tokens/s ({result['pairs']} pairs, {result['mean_tokens_per_pair']} tokens/pair, "
-        f"best of runs {result['best_s']} s) on {result['device']}"
+        f"{result['backend']}: {result['pairs_per_s']} pairs/s{tokens} ({result['pairs']} "
+        f"pairs, {per_pair} tokens/pair, best run {result['best_s']} s) on {result['device']}"
     )
     return line + "\n" + json.dumps(result)

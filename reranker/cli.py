@@ -47,12 +47,23 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from reranker.bench import format_result, run_bench
+    from reranker.bench import format_result, run_baseline, run_bench
     from reranker.workload import make_workload
 
     workload = make_workload(args.queries, args.docs, args.min_words, args.max_words, args.seed)
+    results = []
     with _backend_from_args(args) as backend:
-        print(format_result(run_bench(backend, workload, args.repeat, args.warmup)), flush=True)
+        results.append(run_bench(backend, workload, args.repeat, args.warmup))
+        print(format_result(results[-1]), flush=True)
+        if args.baseline:
+            baseline = run_baseline(backend, workload, args.repeat)
+            if baseline:
+                results.append(baseline)
+                print(format_result(baseline), flush=True)
+    if args.json_out:
+        with open(args.json_out, "a", encoding="utf-8") as out:
+            for result in results:
+                out.write(json.dumps(result) + "\n")
     return 0
 
 
@@ -93,11 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend_args(p)
     p.add_argument("--queries", type=int, default=4)
     p.add_argument("--docs", type=int, default=100, help="documents per query")
-    p.add_argument("--min-words", type=int, default=40)
-    p.add_argument("--max-words", type=int, default=700)
+    p.add_argument("--min-words", type=int, default=100)
+    p.add_argument("--max-words", type=int, default=1250)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also time the raw counterpart (vLLM generate/score, model card)",
+    )
+    p.add_argument("--json-out", help="append JSON records to this file")
     p.set_defaults(func=_cmd_bench)
     p = sub.add_parser("serve", help="start the HTTP service")
     p.add_argument("--backend")

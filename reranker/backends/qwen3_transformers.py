@@ -58,6 +58,7 @@ class Qwen3TransformersBackend(RerankBackend):
             "model",
             lambda: AutoModelForCausalLM.from_pretrained(opts.model_name, **kwargs),
         )
+        self._tokenizer = tokenizer
         self._model = model.to(self.device).eval()  # type: ignore[arg-type]
         self._body = self._model.get_decoder()
         head = self._model.get_output_embeddings().weight
