@@ -55,6 +55,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     with _backend_from_args(args) as backend:
         results.append(run_bench(backend, workload, args.repeat, args.warmup))
         print(format_result(results[-1]), flush=True)
+        if args.coalesce:
+            results.append(run_bench(backend, workload, args.repeat, 0, coalesce=True))
+            print(format_result(results[-1]), flush=True)
         if args.baseline:
             baseline = run_baseline(backend, workload, args.repeat)
             if baseline:
@@ -115,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="also time the raw counterpart (vLLM generate/score, model card)",
     )
     p.add_argument("--json-out", help="append JSON records to this file")
+    p.add_argument(
+        "--coalesce",
+        action="store_true",
+        help="also time all queries in one score_requests call (as under load)",
+    )
     p.set_defaults(func=_cmd_bench)
     p = sub.add_parser("serve", help="start the HTTP service")
     p.add_argument("--backend")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _WORDS = [
     "the",
@@ -88,6 +88,7 @@ class Workload:
 
     queries: list[str]
     docs: list[list[str]]
+    shape: dict = field(default_factory=dict)  # make_workload's arguments
 
     @property
     def pairs(self) -> int:
@@ -114,4 +115,11 @@ def make_workload(
         [text(int(math.exp(rng.uniform(lo, hi)))) for _ in range(docs_per_query)]
         for _ in range(queries)
     ]
-    return Workload(qs, ds)
+    shape = dict(
+        queries=queries,
+        docs_per_query=docs_per_query,
+        min_words=min_words,
+        max_words=max_words,
+        seed=seed,
+    )
+    return Workload(qs, ds, shape)

@@ -2,59 +2,15 @@
 
 from __future__ import annotations
 
-import socket
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "unit" / "fake_plugin"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def running_server(load: Callable, **server_options) -> Iterator[str]:
-    """Start create_app(load) under uvicorn; yield its base URL; stop it."""
-    import uvicorn
-
-    from reranker.config import ServerSettings
-    from reranker.service.app import create_app
-
-    settings = ServerSettings(**server_options)
-    app = create_app(load, settings, backend_name="test", model="test-model")
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    else:
-        server.should_exit = True
-        raise RuntimeError("server did not become ready")
-    try:
-        yield base
-    finally:
-        server.should_exit = True
-        thread.join(30)
+sys.path.insert(0, str(Path(__file__).parent))
+from server_helpers import running_server  # noqa: E402
 
 
 @pytest.fixture(scope="module")

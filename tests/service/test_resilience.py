@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import httpx
-from conftest import free_port, running_server
 from fake_reranker_plugin import FlakyBackend
+from server_helpers import free_port, running_server
 
 REPO = Path(__file__).resolve().parents[2]
 

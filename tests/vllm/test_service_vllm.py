@@ -10,9 +10,9 @@ import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "service"))
-from conftest import running_server  # noqa: E402
 from engines import vllm_backend  # noqa: E402
 from pairs import DOCS, QUERIES  # noqa: E402
+from server_helpers import running_server  # noqa: E402
 
 
 @pytest.fixture(scope="module")
