@@ -70,6 +70,46 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from reranker.compare.data import load_items
+    from reranker.compare.report import run_comparison, threshold_failures, write_report
+    from reranker.compare.sides import Side, parse_spec
+
+    items = load_items(args.data, args.run, args.qrels, args.depth)
+    if args.limit:
+        items = items[: args.limit]
+    if not items:
+        print("error: no queries to compare", file=sys.stderr)
+        return 2
+    a = Side(parse_spec(args.a))
+    try:
+        b = Side(parse_spec(args.b))
+    except Exception:
+        a.close()
+        raise
+    try:
+        report = run_comparison(items, a, b, progress=not args.no_progress)
+    finally:
+        a.close()
+        b.close()
+    out = Path(args.out)
+    write_report(report, items, out)
+    o = report["overall"]
+    print(
+        f"spearman {o['spearman']:.4f} (min {o['min_spearman']:.4f}), top-10 overlap "
+        f"{o['top10_overlap']:.3f}, max |diff| {o['max_abs_diff']:.2e}; report: {out}/report.md"
+    )
+    if "quality" in report:
+        nd = report["quality"]["mean"]["ndcg@10"]
+        print(f"nDCG@10 A {nd['a']:.4f}  B {nd['b']:.4f}")
+    fails = threshold_failures(report, args.min_spearman, args.max_ndcg_drop)
+    for fail in fails:
+        print(f"threshold failed: {fail}", file=sys.stderr)
+    return 1 if fails else 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from reranker.service.server import serve
 
@@ -124,6 +164,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="also time all queries in one score_requests call (as under load)",
     )
     p.set_defaults(func=_cmd_bench)
+    p = sub.add_parser("compare", help="A/B two backends or services on the same inputs")
+    p.add_argument("--a", required=True, help="SPEC: NAME[:key=value,...] or http://host:port")
+    p.add_argument("--b", required=True, help="SPEC of the other side")
+    p.add_argument("--data", required=True, help="JSONL file, or a BEIR folder (with --run)")
+    p.add_argument("--run", help="TREC run file naming each query's candidates (BEIR)")
+    p.add_argument("--qrels", help="qrels file (TSV or TREC) to label the candidates")
+    p.add_argument("--depth", type=int, default=100, help="candidates per query from --run")
+    p.add_argument("--limit", type=int, help="only the first N queries")
+    p.add_argument("--out", default="compare-report", help="output folder")
+    p.add_argument("--min-spearman", type=float, help="exit 1 if mean spearman is lower")
+    p.add_argument("--max-ndcg-drop", type=float, help="exit 1 if B's nDCG@10 drops more")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_compare)
     p = sub.add_parser("serve", help="start the HTTP service")
     p.add_argument("--backend")
     p.add_argument("--config")
