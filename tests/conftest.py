@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,3 +31,13 @@ def qwen3_tokenizer(tiny_model_dir: Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model_dir: Path):
+    """The model card's recipe (tests/parity/model_card_reference.py) on the tiny model."""
+    sys.path.insert(0, str(Path(__file__).parent / "parity"))
+    from model_card_reference import ModelCardReranker
+    from pairs import MAX_MODEL_LEN
+
+    return ModelCardReranker(str(tiny_model_dir), MAX_MODEL_LEN)

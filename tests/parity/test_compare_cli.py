@@ -2,49 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from compare_helpers import run_compare
 
 pytest.importorskip("ranx")
 
-REPO = Path(__file__).resolve().parents[2]
-DATA = REPO / "data" / "sample" / "rerank_sample.jsonl"
-
 
 def compare(tmp_path: Path, a: str, b: str, *extra: str) -> tuple[int, dict, str]:
-    out = tmp_path / "report"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "reranker.cli",
-            "compare",
-            "--a",
-            a,
-            "--b",
-            b,
-            "--data",
-            str(DATA),
-            "--limit",
-            "6",
-            "--out",
-            str(out),
-            "--no-progress",
-            *extra,
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=dict(os.environ, RERANK_COMPARE_QUIET="1"),
-    )
-    report = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else {}
-    return proc.returncode, report, proc.stdout + proc.stderr
+    return run_compare(tmp_path / "report", a, b, "--limit", "6", *extra)
 
 
 def spec(model: Path, **extra: str) -> str:

@@ -7,7 +7,6 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from model_card_reference import ModelCardReranker  # noqa: E402
 from pairs import DOCS, MAX_MODEL_LEN, QUERIES  # noqa: E402
 from parity_check import assert_matches_reference  # noqa: E402
 
@@ -27,11 +26,6 @@ def backend(tiny_model_dir):
     )
     yield b
     b.close()
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_model_dir):
-    return ModelCardReranker(str(tiny_model_dir), MAX_MODEL_LEN)
 
 
 def test_matches_model_card_recipe(backend, reference):

@@ -6,8 +6,7 @@ import threading
 
 import pytest
 from engines import vllm_backend
-from model_card_reference import ModelCardReranker
-from pairs import DOCS, MAX_MODEL_LEN, QUERIES
+from pairs import DOCS, QUERIES
 from parity_check import assert_matches_reference
 
 from reranker.prompts.qwen3 import NO_TOKEN_ID, YES_TOKEN_ID
@@ -18,11 +17,6 @@ def backend(tiny_model_dir):
     b = vllm_backend("qwen3_vllm", tiny_model_dir)
     yield b
     b.close()
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_model_dir):
-    return ModelCardReranker(str(tiny_model_dir), MAX_MODEL_LEN)
 
 
 def test_matches_model_card_recipe(backend, reference):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from engines import vllm_backend
-from model_card_reference import ModelCardReranker
 from pairs import DOCS, MAX_MODEL_LEN, QUERIES
 from parity_check import assert_matches_reference
 
@@ -18,8 +17,7 @@ def backend(tiny_model_dir):
     b.close()
 
 
-def test_matches_model_card_recipe(backend, tiny_model_dir):
-    reference = ModelCardReranker(str(tiny_model_dir), MAX_MODEL_LEN)
+def test_matches_model_card_recipe(backend, reference):
     assert assert_matches_reference(backend, reference) >= 50
 
 
