@@ -1,0 +1,99 @@
+"""scripts/start_reranker.sh and scripts/setup_reranker_venv.sh, run as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from server_helpers import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+VENV = Path(sys.executable).parent.parent  # the venv running these tests
+
+
+def test_start_script_serves_with_the_backend_venv_and_forwards_sigterm(tmp_path, tiny_model_dir):
+    if not VENV.name.startswith(".venv-reranker-"):
+        pytest.skip("run from a .venv-reranker-<backend> venv (scripts/test.sh does)")
+    backend = VENV.name.removeprefix(".venv-reranker-")
+    port = free_port()
+    env = dict(os.environ, RERANK_MODEL=str(tiny_model_dir), RERANK_VENV_ROOT=str(VENV.parent))
+    proc = subprocess.Popen(
+        ["bash", "scripts/start_reranker.sh", "--backend", backend, "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        for _ in range(900):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        ready = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5).json()
+        assert ready["backend"] == backend
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) in (0, 128 + signal.SIGTERM, -signal.SIGTERM)
+        out = proc.stdout.read() if proc.stdout else ""
+        assert f"venv={VENV}" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_start_script_refuses_a_missing_venv(tmp_path):
+    proc = subprocess.run(
+        ["bash", "scripts/start_reranker.sh", "--backend", "qwen3_vllm_score"],
+        cwd=REPO,
+        env=dict(os.environ, RERANK_VENV_ROOT=str(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 3
+    assert "scripts/setup_reranker_venv.sh qwen3_vllm_score" in proc.stderr
+
+
+def test_start_script_reads_the_backend_from_the_config(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("services:\n  rerank:\n    backend: qwen3_vllm  # comment\n")
+    proc = subprocess.run(
+        ["bash", "scripts/start_reranker.sh", "--config", str(config)],
+        cwd=REPO,
+        env=dict(os.environ, RERANK_VENV_ROOT=str(tmp_path), RERANK_BACKEND=""),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 3 and "setup_reranker_venv.sh qwen3_vllm" in proc.stderr
+
+
+def test_setup_script_rejects_unknown_backends():
+    proc = subprocess.run(
+        ["bash", "scripts/setup_reranker_venv.sh", "nope"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert "unknown backend 'nope'" in proc.stderr and "qwen3_transformers" in proc.stderr
+    usage = subprocess.run(
+        ["bash", "scripts/setup_reranker_venv.sh"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert usage.returncode == 2 and "usage" in usage.stderr
