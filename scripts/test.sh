@@ -29,7 +29,9 @@ run_pytest() {  # venv, args...
 }
 
 bash scripts/setup_reranker_venv.sh qwen3_transformers --dev
-if [ ! -f "$RERANK_TEST_MODEL/config.json" ]; then
+wanted=$("$tf_venv/bin/python" -c 'from reranker.testing.tiny_qwen3 import BUILDER_VERSION as v; print(v)')
+if ! grep -q "\"builder_version\": $wanted" "$RERANK_TEST_MODEL/reranker_test_model.json" 2>/dev/null; then
+  rm -rf "$RERANK_TEST_MODEL"
   "$tf_venv/bin/python" -m reranker.testing.tiny_qwen3 "$RERANK_TEST_MODEL"
 fi
 

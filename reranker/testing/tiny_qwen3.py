@@ -49,6 +49,7 @@ QWEN3_ADDED_TOKENS: list[tuple[str, bool]] = [
     ("<think>", False),
     ("</think>", False),
 ]
+BUILDER_VERSION = 2  # bump when the built model changes; scripts/test.sh rebuilds on change
 EXPECTED_SUFFIX_IDS = [151645, 198, 151644, 77091, 198, 151667, 271, 151668, 271]
 
 # Model shapes: "tiny" for tests, "0.6b" for benchmarks (Qwen3-Reranker-0.6B's config).
@@ -156,7 +157,9 @@ def build_model(
     model.config.dtype = dtype
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    (out / "reranker_test_model.json").write_text(json.dumps({"shape": shape, "seed": seed}))
+    (out / "reranker_test_model.json").write_text(
+        json.dumps({"shape": shape, "seed": seed, "builder_version": BUILDER_VERSION})
+    )
     return out
 
 
