@@ -193,7 +193,8 @@ class RerankBackend:
             except InvalidRequest as exc:
                 prepared.append(exc)
         to_score = [p for p in prepared if isinstance(p, _Prepared) and p.job is not None]
-        results = self._score_jobs([p.job for p in to_score if p.job is not None])
+        jobs = [p.job for p in to_score if p.job is not None]
+        results = self._score_jobs(jobs) if jobs else []
         if len(results) != len(to_score):
             raise RuntimeError(f"{self.name}: {len(results)} results for {len(to_score)} jobs")
         for p, result in zip(to_score, results, strict=True):
