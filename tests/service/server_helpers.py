@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +16,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_ready(base: str, seconds: float, proc: subprocess.Popen | None = None) -> bool:
+    """Poll ``/ready`` until 200 (True), the time is up or ``proc`` exits (False)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        if proc is not None and proc.poll() is not None:
+            return False
+        time.sleep(0.1)
+    return False
 
 
 @contextmanager
@@ -34,15 +50,7 @@ def running_server(load: Callable, **server_options) -> Iterator[str]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    else:
+    if not wait_ready(base, 120):
         server.should_exit = True
         raise RuntimeError("server did not become ready")
     try:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 from fake_reranker_plugin import FlakyBackend
-from server_helpers import free_port, running_server
+from server_helpers import free_port, running_server, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -119,13 +119,7 @@ def test_sigterm_drains_in_flight_requests(tiny_model_dir):
     proc = _start_cli_server(tiny_model_dir, port)
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+        assert wait_ready(base, 120, proc)
         docs = [f"document {i} " + "words " * (i % 300) for i in range(400)]
         with cf.ThreadPoolExecutor(1) as pool:
             pending = pool.submit(

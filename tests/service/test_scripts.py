@@ -6,12 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-from server_helpers import free_port
+from server_helpers import free_port, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
 VENV = Path(sys.executable).parent.parent  # the venv running these tests
@@ -32,15 +31,7 @@ def test_start_script_serves_with_the_backend_venv_and_forwards_sigterm(tmp_path
         text=True,
     )
     try:
-        for _ in range(900):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None:
-                break
-            time.sleep(0.1)
+        assert wait_ready(f"http://127.0.0.1:{port}", 120, proc)
         ready = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5).json()
         assert ready["backend"] == backend
         proc.send_signal(signal.SIGTERM)
