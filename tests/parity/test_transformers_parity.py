@@ -94,3 +94,13 @@ def test_requests_scored_together_match_one_by_one(backend):
             request.query, request.docs, request.normalize, instruction=request.instruction
         )
         assert result[0] == pytest.approx(alone, abs=1e-4)
+
+
+def test_calls_from_several_threads_match_sequential(backend):
+    from concurrent.futures import ThreadPoolExecutor
+
+    expected = {q: backend.score(q, DOCS) for q in QUERIES}
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda q: (q, backend.score(q, DOCS)), QUERIES * 3))
+    for query, scores in results:
+        assert scores == pytest.approx(expected[query], abs=1e-5)
