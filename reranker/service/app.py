@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from reranker.config import ServerSettings
-from reranker.errors import InvalidRequest, ModelUnavailable, Overloaded, RerankerError
+from reranker.errors import InvalidRequest, Overloaded, RerankerError
 from reranker.protocol import RerankBackend, ScoreRequest
 from reranker.service.metrics import ServiceMetrics
 from reranker.service.scheduler import BatchScheduler
@@ -109,7 +109,6 @@ class ServiceState:
         self.backend: RerankBackend | None = None
         self.scheduler: BatchScheduler | None = None
         self.load_error: BaseException | None = None
-        self.loaded = threading.Event()
 
     def attach(self, backend: RerankBackend) -> None:
         """Put a loaded backend behind a scheduler."""
@@ -142,8 +141,6 @@ def create_app(
             logger.error("backend %s failed to load: %s", state.backend_name, exc)
             if on_load_error:
                 on_load_error(exc)
-        finally:
-            state.loaded.set()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -407,4 +404,4 @@ class ScoringTimeout(RerankerError):
     """A request waited longer than ``request_timeout_s``."""
 
 
-__all__ = ["create_app", "ModelUnavailable"]
+__all__ = ["create_app"]
