@@ -23,10 +23,16 @@ def test_matches_model_card_recipe(backend, reference):
 
 def test_truncated_doc_scores_like_token_truncation(backend, tiny_model_dir):
     """The score backend truncates as text; it must land on the same tokens."""
+    import psutil
+
     transformers = load_backend(
         "qwen3_transformers", {"model_name": str(tiny_model_dir), "max_model_len": 200}
     )
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
     small = vllm_backend("qwen3_vllm_score", tiny_model_dir, max_model_len=200)
+    engine_procs = [p for p in me.children(recursive=True) if p.pid not in before]
+    assert engine_procs  # vLLM runs its engine core in child processes
     try:
         docs = ["naïve café " * 200, "数字与文字混合的文本" * 50, "emoji 🚀🔥 " * 100]
         a, meta = small.score_with_meta(QUERIES[0], docs, normalize=False)
@@ -36,6 +42,10 @@ def test_truncated_doc_scores_like_token_truncation(backend, tiny_model_dir):
     finally:
         small.close()
         transformers.close()
+    # close() shut the engine down: its worker processes are gone.
+    assert small._llm is None
+    _, alive = psutil.wait_procs(engine_procs, timeout=30)
+    assert not alive, [p.name() for p in alive]
 
 
 def test_three_backends_agree(backend, tiny_model_dir):
