@@ -68,18 +68,6 @@ class ServicesSection(BaseModel):
     rerank: RerankSection = Field(default_factory=lambda: RerankSection())
 
 
-class _YamlSource(PydanticBaseSettingsSource):
-    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
-        super().__init__(settings_cls)
-        self._data = data
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return self._data.get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return dict(self._data)
-
-
 class Settings(BaseSettings):
     """The whole configuration. Build it with :func:`load_settings`."""
 

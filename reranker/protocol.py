@@ -95,13 +95,12 @@ class RerankBackend:
 
     Class attributes describe a backend before it is built: ``name`` (its entry-point
     name), ``requires`` (modules it imports, probed with ``find_spec`` by the registry),
-    ``needs_gpu``, ``Options`` (its pydantic options model) and ``env_prefix`` (option
+    ``Options`` (its pydantic options model) and ``env_prefix`` (option
     ``x`` is overridden by the environment variable ``<env_prefix>X``).
     """
 
     name: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ()
-    needs_gpu: ClassVar[bool] = False
     Options: ClassVar[type[BackendOptions]] = BackendOptions
     env_prefix: ClassVar[str] = "RERANK_"
     env_aliases: ClassVar[dict[str, str]] = {}

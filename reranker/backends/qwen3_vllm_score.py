@@ -36,7 +36,6 @@ class Qwen3VLLMScoreBackend(VLLMBackendBase):
         from vllm import PoolingParams
 
         opts = self.options
-        self._lead, self._tail = self.template.document_lead_and_tail()
         overrides = QWEN3_RERANKER_HF_OVERRIDES if opts.use_original_qwen3_hf_overrides else {}
         kwargs = engine_kwargs(opts, "pooling", hf_overrides=dict(overrides))
         if not kwargs["hf_overrides"]:
@@ -53,10 +52,8 @@ class Qwen3VLLMScoreBackend(VLLMBackendBase):
     def _score_jobs(self, jobs: list[ScoreJob]) -> list[PairScores | InvalidRequest]:
         flat = FlatPrompts.build(self._encoder, jobs)
         order = self._engine_order(flat.lengths)
-        queries = [
-            self.template.query_text(flat.job(k).query, flat.job(k).instruction) for k in order
-        ]
-        docs = [self._lead + flat.doc_text(k) + self._tail for k in order]
+        queries = [flat.query_text(k) for k in order]
+        docs = [self._encoder.document_text(flat.doc_text(k)) for k in order]
         logits = [0.0] * len(order)
         if docs:
             with self._lock:

@@ -138,6 +138,7 @@ class Qwen3PromptTemplate:
 class EncodedPairs:
     """Token ids of one query against many documents."""
 
+    query_text: str  # the query part as text (prefix, instruction, query)
     query_ids: list[int]
     doc_ids: list[list[int]]  # document part ("<Document>: " + doc), already truncated
     tail_ids: list[int]
@@ -167,9 +168,9 @@ class Qwen3PromptEncoder:
         self.max_length = max_length
         self._tokenizer = tokenizer
         tokenize = self._tokenize = tokenizer.encode_batch
-        self._lead, tail = template.document_lead_and_tail()
+        self._lead, self._tail = template.document_lead_and_tail()
         self._lead_len = len(tokenize([self._lead])[0]) if self._lead else 0
-        self._tail_ids = tokenize([tail])[0] if tail else []
+        self._tail_ids = tokenize([self._tail])[0] if self._tail else []
 
     def encode(
         self,
@@ -183,7 +184,8 @@ class Qwen3PromptEncoder:
         Raises :class:`InvalidRequest` when the query part alone leaves no room for a
         document within ``max_length``.
         """
-        query_ids = self._tokenize([self.template.query_text(query, instruction)])[0]
+        query_text = self.template.query_text(query, instruction)
+        query_ids = self._tokenize([query_text])[0]
         room = self.max_length - len(query_ids) - len(self._tail_ids)
         if room < self._lead_len + 1:
             raise InvalidRequest(
@@ -201,12 +203,17 @@ class Qwen3PromptEncoder:
             if cut:
                 doc_ids[i], texts[i] = self._cut(doc_ids[i][:room])
         return EncodedPairs(
+            query_text=query_text,
             query_ids=query_ids,
             doc_ids=doc_ids,
             tail_ids=list(self._tail_ids),
             truncated=truncated,
             doc_texts=texts,
         )
+
+    def document_text(self, doc: str) -> str:
+        """The document part plus the tail, as text (for engines that take text pairs)."""
+        return self._lead + doc + self._tail
 
     def _cut(self, ids: list[int]) -> tuple[list[int], str]:
         """The longest prefix of ``ids`` whose text round-trips, and that text (lead removed)."""
