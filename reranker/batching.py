@@ -10,11 +10,13 @@ def plan_batches(
     max_batch_tokens: int,
     max_batch_size: int | None = None,
     sort_by_length: bool = True,
+    padded: bool = True,
 ) -> list[list[int]]:
-    """Group item indices into batches whose padded size stays under ``max_batch_tokens``.
+    """Group item indices into batches whose size stays under ``max_batch_tokens``.
 
-    The padded size of a batch is ``len(batch) * max(length in batch)``, which is what a
-    padded forward pass really costs. With ``sort_by_length`` the items are taken shortest
+    With ``padded`` the size of a batch is ``len(batch) * max(length in batch)``, which is
+    what a padded forward pass really costs; without it (packed batches) it is the sum of
+    the lengths. With ``sort_by_length`` the items are taken shortest
     first, so each batch holds items of similar length and wastes little padding. An item
     longer than the budget on its own still gets a batch of one. Every index appears in
     exactly one batch; callers scatter results back by index, so input order is restored.
@@ -28,16 +30,17 @@ def plan_batches(
         order.sort(key=lambda i: lengths[i])
     batches: list[list[int]] = []
     current: list[int] = []
-    longest = 0
+    longest = total = 0
     for idx in order:
         new_longest = max(longest, lengths[idx])
         too_many = max_batch_size is not None and len(current) >= max_batch_size
-        too_big = (len(current) + 1) * new_longest > max_batch_tokens
-        if current and (too_many or too_big):
+        size = (len(current) + 1) * new_longest if padded else total + lengths[idx]
+        if current and (too_many or size > max_batch_tokens):
             batches.append(current)
-            current, new_longest = [], lengths[idx]
+            current, new_longest, total = [], lengths[idx], 0
         current.append(idx)
         longest = new_longest
+        total += lengths[idx]
     if current:
         batches.append(current)
     return batches

@@ -58,7 +58,21 @@ class TransformersOptions(BackendOptions):
     )
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
+    batch_layout: Literal["auto", "packed", "padded"] = Field(
+        "auto",
+        description="packed: prompts back to back, no padding, varlen attention; "
+        "auto: packed where torch's varlen kernel runs (CUDA), padded elsewhere",
+    )
     local_files_only: bool = False
+
+    @model_validator(mode="after")
+    def _packed_brings_its_own_attention(self) -> TransformersOptions:
+        if self.batch_layout == "packed" and self.attn_implementation != "auto":
+            raise ValueError(
+                "batch_layout 'packed' runs its own attention; leave attn_implementation "
+                f"'auto' (got {self.attn_implementation!r}) or use batch_layout 'padded'"
+            )
+        return self
 
 
 class VLLMOptions(BackendOptions):

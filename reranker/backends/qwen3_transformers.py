@@ -1,15 +1,19 @@
 """``qwen3_transformers``: Qwen3-Reranker on Hugging Face transformers.
 
 Only the last position's hidden state is projected, and only onto the two lm_head rows
-that matter (no, yes): the 151,669-wide logits are never computed.
+that matter (no, yes): the 151,669-wide logits are never computed. Batches are either
+padded (left padding, one row per prompt) or packed (all prompts in one row, no padding,
+variable-length attention: see ``_packed_attention``).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from itertools import accumulate, chain
 from typing import Any, ClassVar
 
+from reranker.backends import _packed_attention
 from reranker.backends._hf_loading import HFTextTokenizer, load_or_explain
 from reranker.backends._jobs import FlatPrompts
 from reranker.batching import plan_batches
@@ -43,6 +47,11 @@ class Qwen3TransformersBackend(RerankBackend):
             else opts.device
         )
         self.dtype = self._pick_dtype(opts.dtype)
+        self.packed = opts.batch_layout == "packed" or (
+            opts.batch_layout == "auto"
+            and opts.attn_implementation == "auto"
+            and _packed_attention.varlen_kernel_available(self.device)
+        )
         tokenizer = load_or_explain(
             opts.model_name,
             "tokenizer",
@@ -51,7 +60,9 @@ class Qwen3TransformersBackend(RerankBackend):
             ),
         )
         kwargs: dict[str, Any] = {"dtype": self.dtype, "local_files_only": opts.local_files_only}
-        if opts.attn_implementation != "auto":
+        if self.packed:
+            kwargs["attn_implementation"] = _packed_attention.register()
+        elif opts.attn_implementation != "auto":
             kwargs["attn_implementation"] = opts.attn_implementation
         model = load_or_explain(
             opts.model_name,
@@ -70,11 +81,17 @@ class Qwen3TransformersBackend(RerankBackend):
         )
         self._lock = threading.Lock()
         logger.info(
-            "qwen3_transformers ready: model=%s device=%s dtype=%s",
+            "qwen3_transformers ready: model=%s device=%s dtype=%s batches=%s",
             opts.model_name,
             self.device,
             self.dtype,
+            self.batch_layout,
         )
+
+    @property
+    def batch_layout(self) -> str:
+        """``packed`` or ``padded``: how prompts share a forward pass."""
+        return "packed" if self.packed else "padded"
 
     def _pick_dtype(self, name: str) -> Any:
         torch = self._torch
@@ -85,8 +102,12 @@ class Qwen3TransformersBackend(RerankBackend):
         return torch.float32
 
     def meta_extra(self) -> dict[str, Any]:
-        """Device and dtype in force."""
-        return {"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch.")}
+        """Device, dtype and batch layout in force."""
+        return {
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "batch_layout": self.batch_layout,
+        }
 
     def _score_jobs(self, jobs: list[ScoreJob]) -> list[PairScores | InvalidRequest]:
         flat = FlatPrompts.build(self._encoder, jobs)
@@ -95,16 +116,18 @@ class Qwen3TransformersBackend(RerankBackend):
             self.options.max_batch_tokens,
             self.options.infer_batch_size,
             self.options.sort_by_doc_length,
+            padded=not self.packed,
         )
+        forward = self._forward_packed if self.packed else self._forward_padded
         logits = [0.0] * len(flat.lengths)
         with self._lock:
             for batch in batches:
-                values = self._forward([flat.prompt_ids(k) for k in batch])
+                values = forward([flat.prompt_ids(k) for k in batch])
                 for k, value in zip(batch, values, strict=True):
                     logits[k] = value
         return flat.results(logits, len(batches))
 
-    def _forward(self, prompts: list[list[int]]) -> list[float]:
+    def _forward_padded(self, prompts: list[list[int]]) -> list[float]:
         torch = self._torch
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), self._pad_id, dtype=torch.long)
@@ -121,8 +144,30 @@ class Qwen3TransformersBackend(RerankBackend):
                 position_ids=positions.to(self.device),
                 use_cache=False,
             )
-            last = out.last_hidden_state[:, -1, :].float()
-            diff = last @ self._yes_minus_no.to(last.device)
+            return self._yes_minus_no_logits(out.last_hidden_state[:, -1, :])
+
+    def _forward_packed(self, prompts: list[list[int]]) -> list[float]:
+        torch = self._torch
+        lengths = [len(p) for p in prompts]
+        ids = torch.tensor(list(chain.from_iterable(prompts)), dtype=torch.long)
+        positions = torch.cat([torch.arange(n, dtype=torch.long) for n in lengths])
+        bounds = torch.tensor([0, *accumulate(lengths)], dtype=torch.int32, device=self.device)
+        with torch.inference_mode():
+            out = self._body(
+                input_ids=ids[None].to(self.device),
+                position_ids=positions[None].to(self.device),
+                use_cache=False,
+                cu_seq_lens_q=bounds,
+                cu_seq_lens_k=bounds,
+                max_length_q=max(lengths),
+                max_length_k=max(lengths),
+            )
+            return self._yes_minus_no_logits(out.last_hidden_state[0, bounds[1:] - 1, :])
+
+    def _yes_minus_no_logits(self, last_hidden: Any) -> list[float]:
+        """logit(yes) - logit(no) for each row of last-position hidden states."""
+        last = last_hidden.float()
+        diff = last @ self._yes_minus_no.to(last.device)
         return [float(x) for x in diff.cpu()]
 
     def close(self) -> None:

@@ -1,9 +1,12 @@
-"""``qwen3_vllm_score``: Qwen3-Reranker through vLLM ``LLM.score()`` (pooling runner).
+"""``qwen3_vllm_score``: Qwen3-Reranker on vLLM's pooling runner (the engine behind
+``LLM.score()``).
 
 With the official overrides (``Qwen3ForSequenceClassification``, classifier from the
-"no"/"yes" tokens) vLLM's classifier logit is logit(yes) - logit(no). vLLM joins query and
-document text as ``query + document`` and tokenises the result, so documents go in as
-text, already truncated by the shared encoder to text that re-tokenises to the kept ids.
+"no"/"yes" tokens) vLLM's classifier logit is logit(yes) - logit(no). ``LLM.score(query,
+docs)`` would join query and document text, tokenise every pair again in the calling
+process and then run the classifier; this backend hands the classifier the token ids the
+shared encoder already built (``LLM.classify`` on ``TokensPrompt``s), which is the same
+model call on the same ids without the second tokenisation.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 
 class Qwen3VLLMScoreBackend(VLLMBackendBase):
-    """Qwen3-Reranker on vLLM's score API; one engine call per request."""
+    """Qwen3-Reranker on vLLM's pooling (score) runner; one engine call per request."""
 
     name: ClassVar[str] = "qwen3_vllm_score"
 
@@ -50,20 +53,21 @@ class Qwen3VLLMScoreBackend(VLLMBackendBase):
         self._lock = threading.Lock()
 
     def _score_jobs(self, jobs: list[ScoreJob]) -> list[PairScores | InvalidRequest]:
+        from vllm.inputs import TokensPrompt
+
         flat = FlatPrompts.build(self._encoder, jobs)
         order = self._engine_order(flat.lengths)
-        queries = [flat.query_text(k) for k in order]
-        docs = [self._encoder.document_text(flat.doc_text(k)) for k in order]
+        prompts = [TokensPrompt(prompt_token_ids=flat.prompt_ids(k)) for k in order]
         logits = [0.0] * len(order)
-        if docs:
+        if prompts:
             with self._lock:
-                outputs = self._llm.score(
-                    queries, docs, use_tqdm=False, pooling_params=self._pooling
+                outputs = self._llm.classify(
+                    prompts, use_tqdm=False, pooling_params=self._pooling
                 )
             for k, out in zip(order, outputs, strict=True):
-                value = float(out.outputs.score)
+                value = float(out.outputs.probs[0])
                 logits[k] = value if self._raw else _logit(value)
-        return flat.results(logits, 1 if docs else 0)
+        return flat.results(logits, 1 if prompts else 0)
 
 
 def _logit(p: float) -> float:

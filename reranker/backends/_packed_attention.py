@@ -1,0 +1,106 @@
+"""Padding-free ("packed") attention for the transformers backend.
+
+A packed batch is one row holding every prompt back to back: no padding tokens are
+computed, and each prompt attends only to itself (causally). Position ids restart at 0
+for each prompt; ``cu_seq_lens`` holds the prompt boundaries ([0, n0, n0+n1, ...]).
+
+The attention function is registered in transformers' ``AttentionInterface`` under
+:data:`ATTENTION_NAME`; transformers then builds no mask for it (names outside its mask
+table get none) and passes the ``cu_seq_lens_q`` / ``max_length_q`` keyword arguments
+that the backend gives the model straight through to it. On CUDA it runs PyTorch's
+variable-length FlashAttention kernel (``torch.nn.attention.varlen``, torch >= 2.10);
+elsewhere it runs one causal ``scaled_dot_product_attention`` per prompt, the same
+arithmetic.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+ATTENTION_NAME = "reranker_packed"
+
+
+@functools.cache
+def _varlen_kernel() -> Callable[..., Any] | None:
+    """torch's varlen attention with causal masking and GQA bound, or None without it."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    params = inspect.signature(varlen_attn).parameters
+    # torch 2.10 takes is_causal; later releases a (left, right) window, (-1, 0) = causal.
+    causal: dict[str, Any] = (
+        {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
+    )
+    if "enable_gqa" in params:
+        causal["enable_gqa"] = True
+    return functools.partial(varlen_attn, **causal)
+
+
+def varlen_kernel_available(device: Any) -> bool:
+    """Whether the fused variable-length kernel runs on ``device`` (CUDA + torch >= 2.10)."""
+    return getattr(device, "type", str(device)) == "cuda" and _varlen_kernel() is not None
+
+
+def register() -> str:
+    """Register the packed attention function with transformers; returns its name."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION_NAME, packed_attention)
+    return ATTENTION_NAME
+
+
+def packed_attention(
+    module: Any,
+    query: Any,
+    key: Any,
+    value: Any,
+    attention_mask: Any,
+    *,
+    scaling: float | None = None,
+    cu_seq_lens_q: Any = None,
+    max_length_q: int | None = None,
+    **_: Any,
+) -> tuple[Any, None]:
+    """Causal attention within each packed prompt.
+
+    ``query`` is (1, heads, tokens, head_dim), ``key``/``value`` (1, kv_heads, tokens,
+    head_dim), as transformers hands them over; returns (1, tokens, heads, head_dim).
+    """
+    if cu_seq_lens_q is None or max_length_q is None:
+        raise RuntimeError(
+            f"{ATTENTION_NAME} attention needs cu_seq_lens_q and max_length_q; it only "
+            "serves packed batches built by the qwen3_transformers backend"
+        )
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (tokens, heads, dim)
+    kernel = _varlen_kernel()
+    if q.is_cuda and kernel is not None:
+        if q.shape[1] != k.shape[1] and "enable_gqa" not in kernel.keywords:
+            groups = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        out = kernel(q, k, v, cu_seq_lens_q, cu_seq_lens_q, max_length_q, max_length_q, scale=scaling)
+    else:
+        out = _attention_per_prompt(q, k, v, cu_seq_lens_q.tolist(), scaling)
+    return out.unsqueeze(0), None
+
+
+def _attention_per_prompt(q: Any, k: Any, v: Any, bounds: list[int], scaling: float | None) -> Any:
+    """The reference path: one causal SDPA call per prompt of the packed row."""
+    import torch
+    import torch.nn.functional as F
+
+    out = torch.empty_like(q)
+    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+        part = F.scaled_dot_product_attention(
+            q[start:end].transpose(0, 1),
+            k[start:end].transpose(0, 1),
+            v[start:end].transpose(0, 1),
+            is_causal=True,
+            scale=scaling,
+            enable_gqa=True,
+        )
+        out[start:end] = part.transpose(0, 1)
+    return out
