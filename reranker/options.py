@@ -63,6 +63,14 @@ class TransformersOptions(BackendOptions):
         description="packed: prompts back to back, no padding, varlen attention; "
         "auto: packed where torch's varlen kernel runs (CUDA), padded elsewhere",
     )
+    fused_rms_norm: bool | Literal["auto"] = Field(
+        "auto", description="one fused rms_norm kernel per RMSNorm; auto: on CUDA"
+    )
+    torch_compile: bool | Literal["auto"] = Field(
+        "auto",
+        description="torch.compile each decoder layer at startup (seconds); auto: on CUDA "
+        "with packed batches, falling back to eager if compiling fails",
+    )
     local_files_only: bool = False
 
     @model_validator(mode="after")

@@ -4,6 +4,8 @@
 #   scripts/test.sh            # all suites: transformers venv, then the vLLM venv
 #   scripts/test.sh core       # unit + parity + service tests in the transformers venv only
 #   scripts/test.sh vllm       # the real-vLLM-engine tests only
+#   scripts/test.sh gpu        # CUDA tests (tests/gpu), on a GPU machine, with the python
+#                              # already there ($PYTHON, default python3); CI has no GPU
 #
 # It creates the venvs it needs (scripts/setup_reranker_venv.sh, idempotent), builds the
 # offline tiny Qwen3 model once into .cache/tiny-qwen3, and fails on any failure or on
@@ -18,15 +20,24 @@ vllm_venv="$root/.venv-reranker-qwen3_vllm"
 export RERANK_TEST_MODEL="$root/.cache/tiny-qwen3"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-run_pytest() {  # venv, args...
-  local venv="$1"; shift
+run_pytest() {  # venv or python executable, args...
+  local py="$1"; shift
+  [ -d "$py" ] && py="$py/bin/python"
   set +e
-  "$venv/bin/python" -m pytest -p no:cacheprovider -ra "$@"
+  "$py" -m pytest -p no:cacheprovider -ra "$@"
   local rc=$?
   set -e
   if [ "$rc" = 5 ]; then echo "error: pytest collected no test: $*" >&2; exit 1; fi
   [ "$rc" = 0 ] || exit "$rc"
 }
+
+if [ "$which" = gpu ]; then
+  py="${PYTHON:-python3}"
+  [ -f "$RERANK_TEST_MODEL/config.json" ] || "$py" -m reranker.testing.tiny_qwen3 "$RERANK_TEST_MODEL"
+  RERANK_REQUIRE_GPU=1 run_pytest "$py" tests/gpu
+  echo "scripts/test.sh gpu: passed"
+  exit 0
+fi
 
 bash scripts/setup_reranker_venv.sh qwen3_transformers --dev
 wanted=$("$tf_venv/bin/python" -c 'from reranker.testing.tiny_qwen3 import BUILDER_VERSION as v; print(v)')
@@ -38,7 +49,7 @@ fi
 if [ "$which" = all ] || [ "$which" = core ]; then
   "$tf_venv/bin/ruff" check reranker tests
   "$tf_venv/bin/mypy" reranker
-  run_pytest "$tf_venv" tests --ignore=tests/vllm
+  run_pytest "$tf_venv" tests --ignore=tests/vllm --ignore=tests/gpu
 fi
 
 if [ "$which" = all ] || [ "$which" = vllm ]; then

@@ -44,15 +44,6 @@ class FlatPrompts:
         enc, d = self._pairs(k)
         return enc.prompt_ids(d)
 
-    def query_text(self, k: int) -> str:
-        """Query part (prefix, instruction, query) of flat prompt ``k``, as text."""
-        return self._pairs(k)[0].query_text
-
-    def doc_text(self, k: int) -> str:
-        """Document text (truncated where it was cut) of flat prompt ``k``."""
-        enc, d = self._pairs(k)
-        return enc.doc_texts[d]
-
     def job(self, k: int) -> ScoreJob:
         """The job flat prompt ``k`` belongs to."""
         return self.jobs[self.owners[k][0]]

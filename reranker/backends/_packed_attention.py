@@ -24,36 +24,48 @@ ATTENTION_NAME = "reranker_packed"
 
 
 @functools.cache
-def _varlen_kernel() -> Callable[..., Any] | None:
-    """torch's varlen attention with causal masking and GQA bound, or None without it."""
+def varlen_kernel() -> Callable[..., Any] | None:
+    """``f(q, k, v, cu_seq_lens, max_len, scale)``: causal varlen FlashAttention over
+    (tokens, heads, head_dim) tensors, GQA included; None where torch lacks the kernel."""
     try:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:
         return None
     params = inspect.signature(varlen_attn).parameters
     # torch 2.10 takes is_causal; later releases a (left, right) window, (-1, 0) = causal.
-    causal: dict[str, Any] = (
+    options: dict[str, Any] = (
         {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
     )
-    if "enable_gqa" in params:
-        causal["enable_gqa"] = True
-    return functools.partial(varlen_attn, **causal)
+    native_gqa = "enable_gqa" in params
+    if native_gqa:
+        options["enable_gqa"] = True
+
+    def causal_varlen(q: Any, k: Any, v: Any, bounds: Any, longest: int, scale: Any) -> Any:
+        if not native_gqa and q.shape[1] != k.shape[1]:
+            groups = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        return varlen_attn(q, k, v, bounds, bounds, longest, longest, scale=scale, **options)
+
+    return causal_varlen
 
 
 def varlen_kernel_available(device: Any) -> bool:
     """Whether the fused variable-length kernel runs on ``device`` (CUDA + torch >= 2.10)."""
-    return getattr(device, "type", str(device)) == "cuda" and _varlen_kernel() is not None
+    return getattr(device, "type", str(device)) == "cuda" and varlen_kernel() is not None
 
 
 def register() -> str:
     """Register the packed attention function with transformers; returns its name."""
     from transformers import AttentionInterface
 
-    AttentionInterface.register(ATTENTION_NAME, packed_attention)
+    AttentionInterface.register(
+        ATTENTION_NAME, functools.partial(packed_attention, varlen_kernel())
+    )
     return ATTENTION_NAME
 
 
 def packed_attention(
+    kernel: Callable[..., Any] | None,
     module: Any,
     query: Any,
     key: Any,
@@ -65,7 +77,8 @@ def packed_attention(
     max_length_q: int | None = None,
     **_: Any,
 ) -> tuple[Any, None]:
-    """Causal attention within each packed prompt.
+    """Causal attention within each packed prompt. ``kernel`` (:func:`varlen_kernel`'s
+    result) is bound at registration, so nothing is looked up while torch.compile traces.
 
     ``query`` is (1, heads, tokens, head_dim), ``key``/``value`` (1, kv_heads, tokens,
     head_dim), as transformers hands them over; returns (1, tokens, heads, head_dim).
@@ -76,23 +89,30 @@ def packed_attention(
             "serves packed batches built by the qwen3_transformers backend"
         )
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (tokens, heads, dim)
-    kernel = _varlen_kernel()
     if q.is_cuda and kernel is not None:
-        if q.shape[1] != k.shape[1] and "enable_gqa" not in kernel.keywords:
-            groups = q.shape[1] // k.shape[1]
-            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        out = kernel(q, k, v, cu_seq_lens_q, cu_seq_lens_q, max_length_q, max_length_q, scale=scaling)
+        out = kernel(q, k, v, cu_seq_lens_q, max_length_q, scaling)
     else:
-        out = _attention_per_prompt(q, k, v, cu_seq_lens_q.tolist(), scaling)
+        out = _attention_per_prompt(q, k, v, cu_seq_lens_q, scaling)
     return out.unsqueeze(0), None
 
 
-def _attention_per_prompt(q: Any, k: Any, v: Any, bounds: list[int], scaling: float | None) -> Any:
-    """The reference path: one causal SDPA call per prompt of the packed row."""
+def _attention_per_prompt(q: Any, k: Any, v: Any, cu_seq_lens: Any, scaling: float | None) -> Any:
+    """The reference path: one causal SDPA call per prompt of the packed row.
+
+    Kept out of torch.compile's tracing: a traced loop would specialise on every set of
+    prompt boundaries and recompile for each batch.
+    """
+    import torch
+
+    return torch.compiler.disable(_sdpa_per_prompt)(q, k, v, cu_seq_lens, scaling)
+
+
+def _sdpa_per_prompt(q: Any, k: Any, v: Any, cu_seq_lens: Any, scaling: float | None) -> Any:
     import torch
     import torch.nn.functional as F
 
     out = torch.empty_like(q)
+    bounds = cu_seq_lens.tolist()
     for start, end in zip(bounds[:-1], bounds[1:], strict=True):
         part = F.scaled_dot_product_attention(
             q[start:end].transpose(0, 1),

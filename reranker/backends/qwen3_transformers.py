@@ -13,7 +13,7 @@ import threading
 from itertools import accumulate, chain
 from typing import Any, ClassVar
 
-from reranker.backends import _packed_attention
+from reranker.backends import _hf_speedups, _packed_attention
 from reranker.backends._hf_loading import HFTextTokenizer, load_or_explain
 from reranker.backends._jobs import FlatPrompts
 from reranker.batching import plan_batches
@@ -80,13 +80,36 @@ class Qwen3TransformersBackend(RerankBackend):
             self.template, HFTextTokenizer(tokenizer), opts.max_model_len
         )
         self._lock = threading.Lock()
+        on_cuda = self.device.type == "cuda"
+        self.fused_rms_norm = on_cuda if opts.fused_rms_norm == "auto" else opts.fused_rms_norm
+        if self.fused_rms_norm:
+            _hf_speedups.fuse_rms_norms(self._model)
+        self.compiled = False
+        if opts.torch_compile is True or (opts.torch_compile == "auto" and on_cuda and self.packed):
+            self._compile(required=opts.torch_compile is True)
         logger.info(
-            "qwen3_transformers ready: model=%s device=%s dtype=%s batches=%s",
+            "qwen3_transformers ready: model=%s device=%s dtype=%s batches=%s "
+            "fused_rms_norm=%s compiled=%s",
             opts.model_name,
             self.device,
             self.dtype,
             self.batch_layout,
+            self.fused_rms_norm,
+            self.compiled,
         )
+
+    def _compile(self, required: bool) -> None:
+        """Compile the decoder layers and build the graph now, not on the first request."""
+        forward = self._forward_packed if self.packed else self._forward_padded
+        warm_up = [[self._pad_id + 1] * 17, [self._pad_id + 2] * 33]
+        try:
+            _hf_speedups.compile_layers(self._body.layers, lambda: forward(warm_up))
+        except Exception as exc:
+            if required:
+                raise RuntimeError(f"torch_compile: compiling the decoder failed: {exc}") from exc
+            logger.warning("torch.compile failed, running eagerly: %s", exc)
+            return
+        self.compiled = True
 
     @property
     def batch_layout(self) -> str:
@@ -107,6 +130,8 @@ class Qwen3TransformersBackend(RerankBackend):
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "batch_layout": self.batch_layout,
+            "fused_rms_norm": self.fused_rms_norm,
+            "compiled": self.compiled,
         }
 
     def _score_jobs(self, jobs: list[ScoreJob]) -> list[PairScores | InvalidRequest]:

@@ -61,9 +61,7 @@ class Qwen3VLLMScoreBackend(VLLMBackendBase):
         logits = [0.0] * len(order)
         if prompts:
             with self._lock:
-                outputs = self._llm.classify(
-                    prompts, use_tqdm=False, pooling_params=self._pooling
-                )
+                outputs = self._llm.classify(prompts, use_tqdm=False, pooling_params=self._pooling)
             for k, out in zip(order, outputs, strict=True):
                 value = float(out.outputs.probs[0])
                 logits[k] = value if self._raw else _logit(value)

@@ -211,10 +211,6 @@ class Qwen3PromptEncoder:
             doc_texts=texts,
         )
 
-    def document_text(self, doc: str) -> str:
-        """The document part plus the tail, as text (for engines that take text pairs)."""
-        return self._lead + doc + self._tail
-
     def _cut(self, ids: list[int]) -> tuple[list[int], str]:
         """The longest prefix of ``ids`` whose text round-trips, and that text (lead removed)."""
         while len(ids) > self._lead_len:

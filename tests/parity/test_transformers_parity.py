@@ -13,19 +13,42 @@ from parity_check import assert_matches_reference  # noqa: E402
 from reranker.registry import load_backend  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def backend(tiny_model_dir):
+# Every test runs on each way of batching: padded rows (the CPU default), packed rows
+# (varlen attention; here its per-prompt reference path), and packed with the fused
+# RMSNorm and torch.compile'd decoder layers that CUDA gets by default.
+LAYOUTS = {
+    "padded": {"batch_layout": "padded"},
+    "packed": {"batch_layout": "packed"},
+    "packed-fused-compiled": {
+        "batch_layout": "packed",
+        "fused_rms_norm": True,
+        "torch_compile": True,
+    },
+}
+
+
+@pytest.fixture(scope="module", params=list(LAYOUTS))
+def backend(request, tiny_model_dir):
     b = load_backend(
         "qwen3_transformers",
         {
             "model_name": str(tiny_model_dir),
             "max_model_len": MAX_MODEL_LEN,
             "dtype": "float32",
-            "max_batch_tokens": 2048,
+            "max_batch_tokens": 1024,
+            **LAYOUTS[request.param],
         },
     )
     yield b
     b.close()
+
+
+def test_meta_reports_the_layout_in_force(backend):
+    _, meta = backend.score_with_meta(QUERIES[0], DOCS[:2])
+    options = backend.options
+    assert meta["batch_layout"] == options.batch_layout
+    assert meta["compiled"] is (options.torch_compile is True)
+    assert meta["fused_rms_norm"] is (options.fused_rms_norm is True)
 
 
 def test_matches_model_card_recipe(backend, reference):
@@ -42,7 +65,7 @@ def test_scores_are_informative(backend):
 def test_long_docs_are_truncated_and_batched(backend):
     _, meta = backend.score_with_meta(QUERIES[1], DOCS)
     assert meta["truncated_docs"] >= 1
-    assert meta["inference_batches"] >= 2  # 2048-token budget forces several batches
+    assert meta["inference_batches"] >= 2  # 1024-token budget forces several batches
     assert meta["scored_tokens"] > 0
 
 

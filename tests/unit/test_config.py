@@ -82,6 +82,12 @@ def test_bad_file_names_the_key(tmp_path, yaml_text, fragment):
         ("dtype: float8", "dtype"),
         ("instruction_format: fancy", "instruction_format"),
         ("document_template: 'no placeholder'", "{doc}"),
+        ("batch_layout: ragged", "batch_layout"),
+        ("torch_compile: sometimes", "torch_compile"),
+        (
+            "batch_layout: packed\n        attn_implementation: eager",
+            "batch_layout 'packed' runs its own attention",
+        ),
     ],
 )
 def test_bad_backend_options_name_the_key(tmp_path, options, fragment):

@@ -22,17 +22,26 @@ def test_dedup_empty():
     assert deduplicate_with_positions([]) == ([], [])
 
 
+@pytest.mark.parametrize("padded", [True, False])
 @pytest.mark.parametrize("seed", range(20))
-def test_batches_cover_every_index_once_and_respect_budget(seed):
+def test_batches_cover_every_index_once_and_respect_budget(seed, padded):
     rng = random.Random(seed)
     lengths = [rng.randint(1, 300) for _ in range(rng.randint(1, 200))]
     budget, size = rng.choice([256, 1000, 4096]), rng.choice([None, 1, 7, 64])
-    batches = plan_batches(lengths, budget, size)
+    batches = plan_batches(lengths, budget, size, padded=padded)
     flat = sorted(i for b in batches for i in b)
     assert flat == list(range(len(lengths)))
     for b in batches:
-        assert len(b) == 1 or padded_tokens(lengths, b) <= budget
+        cost = padded_tokens(lengths, b) if padded else sum(lengths[i] for i in b)
+        assert len(b) == 1 or cost <= budget
         assert size is None or len(b) <= size
+
+
+def test_packed_batches_count_real_tokens_not_padding():
+    lengths = [10, 10, 10, 100]
+    # Padded, the long item would cost 4 x 100 = 400 tokens; packed it costs 130.
+    assert plan_batches(lengths, 200) == [[0, 1, 2], [3]]
+    assert plan_batches(lengths, 200, padded=False) == [[0, 1, 2, 3]]
 
 
 def test_sorted_batches_group_similar_lengths():
