@@ -12,7 +12,6 @@ from parity_check import assert_matches_reference  # noqa: E402
 
 from reranker.registry import load_backend  # noqa: E402
 
-
 # Every test runs on each way of batching: padded rows (the CPU default), packed rows
 # (varlen attention; here its per-prompt reference path), and packed with the fused
 # RMSNorm and torch.compile'd decoder layers that CUDA gets by default.
