@@ -92,6 +92,7 @@ def run_bench(
         "pairs_per_s": round(workload.pairs / best, 1),
         "tokens_per_s": round(tokens / best, 1),
         "mean_pairs_per_s": round(workload.pairs * len(runs) / sum(runs), 1),
+        **backend.meta_extra(),
         **gpu_info(),
     }
 

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from typing import Any
 
 from reranker.errors import RerankerError
@@ -52,8 +53,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     workload = make_workload(args.queries, args.docs, args.min_words, args.max_words, args.seed)
     results = []
+    started = time.perf_counter()
     with _backend_from_args(args) as backend:
+        startup_s = round(time.perf_counter() - started, 1)  # model load, compile, engine
         results.append(run_bench(backend, workload, args.repeat, args.warmup))
+        results[-1]["startup_s"] = startup_s
         print(format_result(results[-1]), flush=True)
         if args.coalesce:
             results.append(run_bench(backend, workload, args.repeat, 0, coalesce=True))
