@@ -46,11 +46,26 @@ def raw_vllm_score(backend: Any, workload: Workload) -> int:
     return n
 
 
+_PLAIN_MODELS: dict[tuple[str, str, str], Any] = {}
+
+
+def _plain_model(backend: Any) -> Any:
+    """The model as the model card loads it (default attention, nothing fused or compiled),
+    in the backend's dtype and on its device; loaded once per process."""
+    from transformers import AutoModelForCausalLM
+
+    key = (backend.options.model_name, str(backend.dtype), str(backend.device))
+    if key not in _PLAIN_MODELS:
+        model = AutoModelForCausalLM.from_pretrained(key[0], dtype=backend.dtype)
+        _PLAIN_MODELS[key] = model.to(backend.device).eval()
+    return _PLAIN_MODELS[key]
+
+
 def model_card_transformers(backend: Any, workload: Workload, batch_size: int = 8) -> int:
-    """The model card's recipe on the backend's own model and tokenizer."""
+    """The model card's recipe with the backend's tokenizer and a plainly loaded model."""
     import torch
 
-    tokenizer, model = backend._tokenizer, backend._model
+    tokenizer, model = backend._tokenizer, _plain_model(backend)
     prompts = _prompts(backend, workload)
     with torch.no_grad():
         for start in range(0, len(prompts), batch_size):

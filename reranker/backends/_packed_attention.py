@@ -8,9 +8,9 @@ The attention function is registered in transformers' ``AttentionInterface`` und
 :data:`ATTENTION_NAME`; transformers then builds no mask for it (names outside its mask
 table get none) and passes the ``cu_seq_lens_q`` / ``max_length_q`` keyword arguments
 that the backend gives the model straight through to it. On CUDA it runs PyTorch's
-variable-length FlashAttention kernel (``torch.nn.attention.varlen``, torch >= 2.10);
-elsewhere it runs one causal ``scaled_dot_product_attention`` per prompt, the same
-arithmetic.
+variable-length FlashAttention kernel (``torch.nn.attention.varlen``, torch >= 2.10) in
+fp16/bf16; elsewhere (CPU, float32) it runs one causal ``scaled_dot_product_attention``
+per prompt, the same arithmetic.
 """
 
 from __future__ import annotations
@@ -49,9 +49,11 @@ def varlen_kernel() -> Callable[..., Any] | None:
     return causal_varlen
 
 
-def varlen_kernel_available(device: Any) -> bool:
-    """Whether the fused variable-length kernel runs on ``device`` (CUDA + torch >= 2.10)."""
-    return getattr(device, "type", str(device)) == "cuda" and varlen_kernel() is not None
+def varlen_kernel_available(device: Any, dtype: Any) -> bool:
+    """Whether the variable-length kernel runs on ``device`` in ``dtype`` (CUDA, torch >=
+    2.10, a 16-bit float type)."""
+    half = getattr(dtype, "itemsize", 4) == 2 and getattr(dtype, "is_floating_point", False)
+    return getattr(device, "type", str(device)) == "cuda" and half and varlen_kernel() is not None
 
 
 def register() -> str:
@@ -89,7 +91,7 @@ def packed_attention(
             "serves packed batches built by the qwen3_transformers backend"
         )
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (tokens, heads, dim)
-    if q.is_cuda and kernel is not None:
+    if kernel is not None and q.is_cuda and q.element_size() == 2:  # FlashAttention: fp16/bf16
         out = kernel(q, k, v, cu_seq_lens_q, max_length_q, scaling)
     else:
         out = _attention_per_prompt(q, k, v, cu_seq_lens_q, scaling)

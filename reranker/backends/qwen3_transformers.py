@@ -50,7 +50,7 @@ class Qwen3TransformersBackend(RerankBackend):
         self.packed = opts.batch_layout == "packed" or (
             opts.batch_layout == "auto"
             and opts.attn_implementation == "auto"
-            and _packed_attention.varlen_kernel_available(self.device)
+            and _packed_attention.varlen_kernel_available(self.device, self.dtype)
         )
         tokenizer = load_or_explain(
             opts.model_name,

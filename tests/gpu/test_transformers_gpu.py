@@ -1,5 +1,5 @@
-"""qwen3_transformers on CUDA: the varlen kernel, fused RMSNorm and compiled layers that
-CUDA gets by default change no score beyond float rounding."""
+"""qwen3_transformers on CUDA: the varlen kernel, the fused RMSNorm and the compiled layers
+that CUDA gets by default change no score beyond floating-point rounding."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import pytest
 from pairs import DOCS, MAX_MODEL_LEN, QUERIES
 from parity_check import assert_matches_reference
 
+from reranker.backends._packed_attention import packed_attention, varlen_kernel
 from reranker.registry import load_backend
 
 
@@ -18,29 +19,48 @@ def make(model_dir, **options):
 
 
 @pytest.fixture(scope="module")
-def cuda_default_fp32(tiny_model_dir):
-    """The CUDA defaults (packed, varlen kernel, fused RMSNorm, compiled) in float32."""
-    b = make(tiny_model_dir, dtype="float32")
+def fused_compiled_fp32(tiny_model_dir):
+    """Packed, fused RMSNorm, compiled layers, in float32 (FlashAttention has no float32:
+    attention runs per prompt), so the comparison with the model card can be tight."""
+    b = make(
+        tiny_model_dir,
+        dtype="float32",
+        batch_layout="packed",
+        fused_rms_norm=True,
+        torch_compile=True,
+    )
     yield b
     b.close()
 
 
-def test_cuda_defaults_are_packed_fused_and_compiled(cuda_default_fp32):
-    _, meta = cuda_default_fp32.score_with_meta(QUERIES[0], DOCS)
-    assert meta["device"].startswith("cuda")
-    assert (meta["batch_layout"], meta["fused_rms_norm"], meta["compiled"]) == (
-        "packed",
-        True,
-        True,
+def test_fused_and_compiled_on_cuda_match_model_card_fp32(fused_compiled_fp32, reference):
+    _, meta = fused_compiled_fp32.score_with_meta(QUERIES[0], DOCS)
+    assert meta["device"].startswith("cuda") and meta["compiled"] and meta["fused_rms_norm"]
+    assert assert_matches_reference(fused_compiled_fp32, reference) >= 50
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_varlen_kernel_matches_per_prompt_attention(dtype):
+    import torch
+
+    kernel = varlen_kernel()
+    assert kernel is not None, "this torch has no torch.nn.attention.varlen"
+    torch.manual_seed(0)
+    lengths = [17, 33, 1, 250, 64]
+    tokens, heads, kv_heads, dim = sum(lengths), 16, 8, 128
+    bounds = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    q, k, v = (
+        torch.randn(1, h, tokens, dim, device="cuda", dtype=getattr(torch, dtype))
+        for h in (heads, kv_heads, kv_heads)
     )
+    kwargs = {"scaling": dim**-0.5, "cu_seq_lens_q": bounds.cuda(), "max_length_q": 250}
+    fast, _ = packed_attention(kernel, None, q, k, v, None, **kwargs)
+    reference, _ = packed_attention(None, None, q, k, v, None, **kwargs)
+    assert fast.shape == (1, tokens, heads, dim)
+    assert (fast.float() - reference.float()).abs().max().item() <= 1e-2
 
 
-def test_cuda_defaults_match_model_card_recipe_fp32(cuda_default_fp32, reference):
-    assert assert_matches_reference(cuda_default_fp32, reference) >= 50
-
-
-def test_packed_matches_padded_in_bfloat16(tiny_model_dir):
-    """In bfloat16 the kernels round differently; the scores stay close."""
+def test_bfloat16_defaults_are_packed_fused_compiled_and_close_to_plain(tiny_model_dir):
     fast = make(tiny_model_dir, dtype="bfloat16")
     plain = make(
         tiny_model_dir,
@@ -50,10 +70,18 @@ def test_packed_matches_padded_in_bfloat16(tiny_model_dir):
         torch_compile=False,
     )
     try:
+        _, meta = fast.score_with_meta(QUERIES[0], DOCS)
+        assert (meta["batch_layout"], meta["fused_rms_norm"], meta["compiled"]) == (
+            "packed",
+            True,
+            True,
+        )
+        worst = 0.0
         for query in QUERIES:
-            a = fast.score(query, DOCS)
-            b = plain.score(query, DOCS)
-            assert max(abs(x - y) for x, y in zip(a, b, strict=True)) <= 0.02
+            a, b = fast.score(query, DOCS), plain.score(query, DOCS)
+            worst = max(worst, *(abs(x - y) for x, y in zip(a, b, strict=True)))
+        print(f"bfloat16: max |P(fast) - P(plain)| = {worst:.2e}")
+        assert worst <= 0.05  # bf16 has 8 bits of mantissa; the kernels round differently
     finally:
         fast.close()
         plain.close()
