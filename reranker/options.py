@@ -61,7 +61,7 @@ class TransformersOptions(BackendOptions):
     batch_layout: Literal["auto", "packed", "padded"] = Field(
         "auto",
         description="packed: prompts back to back, no padding, varlen attention; "
-        "auto: packed where torch's varlen kernel runs (CUDA), padded elsewhere",
+        "auto: packed where torch's varlen kernel runs (CUDA, bf16/fp16), padded elsewhere",
     )
     fused_rms_norm: bool | Literal["auto"] = Field(
         "auto", description="one fused rms_norm kernel per RMSNorm; auto: on CUDA"
