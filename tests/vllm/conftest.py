@@ -7,25 +7,26 @@ fails the run instead of silently skipping the real-engine tests.
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 from pathlib import Path
-
-import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "parity"))
 
-HAVE_VLLM = importlib.util.find_spec("vllm") is not None
+from suite_gate import skip_unless_available  # noqa: E402
+
+# tests/ is on sys.path, so tests/vllm itself looks like a namespace package "vllm"
+# (origin None); only a real installation counts.
+_spec = importlib.util.find_spec("vllm")
+HAVE_VLLM = _spec is not None and _spec.origin is not None
 
 
 def pytest_collection_modifyitems(config, items):
-    if HAVE_VLLM:
-        return
-    if os.environ.get("RERANK_REQUIRE_VLLM") == "1":
-        raise pytest.UsageError("RERANK_REQUIRE_VLLM=1 but vllm is not importable here")
-    skip = pytest.mark.skip(reason="vllm not installed (run in .venv-reranker-qwen3_vllm)")
-    for item in items:
-        if "tests/vllm/" in str(item.fspath):
-            item.add_marker(skip)
+    skip_unless_available(
+        items,
+        "vllm",
+        HAVE_VLLM,
+        "RERANK_REQUIRE_VLLM",
+        "vllm is not importable here (run in .venv-reranker-qwen3_vllm)",
+    )
