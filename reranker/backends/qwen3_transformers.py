@@ -17,7 +17,7 @@ from reranker.backends import _hf_speedups, _packed_attention
 from reranker.backends._hf_loading import HFTextTokenizer, load_or_explain
 from reranker.backends._jobs import FlatPrompts
 from reranker.batching import plan_batches
-from reranker.errors import InvalidRequest
+from reranker.errors import ConfigError, InvalidRequest
 from reranker.options import TransformersOptions
 from reranker.prompts.qwen3 import NO_TOKEN_ID, YES_TOKEN_ID, Qwen3PromptEncoder
 from reranker.protocol import PairScores, RerankBackend, ScoreJob
@@ -100,13 +100,15 @@ class Qwen3TransformersBackend(RerankBackend):
 
     def _compile(self, required: bool) -> None:
         """Compile the decoder layers and build the graph now, not on the first request."""
-        forward = self._forward_packed if self.packed else self._forward_padded
         warm_up = [[self._pad_id + 1] * 17, [self._pad_id + 2] * 33]
         try:
-            _hf_speedups.compile_layers(self._body.layers, lambda: forward(warm_up))
+            _hf_speedups.compile_layers(self._body.layers, lambda: self._forward(warm_up))
         except Exception as exc:
             if required:
-                raise RuntimeError(f"torch_compile: compiling the decoder failed: {exc}") from exc
+                raise ConfigError(
+                    f"torch_compile: true, but compiling the decoder failed here ({exc}); "
+                    "set torch_compile to auto (falls back to eager) or false"
+                ) from exc
             logger.warning("torch.compile failed, running eagerly: %s", exc)
             return
         self.compiled = True
@@ -143,14 +145,17 @@ class Qwen3TransformersBackend(RerankBackend):
             self.options.sort_by_doc_length,
             padded=not self.packed,
         )
-        forward = self._forward_packed if self.packed else self._forward_padded
         logits = [0.0] * len(flat.lengths)
         with self._lock:
             for batch in batches:
-                values = forward([flat.prompt_ids(k) for k in batch])
+                values = self._forward([flat.prompt_ids(k) for k in batch])
                 for k, value in zip(batch, values, strict=True):
                     logits[k] = value
         return flat.results(logits, len(batches))
+
+    def _forward(self, prompts: list[list[int]]) -> list[float]:
+        """logit(yes) - logit(no) of each prompt of one batch."""
+        return self._forward_packed(prompts) if self.packed else self._forward_padded(prompts)
 
     def _forward_padded(self, prompts: list[list[int]]) -> list[float]:
         torch = self._torch

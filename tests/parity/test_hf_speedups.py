@@ -1,0 +1,44 @@
+"""The transformers speed-ups on the tiny model: RMSNorm fusion counts and exactness, and
+a compile whose warm-up fails leaves the layers eager."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from reranker.backends import _hf_speedups  # noqa: E402
+
+
+@pytest.fixture()
+def model(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
+
+
+def test_fused_rms_norm_covers_every_norm_and_keeps_outputs(model):
+    ids = torch.tensor([[9693, 2152, 100, 200, 300, 400]])
+    with torch.inference_mode():
+        before = model.model(input_ids=ids).last_hidden_state
+        layers = len(model.model.layers)
+        # four per layer (input, post-attention, q, k) and the final norm
+        assert _hf_speedups.fuse_rms_norms(model) == 4 * layers + 1
+        after = model.model(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+
+
+def test_failed_compile_warm_up_leaves_layers_eager(model):
+    vocab = model.config.vocab_size
+
+    def warm_up():
+        with torch.inference_mode():
+            model.model(input_ids=torch.tensor([[vocab + 10]]))  # no such token: IndexError
+
+    with pytest.raises(Exception):  # noqa: B017 - whatever the real failure is
+        _hf_speedups.compile_layers(model.model.layers, warm_up)
+    assert all(layer._compiled_call_impl is None for layer in model.model.layers)
+    with torch.inference_mode():
+        out = model.model(input_ids=torch.tensor([[1, 2, 3]])).last_hidden_state
+    assert out.shape == (1, 3, model.config.hidden_size)
