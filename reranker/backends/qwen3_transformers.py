@@ -147,17 +147,19 @@ class Qwen3TransformersBackend(RerankBackend):
         )
         logits = [0.0] * len(flat.lengths)
         with self._lock:
-            for batch in batches:
-                values = self._forward([flat.prompt_ids(k) for k in batch])
-                for k, value in zip(batch, values, strict=True):
-                    logits[k] = value
+            # Results stay on the device until every batch is queued: one copy back at the
+            # end lets the host prepare batch i+1 while the GPU still runs batch i.
+            outputs = [self._forward([flat.prompt_ids(k) for k in batch]) for batch in batches]
+            values = self._torch.cat(outputs).tolist() if outputs else []
+        for k, value in zip((k for batch in batches for k in batch), values, strict=True):
+            logits[k] = value
         return flat.results(logits, len(batches))
 
-    def _forward(self, prompts: list[list[int]]) -> list[float]:
-        """logit(yes) - logit(no) of each prompt of one batch."""
+    def _forward(self, prompts: list[list[int]]) -> Any:
+        """logit(yes) - logit(no) of each prompt of one batch, as a float32 device tensor."""
         return self._forward_packed(prompts) if self.packed else self._forward_padded(prompts)
 
-    def _forward_padded(self, prompts: list[list[int]]) -> list[float]:
+    def _forward_padded(self, prompts: list[list[int]]) -> Any:
         torch = self._torch
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), self._pad_id, dtype=torch.long)
@@ -176,7 +178,7 @@ class Qwen3TransformersBackend(RerankBackend):
             )
             return self._yes_minus_no_logits(out.last_hidden_state[:, -1, :])
 
-    def _forward_packed(self, prompts: list[list[int]]) -> list[float]:
+    def _forward_packed(self, prompts: list[list[int]]) -> Any:
         torch = self._torch
         lengths = [len(p) for p in prompts]
         ids = torch.tensor(list(chain.from_iterable(prompts)), dtype=torch.long)
@@ -194,11 +196,10 @@ class Qwen3TransformersBackend(RerankBackend):
             )
             return self._yes_minus_no_logits(out.last_hidden_state[0, bounds[1:] - 1, :])
 
-    def _yes_minus_no_logits(self, last_hidden: Any) -> list[float]:
+    def _yes_minus_no_logits(self, last_hidden: Any) -> Any:
         """logit(yes) - logit(no) for each row of last-position hidden states."""
         last = last_hidden.float()
-        diff = last @ self._yes_minus_no.to(last.device)
-        return [float(x) for x in diff.cpu()]
+        return last @ self._yes_minus_no.to(last.device)
 
     def close(self) -> None:
         """Drop the model and free GPU memory."""
