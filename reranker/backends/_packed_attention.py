@@ -39,12 +39,17 @@ def varlen_kernel() -> Callable[..., Any] | None:
     native_gqa = "enable_gqa" in params
     if native_gqa:
         options["enable_gqa"] = True
+    takes_scale = "scale" in params  # torch 2.10 always uses 1/sqrt(head_dim)
 
     def causal_varlen(q: Any, k: Any, v: Any, bounds: Any, longest: int, scale: Any) -> Any:
         if not native_gqa and q.shape[1] != k.shape[1]:
             groups = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        return varlen_attn(q, k, v, bounds, bounds, longest, longest, scale=scale, **options)
+        if takes_scale:
+            return varlen_attn(q, k, v, bounds, bounds, longest, longest, scale=scale, **options)
+        if scale is not None and abs(scale * q.shape[-1] ** 0.5 - 1.0) > 1e-6:
+            raise NotImplementedError("this torch's varlen_attn has no scale argument")
+        return varlen_attn(q, k, v, bounds, bounds, longest, longest, **options)
 
     return causal_varlen
 
