@@ -44,10 +44,6 @@ class FlatPrompts:
         enc, d = self._pairs(k)
         return enc.prompt_ids(d)
 
-    def job(self, k: int) -> ScoreJob:
-        """The job flat prompt ``k`` belongs to."""
-        return self.jobs[self.owners[k][0]]
-
     def results(self, logits: list[float], batches: int) -> list[PairScores | InvalidRequest]:
         """Per-job results from one logit per flat prompt."""
         per_job: list[list[float]] = [[0.0] * len(job.docs) for job in self.jobs]

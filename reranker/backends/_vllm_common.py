@@ -5,12 +5,15 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import threading
 from typing import Any, ClassVar
 
 from reranker.backends._hf_loading import HFTextTokenizer, load_or_explain
+from reranker.backends._jobs import FlatPrompts
+from reranker.errors import InvalidRequest
 from reranker.options import VLLMOptions
 from reranker.prompts.qwen3 import Qwen3PromptEncoder
-from reranker.protocol import RerankBackend
+from reranker.protocol import PairScores, RerankBackend, ScoreJob
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +24,14 @@ QWEN3_RERANKER_HF_OVERRIDES: dict[str, Any] = {
     "classifier_from_token": ["no", "yes"],
     "is_original_qwen3_reranker": True,
 }
+
+
+def has_field(params_class: Any, name: str) -> bool:
+    """Whether this vLLM's ``SamplingParams`` / ``PoolingParams`` has field ``name``
+    (msgspec structs in some releases, dataclasses in others)."""
+    return name in getattr(params_class, "__struct_fields__", ()) or name in getattr(
+        params_class, "__dataclass_fields__", {}
+    )
 
 
 def cuda_capability() -> tuple[int, int] | None:
@@ -118,7 +129,8 @@ def stop_engine(llm: Any) -> None:
 
 class VLLMBackendBase(RerankBackend):
     """Shared by ``qwen3_vllm`` and ``qwen3_vllm_score``: options, env names, tokenizer,
-    prompt order, shutdown. Subclasses start ``self._llm`` and implement ``_score_pairs``.
+    one engine call per set of jobs (token-id prompts, shortest first), shutdown.
+    Subclasses start ``self._llm`` and implement :meth:`_engine_logits`.
     """
 
     requires: ClassVar[tuple[str, ...]] = ("vllm", "transformers")
@@ -141,13 +153,27 @@ class VLLMBackendBase(RerankBackend):
         self._encoder = Qwen3PromptEncoder(
             self.template, HFTextTokenizer(tokenizer), self.options.max_model_len
         )
+        self._lock = threading.Lock()
 
-    def _engine_order(self, lengths: list[int]) -> list[int]:
-        """Order in which prompts go to the engine: shortest first when configured."""
-        order = list(range(len(lengths)))
+    def _engine_logits(self, prompts: list[Any]) -> list[float]:
+        """logit(yes) - logit(no) of each ``TokensPrompt``, from one engine call."""
+        raise NotImplementedError
+
+    def _score_jobs(self, jobs: list[ScoreJob]) -> list[PairScores | InvalidRequest]:
+        from vllm.inputs import TokensPrompt
+
+        flat = FlatPrompts.build(self._encoder, jobs)
+        order = list(range(len(flat.lengths)))
         if self.options.sort_by_doc_length:
-            order.sort(key=lengths.__getitem__)
-        return order
+            order.sort(key=flat.lengths.__getitem__)
+        prompts = [TokensPrompt(prompt_token_ids=flat.prompt_ids(k)) for k in order]
+        logits = [0.0] * len(order)
+        if prompts:
+            with self._lock:
+                values = self._engine_logits(prompts)
+            for k, value in zip(order, values, strict=True):
+                logits[k] = value
+        return flat.results(logits, 1 if prompts else 0)
 
     def close(self) -> None:
         """Shut the engine down and free its memory."""

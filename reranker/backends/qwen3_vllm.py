@@ -11,14 +11,15 @@ never a substituted constant.
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any, ClassVar
 
-from reranker.backends._jobs import FlatPrompts
-from reranker.backends._vllm_common import VLLMBackendBase, engine_kwargs, start_engine
-from reranker.errors import InvalidRequest
+from reranker.backends._vllm_common import (
+    VLLMBackendBase,
+    engine_kwargs,
+    has_field,
+    start_engine,
+)
 from reranker.prompts.qwen3 import NO_TOKEN_ID, YES_TOKEN_ID
-from reranker.protocol import PairScores, ScoreJob
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +34,7 @@ class Qwen3VLLMBackend(VLLMBackendBase):
         from vllm import SamplingParams
 
         opts = self.options
-        self._explicit_ids = "logprob_token_ids" in getattr(
-            SamplingParams, "__struct_fields__", ()
-        ) or "logprob_token_ids" in getattr(SamplingParams, "__dataclass_fields__", {})
+        self._explicit_ids = has_field(SamplingParams, "logprob_token_ids")
         extra: dict[str, Any] = {}
         if self._explicit_ids:
             self._params = SamplingParams(
@@ -53,7 +52,6 @@ class Qwen3VLLMBackend(VLLMBackendBase):
         # One generated token needs one more position than the longest prompt.
         extra["max_model_len"] = opts.max_model_len + 1
         self._llm = start_engine(opts, engine_kwargs(opts, "generate", **extra))
-        self._lock = threading.Lock()
 
     def meta_extra(self) -> dict[str, Any]:
         """How the yes/no logprobs are obtained."""
@@ -61,19 +59,10 @@ class Qwen3VLLMBackend(VLLMBackendBase):
             "logprob_method": "logprob_token_ids" if self._explicit_ids else "allowed_token_ids"
         }
 
-    def _score_jobs(self, jobs: list[ScoreJob]) -> list[PairScores | InvalidRequest]:
-        from vllm.inputs import TokensPrompt
-
-        flat = FlatPrompts.build(self._encoder, jobs)
-        order = self._engine_order(flat.lengths)
-        prompts = [TokensPrompt(prompt_token_ids=flat.prompt_ids(k)) for k in order]
-        logits = [0.0] * len(order)
-        if prompts:
-            with self._lock:
-                outputs = self._llm.generate(prompts, self._params, use_tqdm=False)
-            for k, out in zip(order, outputs, strict=True):
-                logits[k] = yes_minus_no(out.outputs[0].logprobs[0])
-        return flat.results(logits, 1 if prompts else 0)
+    def _engine_logits(self, prompts: list[Any]) -> list[float]:
+        """lp(yes) - lp(no) at the first generated position of each prompt."""
+        outputs = self._llm.generate(prompts, self._params, use_tqdm=False)
+        return [yes_minus_no(out.outputs[0].logprobs[0]) for out in outputs]
 
 
 def yes_minus_no(position_logprobs: dict[int, Any]) -> float:

@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 from typing import Any, ClassVar
 
-from reranker.backends._jobs import FlatPrompts
 from reranker.backends._vllm_common import (
     QWEN3_RERANKER_HF_OVERRIDES,
     VLLMBackendBase,
     engine_kwargs,
+    has_field,
     start_engine,
 )
-from reranker.errors import InvalidRequest
-from reranker.protocol import PairScores, ScoreJob
 
 logger = logging.getLogger(__name__)
 
@@ -44,28 +41,16 @@ class Qwen3VLLMScoreBackend(VLLMBackendBase):
         if not kwargs["hf_overrides"]:
             del kwargs["hf_overrides"]
         self._llm = start_engine(opts, kwargs)
-        fields = set(getattr(PoolingParams, "__struct_fields__", ())) | set(
-            getattr(PoolingParams, "__dataclass_fields__", {})
-        )
         # Ask for the raw logit; where this vLLM has no switch, invert its sigmoid.
-        self._raw = next((f for f in ("use_activation", "activation") if f in fields), None)
+        switches = ("use_activation", "activation")
+        self._raw = next((f for f in switches if has_field(PoolingParams, f)), None)
         self._pooling = PoolingParams(**{self._raw: False}) if self._raw else None
-        self._lock = threading.Lock()
 
-    def _score_jobs(self, jobs: list[ScoreJob]) -> list[PairScores | InvalidRequest]:
-        from vllm.inputs import TokensPrompt
-
-        flat = FlatPrompts.build(self._encoder, jobs)
-        order = self._engine_order(flat.lengths)
-        prompts = [TokensPrompt(prompt_token_ids=flat.prompt_ids(k)) for k in order]
-        logits = [0.0] * len(order)
-        if prompts:
-            with self._lock:
-                outputs = self._llm.classify(prompts, use_tqdm=False, pooling_params=self._pooling)
-            for k, out in zip(order, outputs, strict=True):
-                value = float(out.outputs.probs[0])
-                logits[k] = value if self._raw else _logit(value)
-        return flat.results(logits, 1 if prompts else 0)
+    def _engine_logits(self, prompts: list[Any]) -> list[float]:
+        """The classifier's logit(yes) - logit(no) for each prompt."""
+        outputs = self._llm.classify(prompts, use_tqdm=False, pooling_params=self._pooling)
+        values = [float(out.outputs.probs[0]) for out in outputs]
+        return values if self._raw else [_logit(v) for v in values]
 
 
 def _logit(p: float) -> float:

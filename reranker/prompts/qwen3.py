@@ -15,7 +15,7 @@ does, while the query part is tokenised once per request instead of once per doc
 from __future__ import annotations
 
 import string
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -42,7 +42,6 @@ COMPACT_QUERY_TEMPLATE = "{prefix}<Instruct>: {instruction}\n\n<Query>: {query}\
 COMPACT_DOCUMENT_TEMPLATE = "<Document>: {doc}{suffix}"
 
 InstructionFormat = Literal["standard", "compact"]
-Tokenize = Callable[[Sequence[str]], list[list[int]]]
 
 
 class TextTokenizer(Protocol):
@@ -138,7 +137,6 @@ class Qwen3PromptTemplate:
 class EncodedPairs:
     """Token ids of one query against many documents."""
 
-    query_text: str  # the query part as text (prefix, instruction, query)
     query_ids: list[int]
     doc_ids: list[list[int]]  # document part ("<Document>: " + doc), already truncated
     tail_ids: list[int]
@@ -159,8 +157,8 @@ class Qwen3PromptEncoder:
     """Turns (query, docs) into prompt token ids that fit ``max_length``.
 
     A document is cut where its kept text re-tokenises to exactly the kept ids (one
-    token earlier when the cut would split a character or a merge), so backends that
-    take ids and backends that take text (vLLM's score API) score the same tokens.
+    token earlier when the cut would split a character or a merge), so the truncated
+    text in ``doc_texts``, given to any text-based engine, scores the same tokens.
     """
 
     def __init__(self, template: Qwen3PromptTemplate, tokenizer: TextTokenizer, max_length: int):
@@ -203,7 +201,6 @@ class Qwen3PromptEncoder:
             if cut:
                 doc_ids[i], texts[i] = self._cut(doc_ids[i][:room])
         return EncodedPairs(
-            query_text=query_text,
             query_ids=query_ids,
             doc_ids=doc_ids,
             tail_ids=list(self._tail_ids),

@@ -22,7 +22,7 @@ def test_matches_model_card_recipe(backend, reference):
 
 
 def test_truncated_doc_scores_like_token_truncation(backend, tiny_model_dir):
-    """The score backend truncates as text; it must land on the same tokens."""
+    """Truncated documents score the same on the score backend as on transformers."""
     import psutil
 
     transformers = load_backend(
