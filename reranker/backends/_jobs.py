@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from reranker.errors import InvalidRequest
@@ -21,17 +22,39 @@ class FlatPrompts:
     @classmethod
     def build(cls, encoder: Qwen3PromptEncoder, jobs: list[ScoreJob]) -> FlatPrompts:
         """Encode each job; a job whose input is invalid keeps its error and no prompts."""
-        flat = cls(jobs, [])
-        for j, job in enumerate(jobs):
-            try:
-                enc = encoder.encode(job.query, job.docs, job.instruction, job.max_doc_tokens)
-            except InvalidRequest as exc:
-                flat.encoded.append(exc)
-                continue
-            flat.encoded.append(enc)
-            flat.owners += [(j, d) for d in range(len(job.docs))]
-            flat.lengths += enc.lengths()
+        flat = cls([], [])
+        for job in jobs:
+            flat.add(encoder, job)
         return flat
+
+    @classmethod
+    def in_waves(
+        cls, encoder: Qwen3PromptEncoder, jobs: list[ScoreJob], min_tokens: int
+    ) -> Iterator[FlatPrompts]:
+        """Encode the jobs in order, handing over a group as soon as it holds
+        ``min_tokens`` prompt tokens (and the rest at the end), so the caller can put one
+        group on the device while the next is being tokenised."""
+        flat = cls([], [])
+        for job in jobs:
+            flat.add(encoder, job)
+            if sum(flat.lengths) >= min_tokens:
+                yield flat
+                flat = cls([], [])
+        if flat.jobs:
+            yield flat
+
+    def add(self, encoder: Qwen3PromptEncoder, job: ScoreJob) -> None:
+        """Encode one more job (an invalid one keeps its error and adds no prompts)."""
+        j = len(self.jobs)
+        self.jobs.append(job)
+        try:
+            enc = encoder.encode(job.query, job.docs, job.instruction, job.max_doc_tokens)
+        except InvalidRequest as exc:
+            self.encoded.append(exc)
+            return
+        self.encoded.append(enc)
+        self.owners += [(j, d) for d in range(len(job.docs))]
+        self.lengths += enc.lengths()
 
     def _pairs(self, k: int) -> tuple[EncodedPairs, int]:
         j, d = self.owners[k]

@@ -26,32 +26,37 @@ ATTENTION_NAME = "reranker_packed"
 @functools.cache
 def varlen_kernel() -> Callable[..., Any] | None:
     """``f(q, k, v, cu_seq_lens, max_len, scale)``: causal varlen FlashAttention over
-    (tokens, heads, head_dim) tensors, GQA included; None where torch lacks the kernel."""
+    (tokens, heads, head_dim) tensors, GQA included; None where torch lacks the kernel.
+
+    K/V keep their own (fewer) heads: FlashAttention shares each K/V head among its group
+    of query heads. torch's ``varlen_attn`` says so with ``enable_gqa``; where a release
+    lacks that flag (2.10, 2.11) the same kernel is called through the aten op that
+    ``varlen_attn`` wraps, since copying K/V out to every query head costs more than
+    the attention itself saves.
+    """
     try:
+        import torch
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:
         return None
     params = inspect.signature(varlen_attn).parameters
-    # torch 2.10 takes is_causal; later releases a (left, right) window, (-1, 0) = causal.
-    options: dict[str, Any] = (
-        {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
-    )
-    native_gqa = "enable_gqa" in params
-    if native_gqa:
-        options["enable_gqa"] = True
-    takes_scale = "scale" in params  # torch 2.10 always uses 1/sqrt(head_dim)
+    if "enable_gqa" in params and "window_size" in params and "scale" in params:
 
-    def causal_varlen(q: Any, k: Any, v: Any, bounds: Any, longest: int, scale: Any) -> Any:
-        if not native_gqa and q.shape[1] != k.shape[1]:
-            groups = q.shape[1] // k.shape[1]
-            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        if takes_scale:
-            return varlen_attn(q, k, v, bounds, bounds, longest, longest, scale=scale, **options)
-        if scale is not None and abs(scale * q.shape[-1] ** 0.5 - 1.0) > 1e-6:
-            raise NotImplementedError("this torch's varlen_attn has no scale argument")
-        return varlen_attn(q, k, v, bounds, bounds, longest, longest, **options)
+        def causal_varlen(q: Any, k: Any, v: Any, bounds: Any, longest: int, scale: Any) -> Any:
+            return varlen_attn(
+                q, k, v, bounds, bounds, longest, longest,
+                scale=scale, window_size=(-1, 0), enable_gqa=True,
+            )  # fmt: skip
 
-    return causal_varlen
+        return causal_varlen
+    flash = getattr(torch.ops.aten, "_flash_attention_forward", None)
+    if flash is None:
+        return None
+
+    def causal_flash(q: Any, k: Any, v: Any, bounds: Any, longest: int, scale: Any) -> Any:
+        return flash(q, k, v, bounds, bounds, longest, longest, 0.0, True, False, scale=scale)[0]
+
+    return causal_flash
 
 
 def varlen_kernel_available(device: Any, dtype: Any) -> bool:
@@ -61,18 +66,32 @@ def varlen_kernel_available(device: Any, dtype: Any) -> bool:
     return getattr(device, "type", str(device)) == "cuda" and half and varlen_kernel() is not None
 
 
+def causal_attention(kernel: Callable[..., Any] | None) -> Callable[..., Any]:
+    """``f(q, k, v, cu_seq_lens, longest, scale)``: causal attention within each packed
+    prompt over (tokens, heads, head_dim) tensors: ``kernel`` (:func:`varlen_kernel`'s
+    result) for CUDA fp16/bf16, one SDPA call per prompt otherwise. ``kernel`` is bound
+    here, so nothing is looked up while torch.compile traces."""
+
+    def attend(q: Any, k: Any, v: Any, cu_seq_lens: Any, longest: int, scale: Any) -> Any:
+        if kernel is not None and q.is_cuda and q.element_size() == 2:  # FlashAttention
+            return kernel(q, k, v, cu_seq_lens, longest, scale)
+        return _attention_per_prompt(q, k, v, cu_seq_lens, scale)
+
+    return attend
+
+
 def register() -> str:
     """Register the packed attention function with transformers; returns its name."""
     from transformers import AttentionInterface
 
     AttentionInterface.register(
-        ATTENTION_NAME, functools.partial(packed_attention, varlen_kernel())
+        ATTENTION_NAME, functools.partial(packed_attention, causal_attention(varlen_kernel()))
     )
     return ATTENTION_NAME
 
 
 def packed_attention(
-    kernel: Callable[..., Any] | None,
+    attend: Callable[..., Any],
     module: Any,
     query: Any,
     key: Any,
@@ -84,11 +103,9 @@ def packed_attention(
     max_length_q: int | None = None,
     **_: Any,
 ) -> tuple[Any, None]:
-    """Causal attention within each packed prompt. ``kernel`` (:func:`varlen_kernel`'s
-    result) is bound at registration, so nothing is looked up while torch.compile traces.
-
-    ``query`` is (1, heads, tokens, head_dim), ``key``/``value`` (1, kv_heads, tokens,
-    head_dim), as transformers hands them over; returns (1, tokens, heads, head_dim).
+    """transformers' side of packed attention: ``attend`` (:func:`causal_attention`'s
+    result) on the (1, heads, tokens, head_dim) tensors that transformers hands over;
+    returns (1, tokens, heads, head_dim).
     """
     if cu_seq_lens_q is None or max_length_q is None:
         raise RuntimeError(
@@ -96,11 +113,7 @@ def packed_attention(
             "serves packed batches built by the qwen3_transformers backend"
         )
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (tokens, heads, dim)
-    if kernel is not None and q.is_cuda and q.element_size() == 2:  # FlashAttention: fp16/bf16
-        out = kernel(q, k, v, cu_seq_lens_q, max_length_q, scaling)
-    else:
-        out = _attention_per_prompt(q, k, v, cu_seq_lens_q, scaling)
-    return out.unsqueeze(0), None
+    return attend(q, k, v, cu_seq_lens_q, max_length_q, scaling).unsqueeze(0), None
 
 
 def _attention_per_prompt(q: Any, k: Any, v: Any, cu_seq_lens: Any, scaling: float | None) -> Any:

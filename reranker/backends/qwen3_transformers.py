@@ -137,23 +137,32 @@ class Qwen3TransformersBackend(RerankBackend):
         }
 
     def _score_jobs(self, jobs: list[ScoreJob]) -> list[PairScores | InvalidRequest]:
-        flat = FlatPrompts.build(self._encoder, jobs)
-        batches = plan_batches(
-            flat.lengths,
-            self.options.max_batch_tokens,
-            self.options.infer_batch_size,
-            self.options.sort_by_doc_length,
-            padded=not self.packed,
-        )
-        logits = [0.0] * len(flat.lengths)
+        opts = self.options
+        waves: list[tuple[FlatPrompts, list[list[int]]]] = []
+        outputs = []
         with self._lock:
-            # Results stay on the device until every batch is queued: one copy back at the
-            # end lets the host prepare batch i+1 while the GPU still runs batch i.
-            outputs = [self._forward([flat.prompt_ids(k) for k in batch]) for batch in batches]
-            values = self._torch.cat(outputs).tolist() if outputs else []
-        for k, value in zip((k for batch in batches for k in batch), values, strict=True):
-            logits[k] = value
-        return flat.results(logits, len(batches))
+            # Each wave's batches are queued on the device as soon as the wave is encoded;
+            # the next wave is tokenised while the device runs them. Results stay on the
+            # device until everything is queued: one copy back, one host sync per call.
+            half_budget = max(1, opts.max_batch_tokens // 2)
+            for flat in FlatPrompts.in_waves(self._encoder, jobs, half_budget):
+                batches = plan_batches(
+                    flat.lengths,
+                    opts.max_batch_tokens,
+                    opts.infer_batch_size,
+                    opts.sort_by_doc_length,
+                    padded=not self.packed,
+                )
+                waves.append((flat, batches))
+                outputs += [self._forward([flat.prompt_ids(k) for k in b]) for b in batches]
+            values = iter(self._torch.cat(outputs).tolist() if outputs else [])
+        results: list[PairScores | InvalidRequest] = []
+        for flat, batches in waves:
+            logits = [0.0] * len(flat.lengths)
+            for k in chain.from_iterable(batches):
+                logits[k] = next(values)
+            results += flat.results(logits, len(batches))
+        return results
 
     def _forward(self, prompts: list[list[int]]) -> Any:
         """logit(yes) - logit(no) of each prompt of one batch, as a float32 device tensor."""

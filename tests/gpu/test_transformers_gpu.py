@@ -7,7 +7,7 @@ import pytest
 from pairs import DOCS, MAX_MODEL_LEN, QUERIES
 from parity_check import assert_matches_reference
 
-from reranker.backends._packed_attention import packed_attention, varlen_kernel
+from reranker.backends._packed_attention import causal_attention, packed_attention, varlen_kernel
 from reranker.registry import load_backend
 
 
@@ -54,8 +54,8 @@ def test_varlen_kernel_matches_per_prompt_attention(dtype):
         for h in (heads, kv_heads, kv_heads)
     )
     kwargs = {"scaling": dim**-0.5, "cu_seq_lens_q": bounds.cuda(), "max_length_q": 250}
-    fast, _ = packed_attention(kernel, None, q, k, v, None, **kwargs)
-    reference, _ = packed_attention(None, None, q, k, v, None, **kwargs)
+    fast, _ = packed_attention(causal_attention(kernel), None, q, k, v, None, **kwargs)
+    reference, _ = packed_attention(causal_attention(None), None, q, k, v, None, **kwargs)
     assert fast.shape == (1, tokens, heads, dim)
     # Both round once to the output type; allow a few units in the last place (bf16:
     # 1 ulp of a value in [2, 4) is 0.0156). A wrong mask or head grouping is off by O(1).

@@ -128,3 +128,23 @@ def test_truncated_text_round_trips_to_the_kept_ids(tok, tokenize, doc):
 def test_bad_templates_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("{", r"\{").replace("}", r"\}")):
         Qwen3PromptTemplate.build(**kwargs)
+
+
+def test_waves_hand_over_consecutive_jobs_once_they_hold_enough_tokens(tok):
+    """The transformers backend tokenises wave i+1 while the device runs wave i: every job
+    lands in exactly one wave, in order, and a wave closes once it reaches the minimum."""
+    from reranker.backends._jobs import FlatPrompts
+    from reranker.protocol import ScoreJob
+
+    docs = ["short one", "a somewhat longer document about rivers " * 8, "x"]
+    jobs = [ScoreJob(f"query {i}", docs, DEFAULT_INSTRUCTION) for i in range(7)]
+    jobs[3] = ScoreJob("word " * 600, docs, DEFAULT_INSTRUCTION)  # too long: error, no prompts
+    encoder = Qwen3PromptEncoder(Qwen3PromptTemplate.build(), tok, 512)
+    per_job = sum(FlatPrompts.build(encoder, jobs[:1]).lengths)
+    waves = list(FlatPrompts.in_waves(encoder, jobs, min_tokens=2 * per_job))
+    assert [len(w.jobs) for w in waves] == [2, 3, 2]  # the invalid job adds no tokens
+    assert [job for w in waves for job in w.jobs] == jobs
+    assert all(sum(w.lengths) >= 2 * per_job for w in waves[:-1])
+    assert isinstance(waves[1].encoded[1], InvalidRequest)
+    whole = FlatPrompts.build(encoder, jobs)
+    assert [n for w in waves for n in w.lengths] == whole.lengths
