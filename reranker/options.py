@@ -71,7 +71,20 @@ class TransformersOptions(BackendOptions):
         description="torch.compile each decoder layer at startup (seconds); auto: on CUDA "
         "with packed batches, falling back to eager if compiling fails",
     )
+    share_query_prefix: bool | Literal["auto"] = Field(
+        "auto",
+        description="packed batches hold each request's query part (system prompt, "
+        "instruction, query) once instead of once per document; auto: with packed batches",
+    )
     local_files_only: bool = False
+
+    @model_validator(mode="after")
+    def _prefix_sharing_needs_packed_batches(self) -> TransformersOptions:
+        if self.share_query_prefix is True and self.batch_layout == "padded":
+            raise ValueError(
+                "share_query_prefix needs packed batches; set batch_layout to packed or auto"
+            )
+        return self
 
     @model_validator(mode="after")
     def _packed_brings_its_own_attention(self) -> TransformersOptions:

@@ -107,7 +107,8 @@ class RerankBackend:
 
     def __init__(self, options: BackendOptions | Mapping[str, Any] | None = None) -> None:
         if isinstance(options, BackendOptions):
-            self.options = self.Options.model_validate(options.model_dump())
+            # exclude_unset: a backend may pick its own default for what the user left unset
+            self.options = self.Options.model_validate(options.model_dump(exclude_unset=True))
         else:
             self.options = self.Options.model_validate(dict(options or {}))
         self.template = self.options.prompt_template()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from reranker.backends._packing import PromptParts
 from reranker.errors import InvalidRequest
 from reranker.prompts.qwen3 import EncodedPairs, Qwen3PromptEncoder
 from reranker.protocol import PairScores, ScoreJob
@@ -66,6 +67,11 @@ class FlatPrompts:
         """Token ids of flat prompt ``k``."""
         enc, d = self._pairs(k)
         return enc.prompt_ids(d)
+
+    def prompt_parts(self, k: int) -> PromptParts:
+        """Flat prompt ``k`` as its job's query part + its own document and suffix."""
+        enc, d = self._pairs(k)
+        return PromptParts(self.owners[k][0], enc.query_ids, enc.doc_ids[d] + enc.tail_ids)
 
     def results(self, logits: list[float], batches: int) -> list[PairScores | InvalidRequest]:
         """Per-job results from one logit per flat prompt."""

@@ -7,10 +7,11 @@ for each prompt; ``cu_seq_lens`` holds the prompt boundaries ([0, n0, n0+n1, ...
 The attention function is registered in transformers' ``AttentionInterface`` under
 :data:`ATTENTION_NAME`; transformers then builds no mask for it (names outside its mask
 table get none) and passes the ``cu_seq_lens_q`` / ``max_length_q`` keyword arguments
-that the backend gives the model straight through to it. On CUDA it runs PyTorch's
-variable-length FlashAttention kernel (``torch.nn.attention.varlen``, torch >= 2.10) in
+that the backend gives the model straight through to it, with ``cu_seq_lens_k``,
+``max_length_k`` and ``key_index`` where a batch shares query prefixes (``_packing``).
+On CUDA it runs PyTorch's variable-length FlashAttention kernel (torch >= 2.10) in
 fp16/bf16; elsewhere (CPU, float32) it runs one causal ``scaled_dot_product_attention``
-per prompt, the same arithmetic.
+per sequence, the same arithmetic.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ ATTENTION_NAME = "reranker_packed"
 
 @functools.cache
 def varlen_kernel() -> Callable[..., Any] | None:
-    """``f(q, k, v, cu_seq_lens, max_len, scale)``: causal varlen FlashAttention over
+    """``f(q, k, v, cu_q, cu_k, max_q, max_k, scale)``: causal varlen FlashAttention over
     (tokens, heads, head_dim) tensors, GQA included; None where torch lacks the kernel.
+    Where a sequence has more keys than queries (a shared prefix before its own tokens),
+    its queries are the last ones: query i sees keys up to i + (keys - queries).
 
     K/V keep their own (fewer) heads: FlashAttention shares each K/V head among its group
     of query heads. torch's ``varlen_attn`` says so with ``enable_gqa``; where a release
@@ -42,9 +45,11 @@ def varlen_kernel() -> Callable[..., Any] | None:
     params = inspect.signature(varlen_attn).parameters
     if "enable_gqa" in params and "window_size" in params and "scale" in params:
 
-        def causal_varlen(q: Any, k: Any, v: Any, bounds: Any, longest: int, scale: Any) -> Any:
+        def causal_varlen(
+            q: Any, k: Any, v: Any, cu_q: Any, cu_k: Any, max_q: int, max_k: int, scale: Any
+        ) -> Any:
             return varlen_attn(
-                q, k, v, bounds, bounds, longest, longest,
+                q, k, v, cu_q, cu_k, max_q, max_k,
                 scale=scale, window_size=(-1, 0), enable_gqa=True,
             )  # fmt: skip
 
@@ -53,8 +58,10 @@ def varlen_kernel() -> Callable[..., Any] | None:
     if flash is None:
         return None
 
-    def causal_flash(q: Any, k: Any, v: Any, bounds: Any, longest: int, scale: Any) -> Any:
-        return flash(q, k, v, bounds, bounds, longest, longest, 0.0, True, False, scale=scale)[0]
+    def causal_flash(
+        q: Any, k: Any, v: Any, cu_q: Any, cu_k: Any, max_q: int, max_k: int, scale: Any
+    ) -> Any:
+        return flash(q, k, v, cu_q, cu_k, max_q, max_k, 0.0, True, False, scale=scale)[0]
 
     return causal_flash
 
@@ -67,15 +74,18 @@ def varlen_kernel_available(device: Any, dtype: Any) -> bool:
 
 
 def causal_attention(kernel: Callable[..., Any] | None) -> Callable[..., Any]:
-    """``f(q, k, v, cu_seq_lens, longest, scale)``: causal attention within each packed
-    prompt over (tokens, heads, head_dim) tensors: ``kernel`` (:func:`varlen_kernel`'s
-    result) for CUDA fp16/bf16, one SDPA call per prompt otherwise. ``kernel`` is bound
-    here, so nothing is looked up while torch.compile traces."""
+    """``f(q, k, v, cu_q, cu_k, max_q, max_k, scale)``: causal attention within each
+    packed sequence over (tokens, heads, head_dim) tensors (see :func:`varlen_kernel` for
+    sequences with more keys than queries): ``kernel`` for CUDA fp16/bf16, one SDPA call
+    per sequence otherwise. ``kernel`` is bound here, so nothing is looked up while
+    torch.compile traces."""
 
-    def attend(q: Any, k: Any, v: Any, cu_seq_lens: Any, longest: int, scale: Any) -> Any:
+    def attend(
+        q: Any, k: Any, v: Any, cu_q: Any, cu_k: Any, max_q: int, max_k: int, scale: Any
+    ) -> Any:
         if kernel is not None and q.is_cuda and q.element_size() == 2:  # FlashAttention
-            return kernel(q, k, v, cu_seq_lens, longest, scale)
-        return _attention_per_prompt(q, k, v, cu_seq_lens, scale)
+            return kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale)
+        return _attention_per_prompt(q, k, v, cu_q, cu_k, scale)
 
     return attend
 
@@ -100,12 +110,16 @@ def packed_attention(
     *,
     scaling: float | None = None,
     cu_seq_lens_q: Any = None,
+    cu_seq_lens_k: Any = None,
     max_length_q: int | None = None,
+    max_length_k: int | None = None,
+    key_index: Any = None,
     **_: Any,
 ) -> tuple[Any, None]:
     """transformers' side of packed attention: ``attend`` (:func:`causal_attention`'s
     result) on the (1, heads, tokens, head_dim) tensors that transformers hands over;
-    returns (1, tokens, heads, head_dim).
+    returns (1, tokens, heads, head_dim). With ``key_index`` (shared prefixes, see
+    ``_packing``) each sequence's keys/values are those rows of the packed ones.
     """
     if cu_seq_lens_q is None or max_length_q is None:
         raise RuntimeError(
@@ -113,34 +127,46 @@ def packed_attention(
             "serves packed batches built by the qwen3_transformers backend"
         )
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (tokens, heads, dim)
-    return attend(q, k, v, cu_seq_lens_q, max_length_q, scaling).unsqueeze(0), None
+    if key_index is not None:
+        k, v = k[key_index], v[key_index]
+    cu_k = cu_seq_lens_q if cu_seq_lens_k is None else cu_seq_lens_k
+    max_k = max_length_q if max_length_k is None else max_length_k
+    out = attend(q, k, v, cu_seq_lens_q, cu_k, max_length_q, max_k, scaling)
+    return out.unsqueeze(0), None
 
 
-def _attention_per_prompt(q: Any, k: Any, v: Any, cu_seq_lens: Any, scaling: float | None) -> Any:
-    """The reference path: one causal SDPA call per prompt of the packed row.
+def _attention_per_prompt(
+    q: Any, k: Any, v: Any, cu_q: Any, cu_k: Any, scaling: float | None
+) -> Any:
+    """The reference path: one causal SDPA call per packed sequence.
 
     Kept out of torch.compile's tracing: a traced loop would specialise on every set of
-    prompt boundaries and recompile for each batch.
+    sequence boundaries and recompile for each batch.
     """
     import torch
 
-    return torch.compiler.disable(_sdpa_per_prompt)(q, k, v, cu_seq_lens, scaling)
+    return torch.compiler.disable(_sdpa_per_prompt)(q, k, v, cu_q, cu_k, scaling)
 
 
-def _sdpa_per_prompt(q: Any, k: Any, v: Any, cu_seq_lens: Any, scaling: float | None) -> Any:
+def _sdpa_per_prompt(q: Any, k: Any, v: Any, cu_q: Any, cu_k: Any, scaling: float | None) -> Any:
     import torch
     import torch.nn.functional as F
 
     out = torch.empty_like(q)
-    bounds = cu_seq_lens.tolist()
-    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+    q_bounds, k_bounds = cu_q.tolist(), cu_k.tolist()
+    for qs, qe, ks, ke in zip(q_bounds, q_bounds[1:], k_bounds, k_bounds[1:], strict=False):
+        extra = (ke - ks) - (qe - qs)  # keys before the first query (a shared prefix)
+        mask = None
+        if extra:  # query i sees keys 0 .. i + extra (SDPA's is_causal aligns top-left)
+            mask = torch.ones(qe - qs, ke - ks, dtype=torch.bool, device=q.device).tril(extra)
         part = F.scaled_dot_product_attention(
-            q[start:end].transpose(0, 1),
-            k[start:end].transpose(0, 1),
-            v[start:end].transpose(0, 1),
-            is_causal=True,
+            q[qs:qe].transpose(0, 1),
+            k[ks:ke].transpose(0, 1),
+            v[ks:ke].transpose(0, 1),
+            attn_mask=mask,
+            is_causal=extra == 0,
             scale=scaling,
             enable_gqa=True,
         )
-        out[start:end] = part.transpose(0, 1)
+        out[qs:qe] = part.transpose(0, 1)
     return out

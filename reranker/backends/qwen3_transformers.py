@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from itertools import accumulate, chain
+from itertools import chain
 from typing import Any, ClassVar
 
 from reranker.backends import _hf_speedups, _packed_attention
 from reranker.backends._hf_loading import HFTextTokenizer, load_or_explain
 from reranker.backends._jobs import FlatPrompts
+from reranker.backends._packing import PromptParts, pack
 from reranker.batching import plan_batches
 from reranker.errors import ConfigError, InvalidRequest
 from reranker.options import TransformersOptions
@@ -23,6 +24,10 @@ from reranker.prompts.qwen3 import NO_TOKEN_ID, YES_TOKEN_ID, Qwen3PromptEncoder
 from reranker.protocol import PairScores, RerankBackend, ScoreJob
 
 logger = logging.getLogger(__name__)
+
+# Packed batches on a GPU waste nothing on padding, so bigger ones only make the matmuls
+# bigger: the defaults there, where the options leave the batch size unset.
+GPU_PACKED_DEFAULTS = {"max_batch_tokens": 65536, "infer_batch_size": 256}
 
 
 class Qwen3TransformersBackend(RerankBackend):
@@ -50,8 +55,18 @@ class Qwen3TransformersBackend(RerankBackend):
         self.packed = opts.batch_layout == "packed" or (
             opts.batch_layout == "auto"
             and opts.attn_implementation == "auto"
-            and _packed_attention.varlen_kernel_available(self.device, self.dtype)
+            and (
+                opts.share_query_prefix is True
+                or _packed_attention.varlen_kernel_available(self.device, self.dtype)
+            )
         )
+        if opts.share_query_prefix is True and not self.packed:
+            raise ConfigError("share_query_prefix needs packed batches (batch_layout: packed)")
+        self.share_query_prefix = self.packed and opts.share_query_prefix is not False
+        if self.packed and self.device.type == "cuda":
+            for key, value in GPU_PACKED_DEFAULTS.items():
+                if key not in opts.model_fields_set:
+                    setattr(opts, key, value)
         tokenizer = load_or_explain(
             opts.model_name,
             "tokenizer",
@@ -100,7 +115,11 @@ class Qwen3TransformersBackend(RerankBackend):
 
     def _compile(self, required: bool) -> None:
         """Compile the decoder layers and build the graph now, not on the first request."""
-        warm_up = [[self._pad_id + 1] * 17, [self._pad_id + 2] * 33]
+        warm_up = [
+            PromptParts(0, [self._pad_id + 1] * 7, [self._pad_id + 2] * 10),
+            PromptParts(0, [self._pad_id + 1] * 7, [self._pad_id + 3] * 26),
+            PromptParts(1, [self._pad_id + 4] * 9, [self._pad_id + 2] * 20),
+        ]
         try:
             _hf_speedups.compile_layers(self._body.layers, lambda: self._forward(warm_up))
         except Exception as exc:
@@ -132,6 +151,7 @@ class Qwen3TransformersBackend(RerankBackend):
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "batch_layout": self.batch_layout,
+            "share_query_prefix": self.share_query_prefix,
             "fused_rms_norm": self.fused_rms_norm,
             "compiled": self.compiled,
         }
@@ -154,7 +174,7 @@ class Qwen3TransformersBackend(RerankBackend):
                     padded=not self.packed,
                 )
                 waves.append((flat, batches))
-                outputs += [self._forward([flat.prompt_ids(k) for k in b]) for b in batches]
+                outputs += [self._forward([flat.prompt_parts(k) for k in b]) for b in batches]
             values = iter(self._torch.cat(outputs).tolist() if outputs else [])
         results: list[PairScores | InvalidRequest] = []
         for flat, batches in waves:
@@ -164,16 +184,17 @@ class Qwen3TransformersBackend(RerankBackend):
             results += flat.results(logits, len(batches))
         return results
 
-    def _forward(self, prompts: list[list[int]]) -> Any:
+    def _forward(self, prompts: list[PromptParts]) -> Any:
         """logit(yes) - logit(no) of each prompt of one batch, as a float32 device tensor."""
         return self._forward_packed(prompts) if self.packed else self._forward_padded(prompts)
 
-    def _forward_padded(self, prompts: list[list[int]]) -> Any:
+    def _forward_padded(self, prompts: list[PromptParts]) -> Any:
         torch = self._torch
-        width = max(len(p) for p in prompts)
+        width = max(len(p.prefix) + len(p.rest) for p in prompts)
         ids = torch.full((len(prompts), width), self._pad_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
+        for row, parts in enumerate(prompts):
+            prompt = [*parts.prefix, *parts.rest]
             ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
             mask[row, width - len(prompt) :] = 1
         # Left padding: positions count real tokens only, as if each prompt were alone.
@@ -187,23 +208,31 @@ class Qwen3TransformersBackend(RerankBackend):
             )
             return self._yes_minus_no_logits(out.last_hidden_state[:, -1, :])
 
-    def _forward_packed(self, prompts: list[list[int]]) -> Any:
-        torch = self._torch
-        lengths = [len(p) for p in prompts]
-        ids = torch.tensor(list(chain.from_iterable(prompts)), dtype=torch.long)
-        positions = torch.cat([torch.arange(n, dtype=torch.long) for n in lengths])
-        bounds = torch.tensor([0, *accumulate(lengths)], dtype=torch.int32, device=self.device)
+    def _forward_packed(self, prompts: list[PromptParts]) -> Any:
+        torch, device = self._torch, self.device
+        batch = pack(prompts, self.share_query_prefix)
+
+        def on_device(values: list[int], dtype: Any) -> Any:
+            return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+
+        shared: dict[str, Any] = {}
+        if batch.key_index is not None:
+            shared = {
+                "key_index": on_device(batch.key_index, torch.long),
+                "cu_seq_lens_k": on_device(batch.cu_key, torch.int32),
+                "max_length_k": max(batch.key_lengths),
+            }
         with torch.inference_mode():
             out = self._body(
-                input_ids=ids[None].to(self.device),
-                position_ids=positions[None].to(self.device),
+                input_ids=on_device(batch.ids, torch.long)[None],
+                position_ids=on_device(batch.positions, torch.long)[None],
                 use_cache=False,
-                cu_seq_lens_q=bounds,
-                cu_seq_lens_k=bounds,
-                max_length_q=max(lengths),
-                max_length_k=max(lengths),
+                cu_seq_lens_q=on_device(batch.cu_query, torch.int32),
+                max_length_q=max(batch.query_lengths),
+                **shared,
             )
-            return self._yes_minus_no_logits(out.last_hidden_state[0, bounds[1:] - 1, :])
+            last = out.last_hidden_state[0, on_device(batch.last_rows, torch.long), :]
+            return self._yes_minus_no_logits(last)
 
     def _yes_minus_no_logits(self, last_hidden: Any) -> Any:
         """logit(yes) - logit(no) for each row of last-position hidden states."""

@@ -13,12 +13,14 @@ from parity_check import assert_matches_reference  # noqa: E402
 from reranker.registry import load_backend  # noqa: E402
 
 # Every test runs on each way of batching: padded rows (the CPU default), packed rows
-# (varlen attention; here its per-prompt reference path), and packed with the fused
-# RMSNorm and torch.compile'd decoder layers that CUDA gets by default.
+# (varlen attention; here its per-sequence reference path) with and without each
+# request's query part shared by its prompts, and packed + shared with the fused RMSNorm
+# and torch.compile'd decoder layers that CUDA gets by default.
 LAYOUTS = {
     "padded": {"batch_layout": "padded"},
-    "packed": {"batch_layout": "packed"},
-    "packed-fused-compiled": {
+    "packed": {"batch_layout": "packed", "share_query_prefix": False},
+    "packed-shared-prefix": {"batch_layout": "packed", "share_query_prefix": True},
+    "packed-shared-fused-compiled": {
         "batch_layout": "packed",
         "fused_rms_norm": True,
         "torch_compile": True,
@@ -45,7 +47,9 @@ def backend(request, tiny_model_dir):
 def test_meta_reports_the_layout_in_force(backend):
     _, meta = backend.score_with_meta(QUERIES[0], DOCS[:2])
     options = backend.options
+    packed = options.batch_layout == "packed"
     assert meta["batch_layout"] == options.batch_layout
+    assert meta["share_query_prefix"] is (options.share_query_prefix is not False and packed)
     assert meta["compiled"] is (options.torch_compile is True)
     assert meta["fused_rms_norm"] is (options.fused_rms_norm is True)
 

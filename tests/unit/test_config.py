@@ -88,6 +88,10 @@ def test_bad_file_names_the_key(tmp_path, yaml_text, fragment):
             "batch_layout: packed\n        attn_implementation: eager",
             "batch_layout 'packed' runs its own attention",
         ),
+        (
+            "batch_layout: padded\n        share_query_prefix: true",
+            "share_query_prefix needs packed batches",
+        ),
     ],
 )
 def test_bad_backend_options_name_the_key(tmp_path, options, fragment):

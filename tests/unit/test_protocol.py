@@ -96,3 +96,13 @@ def test_sigmoid_is_stable_at_the_extremes():
 def test_context_manager_closes(backend):
     with backend as b:
         assert b.score("a", ["aa"])
+
+
+def test_options_passed_as_a_model_keep_what_the_user_left_unset():
+    """A backend picks device defaults only for options nobody set (GPU batch budget)."""
+    from reranker.options import BackendOptions
+
+    options = BackendOptions(model_name="fake-model", infer_batch_size=8)
+    backend = LengthBackend(options)
+    assert backend.options.model_fields_set == {"model_name", "infer_batch_size"}
+    assert backend.options.infer_batch_size == 8
