@@ -10,12 +10,9 @@
 
 from __future__ import annotations
 
-import logging
 import types
 from collections.abc import Callable, Iterable
 from typing import Any
-
-logger = logging.getLogger(__name__)
 
 # Every decoder layer is the same code: allow more compiled variants than dynamo's default 8
 # before it gives up and runs a layer eagerly.

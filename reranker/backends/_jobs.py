@@ -35,12 +35,14 @@ class FlatPrompts:
         """Encode the jobs in order, handing over a group as soon as it holds
         ``min_tokens`` prompt tokens (and the rest at the end), so the caller can put one
         group on the device while the next is being tokenised."""
-        flat = cls([], [])
+        flat, tokens = cls([], []), 0
         for job in jobs:
+            known = len(flat.lengths)
             flat.add(encoder, job)
-            if sum(flat.lengths) >= min_tokens:
+            tokens += sum(flat.lengths[known:])
+            if tokens >= min_tokens:
                 yield flat
-                flat = cls([], [])
+                flat, tokens = cls([], []), 0
         if flat.jobs:
             yield flat
 

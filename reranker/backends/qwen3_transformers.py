@@ -52,21 +52,8 @@ class Qwen3TransformersBackend(RerankBackend):
             else opts.device
         )
         self.dtype = self._pick_dtype(opts.dtype)
-        self.packed = opts.batch_layout == "packed" or (
-            opts.batch_layout == "auto"
-            and opts.attn_implementation == "auto"
-            and (
-                opts.share_query_prefix is True
-                or _packed_attention.varlen_kernel_available(self.device, self.dtype)
-            )
-        )
-        if opts.share_query_prefix is True and not self.packed:
-            raise ConfigError("share_query_prefix needs packed batches (batch_layout: packed)")
-        self.share_query_prefix = self.packed and opts.share_query_prefix is not False
-        if self.packed and self.device.type == "cuda":
-            for key, value in GPU_PACKED_DEFAULTS.items():
-                if key not in opts.model_fields_set:
-                    setattr(opts, key, value)
+        on_cuda = self.device.type == "cuda"
+        self._choose_batching(opts, on_cuda)
         tokenizer = load_or_explain(
             opts.model_name,
             "tokenizer",
@@ -95,7 +82,6 @@ class Qwen3TransformersBackend(RerankBackend):
             self.template, HFTextTokenizer(tokenizer), opts.max_model_len
         )
         self._lock = threading.Lock()
-        on_cuda = self.device.type == "cuda"
         self.fused_rms_norm = on_cuda if opts.fused_rms_norm == "auto" else opts.fused_rms_norm
         if self.fused_rms_norm:
             _hf_speedups.fuse_rms_norms(self._model)
@@ -112,6 +98,24 @@ class Qwen3TransformersBackend(RerankBackend):
             self.fused_rms_norm,
             self.compiled,
         )
+
+    def _choose_batching(self, opts: TransformersOptions, on_cuda: bool) -> None:
+        """Resolve the ``auto`` batch layout, prefix sharing and the GPU batch defaults."""
+        self.packed = opts.batch_layout == "packed" or (
+            opts.batch_layout == "auto"
+            and opts.attn_implementation == "auto"
+            and (
+                opts.share_query_prefix is True
+                or _packed_attention.varlen_kernel_available(self.device, self.dtype)
+            )
+        )
+        if opts.share_query_prefix is True and not self.packed:
+            raise ConfigError("share_query_prefix needs packed batches (batch_layout: packed)")
+        self.share_query_prefix = self.packed and opts.share_query_prefix is not False
+        if self.packed and on_cuda:
+            for key, value in GPU_PACKED_DEFAULTS.items():
+                if key not in opts.model_fields_set:
+                    setattr(opts, key, value)
 
     def _compile(self, required: bool) -> None:
         """Compile the decoder layers and build the graph now, not on the first request."""

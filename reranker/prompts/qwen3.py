@@ -166,9 +166,9 @@ class Qwen3PromptEncoder:
         self.max_length = max_length
         self._tokenizer = tokenizer
         tokenize = self._tokenize = tokenizer.encode_batch
-        self._lead, self._tail = template.document_lead_and_tail()
+        self._lead, tail = template.document_lead_and_tail()
         self._lead_len = len(tokenize([self._lead])[0]) if self._lead else 0
-        self._tail_ids = tokenize([self._tail])[0] if self._tail else []
+        self._tail_ids = tokenize([tail])[0] if tail else []
 
     def encode(
         self,
@@ -182,8 +182,7 @@ class Qwen3PromptEncoder:
         Raises :class:`InvalidRequest` when the query part alone leaves no room for a
         document within ``max_length``.
         """
-        query_text = self.template.query_text(query, instruction)
-        query_ids = self._tokenize([query_text])[0]
+        query_ids = self._tokenize([self.template.query_text(query, instruction)])[0]
         room = self.max_length - len(query_ids) - len(self._tail_ids)
         if room < self._lead_len + 1:
             raise InvalidRequest(
