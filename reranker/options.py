@@ -76,6 +76,12 @@ class TransformersOptions(BackendOptions):
         description="packed batches hold each request's query part (system prompt, "
         "instruction, query) once instead of once per document; auto: with packed batches",
     )
+    attention_kernel: Literal["auto", "torch", "flash_attn_3"] = Field(
+        "auto",
+        description="packed batches on CUDA: torch (its FlashAttention-2) or flash_attn_3 "
+        "(Hopper; the build vLLM wheels carry, so vllm must be installed); auto: "
+        "flash_attn_3 where it runs, else torch",
+    )
     local_files_only: bool = False
 
     @model_validator(mode="after")

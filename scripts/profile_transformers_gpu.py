@@ -25,14 +25,16 @@ def _options(pairs: list[str]) -> dict[str, Any]:
 
 def _kind(kernel: str) -> str:
     name = kernel.lower()
-    for kind, marks in (
+    if name.startswith("triton"):  # inductor's fused kernels, named after the ops they hold
+        return "elementwise/other (triton)"
+    for kind, marks in (  # attention first: FlashAttention kernels are cutlass templates
+        ("attention", ("flash", "fmha")),
         ("matmul", ("gemm", "cutlass", "sm90_xmma", "nvjet", "cublas")),
-        ("attention", ("flash", "fmha", "attn")),
         ("copy/gather", ("copy", "gather", "index", "cat")),
     ):
         if any(m in name for m in marks):
             return kind
-    return "elementwise/other (triton)" if "triton" in name else "elementwise/other"
+    return "elementwise/other"
 
 
 def _matmul_ceiling(hidden: int, inter: int, q_dim: int, kv_dim: int, tokens: int) -> None:

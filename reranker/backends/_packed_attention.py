@@ -9,9 +9,10 @@ The attention function is registered in transformers' ``AttentionInterface`` und
 table get none) and passes the ``cu_seq_lens_q`` / ``max_length_q`` keyword arguments
 that the backend gives the model straight through to it, with ``cu_seq_lens_k``,
 ``max_length_k`` and ``key_index`` where a batch shares query prefixes (``_packing``).
-On CUDA it runs PyTorch's variable-length FlashAttention kernel (torch >= 2.10) in
-fp16/bf16; elsewhere (CPU, float32) it runs one causal ``scaled_dot_product_attention``
-per sequence, the same arithmetic.
+On CUDA in fp16/bf16 it runs a variable-length FlashAttention kernel: torch's own
+FlashAttention-2 (torch >= 2.10) or, on Hopper, FlashAttention-3 from vLLM's build;
+elsewhere (CPU, float32) it runs one causal ``scaled_dot_product_attention`` per
+sequence, the same arithmetic.
 """
 
 from __future__ import annotations
@@ -24,12 +25,32 @@ from typing import Any
 ATTENTION_NAME = "reranker_packed"
 
 
-@functools.cache
-def varlen_kernel() -> Callable[..., Any] | None:
+VARLEN_KERNELS = ("torch", "flash_attn_3")
+
+
+def varlen_kernel(name: str = "torch") -> Callable[..., Any] | None:
     """``f(q, k, v, cu_q, cu_k, max_q, max_k, scale)``: causal varlen FlashAttention over
-    (tokens, heads, head_dim) tensors, GQA included; None where torch lacks the kernel.
+    (tokens, heads, head_dim) tensors, GQA included; None where this machine lacks it.
     Where a sequence has more keys than queries (a shared prefix before its own tokens),
     its queries are the last ones: query i sees keys up to i + (keys - queries).
+
+    ``name`` is one of :data:`VARLEN_KERNELS`: ``torch`` (the FlashAttention-2 kernel
+    that torch ships) or ``flash_attn_3`` (Hopper's FlashAttention-3, see
+    :func:`flash_attn_3_unavailable`).
+    """
+    if name not in VARLEN_KERNELS:
+        raise ValueError(f"unknown varlen kernel {name!r}; one of {VARLEN_KERNELS}")
+    return _torch_flash_kernel() if name == "torch" else _flash_attn_3_kernel()[0]
+
+
+def flash_attn_3_unavailable() -> str | None:
+    """Why FlashAttention-3 cannot run here, or None where it can."""
+    return _flash_attn_3_kernel()[1]
+
+
+@functools.cache
+def _torch_flash_kernel() -> Callable[..., Any] | None:
+    """torch's FlashAttention-2 (torch >= 2.10).
 
     K/V keep their own (fewer) heads: FlashAttention shares each K/V head among its group
     of query heads. torch's ``varlen_attn`` says so with ``enable_gqa``; where a release
@@ -66,6 +87,40 @@ def varlen_kernel() -> Callable[..., Any] | None:
     return causal_flash
 
 
+@functools.cache
+def _flash_attn_3_kernel() -> tuple[Callable[..., Any] | None, str | None]:
+    """FlashAttention-3 (Hopper, sm90) from the build that vLLM wheels carry
+    (``vllm.vllm_flash_attn``): (kernel, None), or (None, why not).
+
+    It runs as a torch custom op with a shape-only fake, so that compiled decoder layers
+    trace through it as one graph instead of breaking around an opaque extension call.
+    """
+    try:
+        import torch
+        from vllm.vllm_flash_attn import flash_attn_varlen_func, is_fa_version_supported
+    except Exception as exc:  # ImportError, or a vLLM build that fails to load here
+        return None, f"vllm.vllm_flash_attn is not importable ({exc}); install vllm"
+    if not torch.cuda.is_available() or not is_fa_version_supported(3):
+        return None, "FlashAttention-3 needs a Hopper (sm90) GPU"
+
+    def causal_fa3(
+        q: Any, k: Any, v: Any, cu_q: Any, cu_k: Any, max_q: int, max_k: int, scale: float
+    ) -> Any:
+        return flash_attn_varlen_func(
+            q, k, v, max_q, cu_q, max_k, cu_seqlens_k=cu_k,
+            softmax_scale=scale, causal=True, fa_version=3,
+        )  # fmt: skip
+
+    op = torch.library.custom_op(
+        "reranker::flash_attn_3_varlen_causal",
+        mutates_args=(),
+        schema="(Tensor q, Tensor k, Tensor v, Tensor cu_q, Tensor cu_k, SymInt max_q, "
+        "SymInt max_k, float scale) -> Tensor",
+    )(causal_fa3)
+    op.register_fake(lambda q, *_: torch.empty_like(q))
+    return op, None
+
+
 def varlen_kernel_available(device: Any, dtype: Any) -> bool:
     """Whether the variable-length kernel runs on ``device`` in ``dtype`` (CUDA, torch >=
     2.10, a 16-bit float type)."""
@@ -90,14 +145,16 @@ def causal_attention(kernel: Callable[..., Any] | None) -> Callable[..., Any]:
     return attend
 
 
-def register() -> str:
-    """Register the packed attention function with transformers; returns its name."""
+def register(kernel_name: str = "torch") -> str:
+    """Register packed attention on the ``kernel_name`` varlen kernel (one of
+    :data:`VARLEN_KERNELS`) with transformers; returns the name it goes by there."""
     from transformers import AttentionInterface
 
-    AttentionInterface.register(
-        ATTENTION_NAME, functools.partial(packed_attention, causal_attention(varlen_kernel()))
-    )
-    return ATTENTION_NAME
+    # transformers takes any name with "flash" in it for a hub kernel: "fa3", not the kernel's name
+    name = {"torch": ATTENTION_NAME, "flash_attn_3": f"{ATTENTION_NAME}_fa3"}[kernel_name]
+    attend = causal_attention(varlen_kernel(kernel_name))
+    AttentionInterface.register(name, functools.partial(packed_attention, attend))
+    return name
 
 
 def packed_attention(

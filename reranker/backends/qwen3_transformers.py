@@ -63,7 +63,7 @@ class Qwen3TransformersBackend(RerankBackend):
         )
         kwargs: dict[str, Any] = {"dtype": self.dtype, "local_files_only": opts.local_files_only}
         if self.packed:
-            kwargs["attn_implementation"] = _packed_attention.register()
+            kwargs["attn_implementation"] = _packed_attention.register(self.attention_kernel)
         elif opts.attn_implementation != "auto":
             kwargs["attn_implementation"] = opts.attn_implementation
         model = load_or_explain(
@@ -116,14 +116,29 @@ class Qwen3TransformersBackend(RerankBackend):
             for key, value in GPU_PACKED_DEFAULTS.items():
                 if key not in opts.model_fields_set:
                     setattr(opts, key, value)
+        self.attention_kernel = self._pick_attention_kernel(opts.attention_kernel, on_cuda)
+
+    def _pick_attention_kernel(self, wanted: str, on_cuda: bool) -> str:
+        """Which varlen kernel packed batches run: FlashAttention-3 where asked for or,
+        under ``auto``, where it runs (packed, CUDA, 16-bit); torch's kernel otherwise."""
+        fa3_applies = self.packed and on_cuda and self.dtype.itemsize == 2
+        why_not = _packed_attention.flash_attn_3_unavailable() if fa3_applies else None
+        if wanted == "flash_attn_3":
+            if not fa3_applies:
+                raise ConfigError(
+                    "attention_kernel flash_attn_3 needs packed batches on a CUDA device "
+                    "in float16/bfloat16"
+                )
+            if why_not:
+                raise ConfigError(f"attention_kernel flash_attn_3: {why_not}")
+            return "flash_attn_3"
+        if wanted == "auto" and fa3_applies and why_not is None:
+            return "flash_attn_3"
+        return "torch"
 
     def _compile(self, required: bool) -> None:
         """Compile the decoder layers and build the graph now, not on the first request."""
-        warm_up = [
-            PromptParts(0, [self._pad_id + 1] * 7, [self._pad_id + 2] * 10),
-            PromptParts(0, [self._pad_id + 1] * 7, [self._pad_id + 3] * 26),
-            PromptParts(1, [self._pad_id + 4] * 9, [self._pad_id + 2] * 20),
-        ]
+        warm_up = self._warm_up_batch()
         try:
             _hf_speedups.compile_layers(self._body.layers, lambda: self._forward(warm_up))
         except Exception as exc:
@@ -135,6 +150,29 @@ class Qwen3TransformersBackend(RerankBackend):
             logger.warning("torch.compile failed, running eagerly: %s", exc)
             return
         self.compiled = True
+
+    def _warm_up_batch(self) -> list[PromptParts]:
+        """The batch that builds the compiled graph. inductor tunes each kernel's launch
+        for the sizes it sees first, so on a GPU this is as big as the batches requests
+        make (half the token budget: waves fill that much); elsewhere, three short prompts.
+        """
+        token = self._pad_id + 1
+        if self.device.type != "cuda":
+            return [
+                PromptParts(0, [token] * 7, [token + 1] * 10),
+                PromptParts(0, [token] * 7, [token + 2] * 26),
+                PromptParts(1, [token + 3] * 9, [token + 1] * 20),
+            ]
+        opts = self.options
+        prompt_tokens = min(512, opts.max_model_len)
+        count = max(3, min(opts.infer_batch_size, opts.max_batch_tokens // 2 // prompt_tokens))
+        prefix = prompt_tokens // 8
+        return [
+            PromptParts(
+                k % 4, [token + k % 4] * prefix, [token + 5] * (prompt_tokens - prefix - k % 8)
+            )
+            for k in range(count)
+        ]
 
     @property
     def batch_layout(self) -> str:
@@ -156,6 +194,7 @@ class Qwen3TransformersBackend(RerankBackend):
             "dtype": str(self.dtype).removeprefix("torch."),
             "batch_layout": self.batch_layout,
             "share_query_prefix": self.share_query_prefix,
+            "attention_kernel": self.attention_kernel if self.packed else None,
             "fused_rms_norm": self.fused_rms_norm,
             "compiled": self.compiled,
         }

@@ -7,7 +7,12 @@ import pytest
 from pairs import DOCS, MAX_MODEL_LEN, QUERIES
 from parity_check import assert_matches_reference
 
-from reranker.backends._packed_attention import causal_attention, packed_attention, varlen_kernel
+from reranker.backends._packed_attention import (
+    causal_attention,
+    flash_attn_3_unavailable,
+    packed_attention,
+    varlen_kernel,
+)
 from reranker.registry import load_backend
 
 
@@ -39,12 +44,24 @@ def test_fused_and_compiled_on_cuda_match_model_card_fp32(fused_compiled_fp32, r
     assert assert_matches_reference(fused_compiled_fp32, reference) >= 50
 
 
+def kernel_or_skip(name):
+    """The named varlen kernel; torch's must exist, FlashAttention-3 needs vLLM and sm90."""
+    if name == "flash_attn_3" and flash_attn_3_unavailable():
+        pytest.skip(flash_attn_3_unavailable())
+    kernel = varlen_kernel(name)
+    assert kernel is not None, "this torch has no varlen FlashAttention"
+    return kernel
+
+
+KERNELS = pytest.mark.parametrize("kernel_name", ["torch", "flash_attn_3"])
+
+
+@KERNELS
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_varlen_kernel_matches_per_prompt_attention(dtype):
+def test_varlen_kernel_matches_per_prompt_attention(dtype, kernel_name):
     import torch
 
-    kernel = varlen_kernel()
-    assert kernel is not None, "this torch has no torch.nn.attention.varlen"
+    kernel = kernel_or_skip(kernel_name)
     torch.manual_seed(0)
     lengths = [17, 33, 1, 250, 64]
     tokens, heads, kv_heads, dim = sum(lengths), 16, 8, 128
@@ -63,16 +80,16 @@ def test_varlen_kernel_matches_per_prompt_attention(dtype):
     torch.testing.assert_close(fast.float(), reference.float(), rtol=ulps, atol=ulps)
 
 
+@KERNELS
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_varlen_kernel_with_shared_prefixes_matches_per_sequence_attention(dtype):
+def test_varlen_kernel_with_shared_prefixes_matches_per_sequence_attention(dtype, kernel_name):
     """Sequences with more keys than queries (a shared prefix first): FlashAttention's
     causal mask must align the queries with the last keys, as the reference path does."""
     import torch
 
     from reranker.backends._packing import PromptParts, pack
 
-    kernel = varlen_kernel()
-    assert kernel is not None
+    kernel = kernel_or_skip(kernel_name)
     torch.manual_seed(1)
     prompts = [
         PromptParts(j, list(range(p)), list(range(n)))

@@ -42,3 +42,18 @@ def test_failed_compile_warm_up_leaves_layers_eager(model):
     with torch.inference_mode():
         out = model.model(input_ids=torch.tensor([[1, 2, 3]])).last_hidden_state
     assert out.shape == (1, 3, model.config.hidden_size)
+
+
+def test_flash_attn_3_asked_for_where_it_cannot_run_is_a_clear_startup_error(tiny_model_dir):
+    """FlashAttention-3 needs packed 16-bit batches on a Hopper GPU (and vLLM's build of
+    it); asking for it elsewhere names what is missing instead of falling back silently."""
+    from reranker.backends._packed_attention import flash_attn_3_unavailable
+    from reranker.errors import ConfigError
+    from reranker.registry import load_backend
+
+    assert flash_attn_3_unavailable()  # no CUDA here (and no vllm in this venv)
+    options = {"model_name": str(tiny_model_dir), "attention_kernel": "flash_attn_3"}
+    with pytest.raises(ConfigError, match="flash_attn_3 needs packed batches on a CUDA device"):
+        load_backend("qwen3_transformers", options)
+    with pytest.raises(ConfigError, match="flash_attn_3 needs packed batches on a CUDA device"):
+        load_backend("qwen3_transformers", {**options, "batch_layout": "packed"})

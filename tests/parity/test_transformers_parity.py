@@ -52,6 +52,7 @@ def test_meta_reports_the_layout_in_force(backend):
     assert meta["share_query_prefix"] is (options.share_query_prefix is not False and packed)
     assert meta["compiled"] is (options.torch_compile is True)
     assert meta["fused_rms_norm"] is (options.fused_rms_norm is True)
+    assert meta["attention_kernel"] == ("torch" if packed else None)  # CPU: no FA3
 
 
 def test_matches_model_card_recipe(backend, reference):

@@ -84,6 +84,7 @@ def test_bad_file_names_the_key(tmp_path, yaml_text, fragment):
         ("document_template: 'no placeholder'", "{doc}"),
         ("batch_layout: ragged", "batch_layout"),
         ("torch_compile: sometimes", "torch_compile"),
+        ("attention_kernel: flash_attn_2", "attention_kernel"),
         (
             "batch_layout: packed\n        attn_implementation: eager",
             "batch_layout 'packed' runs its own attention",
