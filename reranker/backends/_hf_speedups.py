@@ -6,6 +6,8 @@
 - :func:`compile_layers`: each decoder layer is compiled with ``torch.compile`` on its own
   ("regional compilation"): all layers share one compiled graph, so compiling takes
   seconds rather than minutes, and dynamic shapes cover every batch size.
+- :func:`last_layer_mlp_at_rows`: the last decoder layer runs its MLP only at the rows
+  the caller reads (each prompt's last token) instead of at every token.
 """
 
 from __future__ import annotations
@@ -56,3 +58,35 @@ def compile_layers(layers: Iterable[Any], warm_up: Callable[[], object]) -> None
         for layer in layers:
             layer._compiled_call_impl = None
         raise
+
+
+def last_layer_mlp_at_rows(decoder: Any) -> None:
+    """Wrap ``decoder``'s last layer (a Llama/Qwen-style pre-norm layer: input norm, self
+    attention, residual, post-attention norm, MLP, residual) so that, given a
+    ``last_rows`` keyword argument (a 1-D index tensor), it returns only those rows and
+    runs its MLP only there. Attention still covers every token: the rows' own attention
+    reads all keys. Without ``last_rows`` the layer runs as before.
+
+    A reranker reads one hidden state per prompt; the last layer's MLP is a third of that
+    layer's work at every other token.
+    """
+    import torch
+
+    class LastLayerAtRows(torch.nn.Module):
+        reads_last_rows = True
+
+        def __init__(self, layer: Any) -> None:
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, hidden_states: Any, last_rows: Any = None, **kwargs: Any) -> Any:
+            layer = self.layer
+            if last_rows is None:
+                return layer(hidden_states, **kwargs)
+            mixed, _ = layer.self_attn(hidden_states=layer.input_layernorm(hidden_states), **kwargs)
+            rows = hidden_states[:, last_rows] + mixed[:, last_rows]
+            return rows + layer.mlp(layer.post_attention_layernorm(rows))
+
+    layers = decoder.layers
+    if not getattr(layers[-1], "reads_last_rows", False):
+        layers[-1] = LastLayerAtRows(layers[-1])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from reranker.backends._packing import PromptParts
 from reranker.errors import InvalidRequest
@@ -30,19 +30,24 @@ class FlatPrompts:
 
     @classmethod
     def in_waves(
-        cls, encoder: Qwen3PromptEncoder, jobs: list[ScoreJob], min_tokens: int
+        cls,
+        encoder: Qwen3PromptEncoder,
+        jobs: list[ScoreJob],
+        min_tokens: int,
+        first_alone: bool = False,
     ) -> Iterator[FlatPrompts]:
         """Encode the jobs in order, handing over a group as soon as it holds
         ``min_tokens`` prompt tokens (and the rest at the end), so the caller can put one
-        group on the device while the next is being tokenised."""
+        group on the device while the next is being tokenised. With ``first_alone`` the
+        first job is a group of its own, however small (see :class:`HeadSplit`)."""
         flat, tokens = cls([], []), 0
         for job in jobs:
             known = len(flat.lengths)
             flat.add(encoder, job)
             tokens += sum(flat.lengths[known:])
-            if tokens >= min_tokens:
+            if tokens >= min_tokens or first_alone:
                 yield flat
-                flat, tokens = cls([], []), 0
+                flat, tokens, first_alone = cls([], []), 0, False
         if flat.jobs:
             yield flat
 
@@ -87,3 +92,41 @@ class FlatPrompts:
             else:
                 out.append(PairScores(values, batches, sum(enc.lengths()), sum(enc.truncated)))
         return out
+
+
+@dataclass
+class HeadSplit:
+    """The jobs of one call, the first one's first documents split off as a job of their
+    own, so that a backend can start the device on them while it tokenises the rest
+    (tokenising a 100-document request takes longer than the first batch's forward pass).
+    :meth:`join` gives back one result per original job."""
+
+    jobs: list[ScoreJob]
+    split: bool
+
+    @classmethod
+    def of(cls, jobs: list[ScoreJob], head_docs: int) -> HeadSplit:
+        """Split off the first job's first ``head_docs`` documents where it has more than
+        twice that many (0: never)."""
+        if not jobs or head_docs <= 0 or len(jobs[0].docs) <= 2 * head_docs:
+            return cls(list(jobs), False)
+        first = jobs[0]
+        head = replace(first, docs=first.docs[:head_docs])
+        tail = replace(first, docs=first.docs[head_docs:])
+        return cls([head, tail, *jobs[1:]], True)
+
+    def join(self, results: list[PairScores | InvalidRequest]) -> list[PairScores | InvalidRequest]:
+        """One result per original job: the split job's two halves put back together."""
+        if not self.split:
+            return results
+        head, tail, *rest = results
+        if isinstance(head, InvalidRequest) or isinstance(tail, InvalidRequest):
+            whole: PairScores | InvalidRequest = head if isinstance(head, InvalidRequest) else tail
+        else:
+            whole = PairScores(
+                head.logits + tail.logits,
+                head.batches + tail.batches,
+                head.tokens + tail.tokens,
+                head.truncated_docs + tail.truncated_docs,
+            )
+        return [whole, *rest]

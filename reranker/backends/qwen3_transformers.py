@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from array import array
 from itertools import chain
 from typing import Any, ClassVar
 
 from reranker.backends import _hf_speedups, _packed_attention
 from reranker.backends._hf_loading import HFTextTokenizer, load_or_explain
-from reranker.backends._jobs import FlatPrompts
+from reranker.backends._jobs import FlatPrompts, HeadSplit
 from reranker.backends._packing import PromptParts, pack
 from reranker.batching import plan_batches
 from reranker.errors import ConfigError, InvalidRequest
@@ -28,6 +29,10 @@ logger = logging.getLogger(__name__)
 # Packed batches on a GPU waste nothing on padding, so bigger ones only make the matmuls
 # bigger: the defaults there, where the options leave the batch size unset.
 GPU_PACKED_DEFAULTS = {"max_batch_tokens": 65536, "infer_batch_size": 256}
+# On a GPU, a call's first request sends this many documents to the device on their own
+# before the rest is tokenised (HeadSplit); on CPU the forward pass itself is the host's
+# work, so there is nothing to overlap.
+GPU_HEAD_DOCS = 16
 
 
 class Qwen3TransformersBackend(RerankBackend):
@@ -82,6 +87,8 @@ class Qwen3TransformersBackend(RerankBackend):
             self.template, HFTextTokenizer(tokenizer), opts.max_model_len
         )
         self._lock = threading.Lock()
+        if self.packed:  # packed batches read each prompt's last row only
+            _hf_speedups.last_layer_mlp_at_rows(self._body)
         self.fused_rms_norm = on_cuda if opts.fused_rms_norm == "auto" else opts.fused_rms_norm
         if self.fused_rms_norm:
             _hf_speedups.fuse_rms_norms(self._model)
@@ -117,6 +124,7 @@ class Qwen3TransformersBackend(RerankBackend):
                 if key not in opts.model_fields_set:
                     setattr(opts, key, value)
         self.attention_kernel = self._pick_attention_kernel(opts.attention_kernel, on_cuda)
+        self.head_docs = GPU_HEAD_DOCS if on_cuda else 0
 
     def _pick_attention_kernel(self, wanted: str, on_cuda: bool) -> str:
         """Which varlen kernel packed batches run: FlashAttention-3 where asked for or,
@@ -203,12 +211,16 @@ class Qwen3TransformersBackend(RerankBackend):
         opts = self.options
         waves: list[tuple[FlatPrompts, list[list[int]]]] = []
         outputs = []
+        split = HeadSplit.of(jobs, self.head_docs)
         with self._lock:
             # Each wave's batches are queued on the device as soon as the wave is encoded;
-            # the next wave is tokenised while the device runs them. Results stay on the
-            # device until everything is queued: one copy back, one host sync per call.
+            # the next wave is tokenised while the device runs them (the first request's
+            # first documents make a wave of their own, so the device starts early).
+            # Results stay on the device until everything is queued: one host sync a call.
             half_budget = max(1, opts.max_batch_tokens // 2)
-            for flat in FlatPrompts.in_waves(self._encoder, jobs, half_budget):
+            for flat in FlatPrompts.in_waves(
+                self._encoder, split.jobs, half_budget, first_alone=split.split
+            ):
                 batches = plan_batches(
                     flat.lengths,
                     opts.max_batch_tokens,
@@ -225,7 +237,7 @@ class Qwen3TransformersBackend(RerankBackend):
             for k in chain.from_iterable(batches):
                 logits[k] = next(values)
             results += flat.results(logits, len(batches))
-        return results
+        return split.join(results)
 
     def _forward(self, prompts: list[PromptParts]) -> Any:
         """logit(yes) - logit(no) of each prompt of one batch, as a float32 device tensor."""
@@ -256,7 +268,11 @@ class Qwen3TransformersBackend(RerankBackend):
         batch = pack(prompts, self.share_query_prefix)
 
         def on_device(values: list[int], dtype: Any) -> Any:
-            return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+            if not values:
+                return torch.empty(0, dtype=dtype, device=device)
+            # array -> tensor is ~4x faster than torch.tensor(list) on 50k-token batches
+            host = torch.frombuffer(array("q", values), dtype=torch.int64)
+            return host.to(device, dtype, non_blocking=True)
 
         shared: dict[str, Any] = {}
         if batch.key_index is not None:
@@ -272,10 +288,10 @@ class Qwen3TransformersBackend(RerankBackend):
                 use_cache=False,
                 cu_seq_lens_q=on_device(batch.cu_query, torch.int32),
                 max_length_q=max(batch.query_lengths),
+                last_rows=on_device(batch.last_rows, torch.long),  # the last layer's output
                 **shared,
             )
-            last = out.last_hidden_state[0, on_device(batch.last_rows, torch.long), :]
-            return self._yes_minus_no_logits(last)
+            return self._yes_minus_no_logits(out.last_hidden_state[0])
 
     def _yes_minus_no_logits(self, last_hidden: Any) -> Any:
         """logit(yes) - logit(no) for each row of last-position hidden states."""

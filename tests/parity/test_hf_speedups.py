@@ -29,6 +29,21 @@ def test_fused_rms_norm_covers_every_norm_and_keeps_outputs(model):
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
 
 
+def test_last_layer_at_rows_returns_exactly_those_rows_of_the_full_forward(model):
+    ids = torch.tensor([[9693, 2152, 100, 200, 300, 400, 500]])
+    rows = torch.tensor([6, 2, 4])
+    with torch.inference_mode():
+        full = model.model(input_ids=ids).last_hidden_state
+        _hf_speedups.last_layer_mlp_at_rows(model.model)
+        _hf_speedups.last_layer_mlp_at_rows(model.model)  # idempotent: wrapped once
+        assert not hasattr(model.model.layers[-1].layer, "layer")
+        picked = model.model(input_ids=ids, last_rows=rows).last_hidden_state
+        unchanged = model.model(input_ids=ids).last_hidden_state
+    assert picked.shape == (1, 3, full.shape[-1])
+    torch.testing.assert_close(picked[0], full[0, rows], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(unchanged, full, rtol=0, atol=0)
+
+
 def test_failed_compile_warm_up_leaves_layers_eager(model):
     vocab = model.config.vocab_size
 

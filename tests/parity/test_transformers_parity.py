@@ -91,6 +91,29 @@ def test_batching_does_not_change_scores(tiny_model_dir, backend):
         single.close()
 
 
+def test_first_documents_sent_ahead_change_no_score(backend):
+    """On a GPU the first request's first documents go to the device alone while the rest
+    is tokenised (HeadSplit). Forced on here: same scores, one more batch, and a first
+    request that is invalid keeps its own error."""
+    from reranker.errors import InvalidRequest
+    from reranker.protocol import ScoreRequest
+
+    requests = [ScoreRequest(QUERIES[0], DOCS), ScoreRequest(QUERIES[1], DOCS[:4])]
+    usual = backend.score_requests(requests)
+    backend.head_docs = 2
+    try:
+        ahead = backend.score_requests(requests)
+        invalid_first = backend.score_requests([ScoreRequest("word " * 600, DOCS), *requests])
+    finally:
+        backend.head_docs = 0
+    for (want, _), (got, _) in zip(usual, ahead, strict=True):
+        assert got == pytest.approx(want, abs=1e-5)
+    assert ahead[0][1]["inference_batches"] == usual[0][1]["inference_batches"] + 1
+    assert ahead[0][1]["scored_tokens"] == usual[0][1]["scored_tokens"]
+    assert isinstance(invalid_first[0], InvalidRequest) and invalid_first[0].param == "query"
+    assert invalid_first[1][0] == pytest.approx(usual[0][0], abs=1e-5)
+
+
 def test_instruction_override_changes_scores(backend):
     docs = [d for d in DOCS if isinstance(d, str) and d.strip()]
     base = backend.score(QUERIES[0], docs, normalize=False)

@@ -148,3 +148,26 @@ def test_waves_hand_over_consecutive_jobs_once_they_hold_enough_tokens(tok):
     assert isinstance(waves[1].encoded[1], InvalidRequest)
     whole = FlatPrompts.build(encoder, jobs)
     assert [n for w in waves for n in w.lengths] == whole.lengths
+
+
+def test_head_split_sends_the_first_documents_ahead_in_a_wave_of_their_own(tok):
+    """HeadSplit splits only a first job with more than twice the head's documents; the
+    head is a wave by itself; join gives one result per original job, halves merged."""
+    from reranker.backends._jobs import FlatPrompts, HeadSplit
+    from reranker.protocol import ScoreJob
+
+    docs = [f"document number {i} " * (i + 1) for i in range(9)]
+    jobs = [ScoreJob("q one", docs, DEFAULT_INSTRUCTION), ScoreJob("q two", docs[:2], "")]
+    assert not HeadSplit.of(jobs, 0).split and not HeadSplit.of(jobs, 5).split
+    split = HeadSplit.of(jobs, 4)
+    assert split.split and [j.docs for j in split.jobs] == [docs[:4], docs[4:], docs[:2]]
+    assert split.jobs[0].query == split.jobs[1].query == "q one"
+    encoder = Qwen3PromptEncoder(Qwen3PromptTemplate.build(), tok, 512)
+    waves = list(FlatPrompts.in_waves(encoder, split.jobs, 10**6, first_alone=True))
+    assert [len(w.jobs) for w in waves] == [1, 2]  # the head alone, then everything else
+    results = [r for w in waves for r in w.results([float(n) for n in w.lengths], 1)]
+    joined = split.join(results)
+    whole = FlatPrompts.build(encoder, jobs)
+    assert len(joined) == 2 and joined[0].logits == [float(n) for n in whole.lengths[:9]]
+    assert joined[0].batches == 2 and joined[0].tokens == sum(whole.lengths[:9])
+    assert joined[1] == results[2]
