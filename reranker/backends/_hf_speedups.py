@@ -67,8 +67,8 @@ def last_layer_mlp_at_rows(decoder: Any) -> None:
     runs its MLP only there. Attention still covers every token: the rows' own attention
     reads all keys. Without ``last_rows`` the layer runs as before.
 
-    A reranker reads one hidden state per prompt; the last layer's MLP is a third of that
-    layer's work at every other token.
+    A reranker reads one hidden state per prompt; at every other token the last layer's
+    MLP (about two thirds of that layer's matmul work) would be computed for nothing.
     """
     import torch
 
