@@ -24,8 +24,10 @@ from typing import Any
 
 ATTENTION_NAME = "reranker_packed"
 
-
-VARLEN_KERNELS = ("torch", "flash_attn_3")
+# Each varlen kernel and the name its attention function is registered under with
+# transformers, which takes any name with "flash" in it for a hub kernel: hence "fa3".
+_REGISTERED_AS = {"torch": ATTENTION_NAME, "flash_attn_3": f"{ATTENTION_NAME}_fa3"}
+VARLEN_KERNELS = tuple(_REGISTERED_AS)
 
 
 def varlen_kernel(name: str = "torch") -> Callable[..., Any] | None:
@@ -150,9 +152,8 @@ def register(kernel_name: str = "torch") -> str:
     :data:`VARLEN_KERNELS`) with transformers; returns the name it goes by there."""
     from transformers import AttentionInterface
 
-    # transformers takes any name with "flash" in it for a hub kernel: "fa3", not the kernel's name
-    name = {"torch": ATTENTION_NAME, "flash_attn_3": f"{ATTENTION_NAME}_fa3"}[kernel_name]
     attend = causal_attention(varlen_kernel(kernel_name))
+    name = _REGISTERED_AS[kernel_name]
     AttentionInterface.register(name, functools.partial(packed_attention, attend))
     return name
 

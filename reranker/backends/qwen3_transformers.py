@@ -107,7 +107,9 @@ class Qwen3TransformersBackend(RerankBackend):
         )
 
     def _choose_batching(self, opts: TransformersOptions, on_cuda: bool) -> None:
-        """Resolve the ``auto`` batch layout, prefix sharing and the GPU batch defaults."""
+        """Resolve how batches are built and run: the ``auto`` layout, prefix sharing, the
+        GPU batch defaults, the attention kernel, and whether a call's first documents go
+        ahead on their own (GPU only)."""
         self.packed = opts.batch_layout == "packed" or (
             opts.batch_layout == "auto"
             and opts.attn_implementation == "auto"
@@ -268,8 +270,6 @@ class Qwen3TransformersBackend(RerankBackend):
         batch = pack(prompts, self.share_query_prefix)
 
         def on_device(values: list[int], dtype: Any) -> Any:
-            if not values:
-                return torch.empty(0, dtype=dtype, device=device)
             # array -> tensor is ~4x faster than torch.tensor(list) on 50k-token batches
             host = torch.frombuffer(array("q", values), dtype=torch.int64)
             return host.to(device, dtype, non_blocking=True)
