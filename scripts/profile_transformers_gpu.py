@@ -5,13 +5,19 @@
 Prints, for the benchmark workload (4 queries x 100 documents) sent as one
 ``score_requests`` call: the host-side stages (tokenising, batch planning), the GPU time of
 the forward passes, the whole call, the top CUDA kernels (torch.profiler) grouped by kind,
-and the throughput of the decoder's four matmul shapes alone (the ceiling for this model).
+and the throughput of the decoder's four matmul shapes alone (the ceiling for this model),
+and the timeline of that call: how long the GPU sat idle, where, and what the host was
+doing meanwhile (``--trace FILE.json.gz`` also keeps the Chrome trace).
 A developer tool for the performance work in docs/benchmarks.md; not used by tests.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
+import json
+import os
+import tempfile
 import time
 from collections import defaultdict
 from typing import Any
@@ -35,6 +41,66 @@ def _kind(kernel: str) -> str:
         if any(m in name for m in marks):
             return kind
     return "elementwise/other"
+
+
+def _annotate(backend: Any) -> None:
+    """Name the host's stages of a call in the profiler's timeline."""
+    from torch.profiler import record_function
+
+    from reranker.backends import qwen3_transformers
+
+    def named(name: str, fn: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with record_function(name):
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+    backend._encoder.encode = named("tokenise", backend._encoder.encode)
+    backend._forward = named("forward", backend._forward)
+    qwen3_transformers.pack = named("pack", qwen3_transformers.pack)
+
+
+def _timeline(trace: dict[str, Any]) -> None:
+    """GPU idle time within the profiled call, its largest gaps, and the host meanwhile."""
+    events = [e for e in trace["traceEvents"] if e.get("ph") == "X"]
+    call = next(e for e in events if e.get("name") == "call")
+    start, end = call["ts"], call["ts"] + call["dur"]
+    gpu = sorted(
+        (e["ts"], e["ts"] + e["dur"])
+        for e in events
+        if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and start <= e["ts"] <= end
+    )
+    host = [e for e in events if e.get("cat") in ("user_annotation", "cuda_runtime")]
+    gaps, busy_until = [], start
+    for s, e in gpu:
+        if s > busy_until:
+            gaps.append((s - busy_until, busy_until))
+        busy_until = max(busy_until, e)
+    gaps.append((end - busy_until, busy_until))
+    idle = sum(g for g, _ in gaps)
+    print(
+        f"timeline: call {(end - start) / 1e3:.1f} ms, GPU idle {idle / 1e3:.1f} ms in "
+        f"{len(gaps)} gaps (before the first kernel {gaps[0][0] / 1e3:.1f} ms, after the "
+        f"last {gaps[-1][0] / 1e3:.1f} ms)"
+    )
+    for low, high in ((0, 20), (20, 200), (200, 1e12)):
+        part = [g for g, _ in gaps if low <= g < high]
+        print(f"  gaps {low}-{high:g} us: {len(part)}, {sum(part) / 1e3:.1f} ms")
+    for length, at in sorted(gaps, reverse=True)[:12]:
+        doing = sorted(
+            (e["dur"], e["name"]) for e in host if e["ts"] <= at + length / 2 <= e["ts"] + e["dur"]
+        )
+        print(
+            f"  {length / 1e3:6.2f} ms idle at +{(at - start) / 1e3:6.1f} ms; host in: "
+            + ", ".join(name[:40] for _, name in doing[:4])
+        )
+    for name in ("tokenise", "pack", "forward", "cudaMemcpyAsync", "cudaLaunchKernel"):
+        spans = [e for e in host if e["name"] == name and start <= e["ts"] <= end]
+        print(
+            f"  host {name}: {len(spans)} x, {sum(e['dur'] for e in spans) / 1e3:.1f} ms: "
+            + " ".join(f"+{(e['ts'] - start) / 1e3:.0f}/{e['dur'] / 1e3:.1f}" for e in spans[:8])
+        )
 
 
 def _matmul_ceiling(hidden: int, inter: int, q_dim: int, kv_dim: int, tokens: int) -> None:
@@ -68,7 +134,7 @@ def _matmul_ceiling(hidden: int, inter: int, q_dim: int, kv_dim: int, tokens: in
 def main() -> None:
     """Run the profile (see the module docstring)."""
     import torch
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity, profile, record_function
 
     from reranker.backends._jobs import FlatPrompts
     from reranker.backends.qwen3_transformers import Qwen3TransformersBackend
@@ -80,11 +146,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("model")
     parser.add_argument("--option", action="append", default=[])
+    parser.add_argument("--trace", help="also write the profiled call's Chrome trace (.json.gz)")
     args = parser.parse_args()
     start = time.perf_counter()
     backend = Qwen3TransformersBackend({"model_name": args.model, **_options(args.option)})
     print(f"startup {time.perf_counter() - start:.1f} s; meta {backend.meta_extra()}")
-    workloads = fresh_workloads(make_workload(4, 100, 100, 1250, 0), 4)
+    workloads = fresh_workloads(make_workload(4, 100, 100, 1250, 0), 9)
     requests = [
         [ScoreRequest(q, d) for q, d in zip(w.queries, w.docs, strict=True)] for w in workloads
     ]
@@ -105,19 +172,35 @@ def main() -> None:
         f"batches (sizes {[len(b) for b in batches]})\n"
         f"  tokenise+encode {1e3 * (t1 - t0):.1f} ms, plan {1e3 * (t2 - t1):.1f} ms"
     )
-    t7 = time.perf_counter()
-    backend.score_requests(requests[2])
-    t8 = time.perf_counter()
-    print(f"  whole coalesced call: {1e3 * (t8 - t7):.1f} ms -> {400 / (t8 - t7):.0f} pairs/s")
-    t9 = time.perf_counter()
-    for request in requests[1]:
-        backend.score_requests([request])
-    t10 = time.perf_counter()
-    print(f"  one call per query: {1e3 * (t10 - t9):.1f} ms -> {400 / (t10 - t9):.0f} pairs/s")
+    for label, calls in (
+        ("whole coalesced call", [[r] for r in requests[2:5]]),
+        ("one call per query", [[[q] for q in r] for r in requests[5:8]]),
+    ):
+        seconds = []
+        for call in calls:
+            start = time.perf_counter()
+            for each in call:
+                backend.score_requests(each)
+            seconds.append(time.perf_counter() - start)
+        print(
+            f"  {label}: best {1e3 * min(seconds):.1f} ms -> {400 / min(seconds):.0f} pairs/s "
+            f"(of {' '.join(f'{1e3 * s:.0f}' for s in seconds)} ms)"
+        )
 
+    _annotate(backend)
     with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
-        backend.score_requests(requests[3])
+        with record_function("call"):
+            backend.score_requests(requests[8])
         torch.cuda.synchronize()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path, "rb") as f:
+            raw = f.read()
+    _timeline(json.loads(raw))
+    if args.trace:
+        with gzip.open(args.trace, "wb") as f:
+            f.write(raw)
     by_kind: dict[str, float] = defaultdict(float)
     rows = []
     for event in prof.key_averages():

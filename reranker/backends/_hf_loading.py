@@ -38,13 +38,24 @@ def load_or_explain(model_name: str, what: str, load: Callable[[], T]) -> T:
 
 
 class HFTextTokenizer:
-    """A HF tokenizer as :class:`reranker.prompts.qwen3.TextTokenizer` (no special tokens)."""
+    """A HF tokenizer as :class:`reranker.prompts.qwen3.TextTokenizer` (no special tokens).
+
+    Where the tokenizer is a fast one with no truncation or padding of its own set,
+    texts go straight to its Rust ``encode_batch_fast``: the same ids, without the
+    character offsets and the per-call bookkeeping of ``tokenizer(...)`` (~25% of the
+    time tokenising a request takes).
+    """
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
+        rust = getattr(tokenizer, "_tokenizer", None)
+        plain = rust is not None and rust.truncation is None and rust.padding is None
+        self._encode_fast = getattr(rust, "encode_batch_fast", None) if plain else None
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text."""
+        if self._encode_fast is not None:
+            return [e.ids for e in self._encode_fast(list(texts), add_special_tokens=False)]
         return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 
     def decode(self, ids: Sequence[int]) -> str:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from reranker.backends._packing import PromptParts
 from reranker.errors import InvalidRequest
 from reranker.prompts.qwen3 import EncodedPairs, Qwen3PromptEncoder
 from reranker.protocol import PairScores, ScoreJob
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -130,3 +135,37 @@ class HeadSplit:
                 head.truncated_docs + tail.truncated_docs,
             )
         return [whole, *rest]
+
+
+@dataclass(frozen=True)
+class _Raised:
+    error: BaseException
+
+
+_DONE = object()
+
+
+def read_ahead(items: Iterator[T]) -> Iterator[T]:
+    """Yield what ``items`` yields, while a worker thread already computes the next items.
+
+    For tokenising (the tokenizer's Rust code runs without the GIL) while the caller
+    packs and launches the previous batch. The worker runs ``items`` to the end however
+    far the caller gets (it never blocks, so it never outlives its work); an exception
+    it raises is raised to the caller in its place.
+    """
+    ready: queue.SimpleQueue[object] = queue.SimpleQueue()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                ready.put(item)
+        except BaseException as exc:  # handed over to the caller's thread
+            ready.put(_Raised(exc))
+        else:
+            ready.put(_DONE)
+
+    threading.Thread(target=produce, name="reranker-read-ahead", daemon=True).start()
+    while (item := ready.get()) is not _DONE:
+        if isinstance(item, _Raised):
+            raise item.error
+        yield item  # type: ignore[misc]

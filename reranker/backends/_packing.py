@@ -13,6 +13,7 @@ Without sharing, each prompt is one sequence and ``key_index`` is None.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
@@ -29,13 +30,18 @@ class PromptParts:
 
 @dataclass
 class PackedBatch:
-    """What one packed forward pass needs (plain lists; the backend makes tensors)."""
+    """What one packed forward pass needs. Token ids are an int64 ``array``; positions
+    and key rows are kept as runs of consecutive integers (a start and a length each),
+    so the host builds no per-token lists for them: the backend expands them on the
+    device, and :attr:`positions` / :attr:`key_index` expand them here."""
 
-    ids: list[int] = field(default_factory=list)
-    positions: list[int] = field(default_factory=list)
+    ids: array[int] = field(default_factory=lambda: array("q"))
     query_lengths: list[int] = field(default_factory=list)  # per sequence
     key_lengths: list[int] = field(default_factory=list)  # per sequence (prefix + own)
-    key_index: list[int] | None = None  # rows of the packed K/V each sequence reads
+    position_starts: list[int] = field(default_factory=list)  # per sequence
+    # rows of the packed K/V that the sequences read, in order: runs (start, length)
+    key_run_starts: list[int] | None = None
+    key_run_lengths: list[int] = field(default_factory=list)
     last_rows: list[int] = field(default_factory=list)  # each prompt's last token
 
     @property
@@ -48,41 +54,73 @@ class PackedBatch:
         """[0, k0, k0+k1, ...] over the gathered key rows."""
         return [0, *accumulate(self.key_lengths)]
 
+    @property
+    def positions(self) -> list[int]:
+        """Each token's position id (it restarts at each sequence's start)."""
+        return expand_runs(self.position_starts, self.query_lengths)
+
+    @property
+    def key_index(self) -> list[int] | None:
+        """Rows of the packed K/V each sequence reads, back to back (None: no sharing)."""
+        if self.key_run_starts is None:
+            return None
+        return expand_runs(self.key_run_starts, self.key_run_lengths)
+
+
+def expand_runs(starts: Sequence[int], lengths: Sequence[int]) -> list[int]:
+    """``start, start + 1, ..., start + length - 1`` for each run, back to back."""
+    return [
+        i
+        for start, length in zip(starts, lengths, strict=True)
+        for i in range(start, start + length)
+    ]
+
+
+def _append(ids: array[int], tokens: Sequence[int]) -> None:
+    if isinstance(tokens, list):
+        ids.fromlist(tokens)  # 2x faster than extend
+    else:
+        ids.extend(tokens)
+
 
 def pack(prompts: Sequence[PromptParts], share_prefixes: bool) -> PackedBatch:
     """Lay ``prompts`` out back to back (see the module docstring)."""
     batch = PackedBatch()
     if not share_prefixes:
         for parts in prompts:
-            whole = [*parts.prefix, *parts.rest]
-            batch.ids += whole
-            batch.positions += range(len(whole))
-            batch.query_lengths.append(len(whole))
+            _append(batch.ids, parts.prefix)
+            _append(batch.ids, parts.rest)
+            batch.query_lengths.append(len(parts.prefix) + len(parts.rest))
+            batch.position_starts.append(0)
             batch.last_rows.append(len(batch.ids) - 1)
         batch.key_lengths = batch.query_lengths
         return batch
-    key_index: list[int] = []
-    prefix_rows: dict[Hashable, range] = {}
+    batch.key_run_starts = run_starts = []
+    run_lengths = batch.key_run_lengths
+    prefix_rows: dict[Hashable, tuple[int, int]] = {}  # prefix key -> (first row, length)
     for parts in prompts:
         if parts.prefix_key in prefix_rows or not parts.rest or not parts.prefix:
             continue
-        start = len(batch.ids)
-        rows = prefix_rows[parts.prefix_key] = range(start, start + len(parts.prefix))
-        batch.ids += parts.prefix
-        batch.positions += range(len(parts.prefix))
-        batch.query_lengths.append(len(parts.prefix))
-        batch.key_lengths.append(len(parts.prefix))
-        key_index += rows
+        start, length = len(batch.ids), len(parts.prefix)
+        prefix_rows[parts.prefix_key] = (start, length)
+        _append(batch.ids, parts.prefix)
+        batch.query_lengths.append(length)
+        batch.key_lengths.append(length)
+        batch.position_starts.append(0)
+        run_starts.append(start)
+        run_lengths.append(length)
     for parts in prompts:
-        prefix = prefix_rows.get(parts.prefix_key, range(0)) if parts.rest else range(0)
-        rest = parts.rest if parts.rest else [*parts.prefix]  # nothing to share: whole prompt
+        # nothing to share: the whole prompt as a sequence of its own
+        prefix_start, prefix_length = (
+            prefix_rows.get(parts.prefix_key, (0, 0)) if parts.rest else (0, 0)
+        )
+        own = len(parts.rest) if parts.rest else len(parts.prefix)
         start = len(batch.ids)
-        batch.ids += rest
-        batch.positions += range(len(prefix), len(prefix) + len(rest))
-        batch.query_lengths.append(len(rest))
-        batch.key_lengths.append(len(prefix) + len(rest))
-        key_index += prefix
-        key_index += range(start, start + len(rest))
+        _append(batch.ids, parts.rest if parts.rest else parts.prefix)
+        batch.query_lengths.append(own)
+        batch.key_lengths.append(prefix_length + own)
+        batch.position_starts.append(prefix_length)
+        run_starts += (prefix_start, start)
+        run_lengths += (prefix_length, own)
         batch.last_rows.append(len(batch.ids) - 1)
-    batch.key_index = key_index
     return batch

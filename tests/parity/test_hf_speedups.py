@@ -72,3 +72,22 @@ def test_flash_attn_3_asked_for_where_it_cannot_run_is_a_clear_startup_error(tin
         load_backend("qwen3_transformers", options)
     with pytest.raises(ConfigError, match="flash_attn_3 needs packed batches on a CUDA device"):
         load_backend("qwen3_transformers", {**options, "batch_layout": "packed"})
+
+
+def test_runs_expand_on_the_device_as_in_pure_python():
+    from reranker.backends._packing import PromptParts, expand_runs, pack
+    from reranker.backends.qwen3_transformers import _expand_runs
+
+    prompts = [PromptParts("a", [1, 2, 3], [10, 11]), PromptParts("b", [7], []),
+               PromptParts("a", [1, 2, 3], [12, 13, 14])]  # fmt: skip
+    batch = pack(prompts, share_prefixes=True)
+    assert 0 in batch.key_run_lengths  # "b" has nothing to share: an empty prefix run
+    for starts, lengths in (
+        (batch.position_starts, batch.query_lengths),
+        (batch.key_run_starts, batch.key_run_lengths),  # holds a zero-length run
+    ):
+        expected = expand_runs(starts, lengths)
+        on_device = _expand_runs(
+            torch, torch.tensor(starts), torch.tensor(lengths), sum(lengths)
+        ).tolist()
+        assert on_device == expected

@@ -93,19 +93,19 @@ def test_batching_does_not_change_scores(tiny_model_dir, backend):
 
 def test_first_documents_sent_ahead_change_no_score(backend):
     """On a GPU the first request's first documents go to the device alone while the rest
-    is tokenised (HeadSplit). Forced on here: same scores, one more batch, and a first
-    request that is invalid keeps its own error."""
+    is tokenised (HeadSplit), in a thread of its own (read_ahead). Forced on here: same
+    scores, one more batch, and a first request that is invalid keeps its own error."""
     from reranker.errors import InvalidRequest
     from reranker.protocol import ScoreRequest
 
     requests = [ScoreRequest(QUERIES[0], DOCS), ScoreRequest(QUERIES[1], DOCS[:4])]
     usual = backend.score_requests(requests)
-    backend.head_docs = 2
+    backend.head_docs, backend.tokenise_ahead = 2, True
     try:
         ahead = backend.score_requests(requests)
         invalid_first = backend.score_requests([ScoreRequest("word " * 600, DOCS), *requests])
     finally:
-        backend.head_docs = 0
+        backend.head_docs, backend.tokenise_ahead = 0, False
     for (want, _), (got, _) in zip(usual, ahead, strict=True):
         assert got == pytest.approx(want, abs=1e-5)
     assert ahead[0][1]["inference_batches"] == usual[0][1]["inference_batches"] + 1

@@ -25,7 +25,7 @@ def whole_prompts(batch, prompts):
 
 def test_unshared_packing_is_each_prompt_back_to_back():
     batch = pack(PROMPTS, share_prefixes=False)
-    assert batch.ids == [1, 2, 3, 10, 11, 7, 8, 20, 1, 2, 3, 12, 13, 14]
+    assert list(batch.ids) == [1, 2, 3, 10, 11, 7, 8, 20, 1, 2, 3, 12, 13, 14]
     assert batch.positions == [0, 1, 2, 3, 4, 0, 1, 2, 0, 1, 2, 3, 4, 5]
     assert batch.cu_query == batch.cu_key == [0, 5, 8, 14]
     assert batch.key_index is None
@@ -35,7 +35,7 @@ def test_unshared_packing_is_each_prompt_back_to_back():
 def test_shared_prefixes_appear_once_and_positions_continue_after_them():
     batch = pack(PROMPTS, share_prefixes=True)
     # prefixes first (one per request), then each prompt's own tokens
-    assert batch.ids == [1, 2, 3, 7, 8, 10, 11, 20, 12, 13, 14]
+    assert list(batch.ids) == [1, 2, 3, 7, 8, 10, 11, 20, 12, 13, 14]
     assert batch.positions == [0, 1, 2, 0, 1, 3, 4, 2, 3, 4, 5]
     assert batch.query_lengths == [3, 2, 2, 1, 3]
     assert batch.key_lengths == [3, 2, 5, 3, 6]

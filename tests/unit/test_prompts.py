@@ -30,6 +30,20 @@ def tokenize(tok):
     return tok.encode_batch
 
 
+def test_rust_fast_path_gives_the_tokenizers_own_ids(tok, qwen3_tokenizer):
+    assert tok._encode_fast is not None  # the real Qwen3 tokenizer takes the fast path
+    texts = [
+        "",
+        "  leading and trailing spaces  ",
+        "Ünïcödé, 中文, emoji 🎉 and\ttabs\nnewlines",
+        "<|im_end|> special tokens written as text <|im_start|>assistant",
+        "word " * 400,
+        "\n\n\ncode: def f(x):\n    return x ** 2  # comment",
+    ]
+    expected = qwen3_tokenizer(texts, add_special_tokens=False)["input_ids"]
+    assert tok.encode_batch(texts) == expected
+
+
 def test_real_tokenizer_ids(qwen3_tokenizer):
     assert qwen3_tokenizer.convert_tokens_to_ids("yes") == YES_TOKEN_ID == 9693
     assert qwen3_tokenizer.convert_tokens_to_ids("no") == NO_TOKEN_ID == 2152
