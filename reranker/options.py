@@ -71,6 +71,12 @@ class TransformersOptions(BackendOptions):
         description="torch.compile each decoder layer at startup (seconds); auto: on CUDA "
         "with packed batches, falling back to eager if compiling fails",
     )
+    compile_wrapper: Literal["python", "cpp"] = Field(
+        "python",
+        description="what launches the compiled layers' kernels: python (inductor's "
+        "default) or cpp (a C++ wrapper, built with the system's C++ compiler: less host "
+        "time per layer, several times longer first startup)",
+    )
     share_query_prefix: bool | Literal["auto"] = Field(
         "auto",
         description="packed batches hold each request's query part (system prompt, "
@@ -89,6 +95,15 @@ class TransformersOptions(BackendOptions):
         if self.share_query_prefix is True and self.batch_layout == "padded":
             raise ValueError(
                 "share_query_prefix needs packed batches; set batch_layout to packed or auto"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _cpp_wrapper_needs_compiling(self) -> TransformersOptions:
+        if self.compile_wrapper == "cpp" and self.torch_compile is False:
+            raise ValueError(
+                "compile_wrapper 'cpp' launches compiled layers; it needs torch_compile "
+                "true or auto (got false)"
             )
         return self
 

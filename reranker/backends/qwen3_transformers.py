@@ -104,6 +104,12 @@ class Qwen3TransformersBackend(RerankBackend):
         self.compiled = False
         if opts.torch_compile is True or (opts.torch_compile == "auto" and on_cuda and self.packed):
             self._compile(required=opts.torch_compile is True)
+        elif opts.compile_wrapper == "cpp":
+            raise ConfigError(
+                "compile_wrapper: cpp applies to compiled layers, and torch_compile: auto "
+                "compiles only on CUDA with packed batches; set torch_compile: true or "
+                "compile_wrapper: python"
+            )
         logger.info(
             "qwen3_transformers ready: model=%s device=%s dtype=%s batches=%s "
             "fused_rms_norm=%s compiled=%s",
@@ -161,9 +167,17 @@ class Qwen3TransformersBackend(RerankBackend):
     def _compile(self, required: bool) -> None:
         """Compile the decoder layers and build the graph now, not on the first request."""
         warm_up = self._warm_up_batch()
+        cpp_wrapper = self.options.compile_wrapper == "cpp"
         try:
-            _hf_speedups.compile_layers(self._body.layers, lambda: self._forward(warm_up))
+            _hf_speedups.compile_layers(
+                self._body.layers, lambda: self._forward(warm_up), cpp_wrapper
+            )
         except Exception as exc:
+            if cpp_wrapper:
+                raise ConfigError(
+                    f"compile_wrapper: cpp, but building the C++ wrapper failed here ({exc}); "
+                    "install a C++ compiler and Python headers, or set compile_wrapper: python"
+                ) from exc
             if required:
                 raise ConfigError(
                     f"torch_compile: true, but compiling the decoder failed here ({exc}); "
@@ -219,6 +233,7 @@ class Qwen3TransformersBackend(RerankBackend):
             "attention_kernel": self.attention_kernel if self.packed else None,
             "fused_rms_norm": self.fused_rms_norm,
             "compiled": self.compiled,
+            "compile_wrapper": self.options.compile_wrapper if self.compiled else None,
         }
 
     def _score_jobs(self, jobs: list[ScoreJob]) -> list[PairScores | InvalidRequest]:

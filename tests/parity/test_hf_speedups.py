@@ -74,6 +74,16 @@ def test_flash_attn_3_asked_for_where_it_cannot_run_is_a_clear_startup_error(tin
         load_backend("qwen3_transformers", {**options, "batch_layout": "packed"})
 
 
+def test_cpp_wrapper_where_nothing_is_compiled_is_a_clear_startup_error(tiny_model_dir):
+    """torch_compile auto compiles only on CUDA: on CPU a C++ wrapper would be ignored."""
+    from reranker.errors import ConfigError
+    from reranker.registry import load_backend
+
+    options = {"model_name": str(tiny_model_dir), "compile_wrapper": "cpp"}
+    with pytest.raises(ConfigError, match="compile_wrapper: cpp applies to compiled layers"):
+        load_backend("qwen3_transformers", options)
+
+
 def test_runs_expand_on_the_device_as_in_pure_python():
     from reranker.backends._packing import PromptParts, expand_runs, pack
     from reranker.backends.qwen3_transformers import _expand_runs

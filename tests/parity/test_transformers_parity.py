@@ -15,7 +15,8 @@ from reranker.registry import load_backend  # noqa: E402
 # Every test runs on each way of batching: padded rows (the CPU default), packed rows
 # (varlen attention; here its per-sequence reference path) with and without each
 # request's query part shared by its prompts, and packed + shared with the fused RMSNorm
-# and torch.compile'd decoder layers that CUDA gets by default.
+# and torch.compile'd decoder layers that CUDA gets by default, those layers launched from
+# inductor's C++ wrapper too.
 LAYOUTS = {
     "padded": {"batch_layout": "padded"},
     "packed": {"batch_layout": "packed", "share_query_prefix": False},
@@ -24,6 +25,12 @@ LAYOUTS = {
         "batch_layout": "packed",
         "fused_rms_norm": True,
         "torch_compile": True,
+    },
+    "packed-shared-fused-compiled-cpp": {
+        "batch_layout": "packed",
+        "fused_rms_norm": True,
+        "torch_compile": True,
+        "compile_wrapper": "cpp",
     },
 }
 
@@ -51,6 +58,7 @@ def test_meta_reports_the_layout_in_force(backend):
     assert meta["batch_layout"] == options.batch_layout
     assert meta["share_query_prefix"] is (options.share_query_prefix is not False and packed)
     assert meta["compiled"] is (options.torch_compile is True)
+    assert meta["compile_wrapper"] == (options.compile_wrapper if meta["compiled"] else None)
     assert meta["fused_rms_norm"] is (options.fused_rms_norm is True)
     assert meta["attention_kernel"] == ("torch" if packed else None)  # CPU: no FA3
 

@@ -85,6 +85,11 @@ def test_bad_file_names_the_key(tmp_path, yaml_text, fragment):
         ("batch_layout: ragged", "batch_layout"),
         ("torch_compile: sometimes", "torch_compile"),
         ("attention_kernel: flash_attn_2", "attention_kernel"),
+        ("compile_wrapper: rust", "compile_wrapper"),
+        (
+            "torch_compile: false\n        compile_wrapper: cpp",
+            "compile_wrapper 'cpp' launches compiled layers",
+        ),
         (
             "batch_layout: packed\n        attn_implementation: eager",
             "batch_layout 'packed' runs its own attention",
