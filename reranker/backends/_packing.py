@@ -110,7 +110,7 @@ def pack(prompts: Sequence[PromptParts], share_prefixes: bool) -> PackedBatch:
         run_starts.append(start)
         run_lengths.append(length)
     for parts in prompts:
-        # nothing to share: the whole prompt as a sequence of its own
+        # a prompt with nothing after its prefix is packed whole, reading no prefix run
         prefix_start, prefix_length = (
             prefix_rows.get(parts.prefix_key, (0, 0)) if parts.rest else (0, 0)
         )

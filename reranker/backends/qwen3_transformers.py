@@ -175,8 +175,9 @@ class Qwen3TransformersBackend(RerankBackend):
         except Exception as exc:
             if cpp_wrapper:
                 raise ConfigError(
-                    f"compile_wrapper: cpp, but building the C++ wrapper failed here ({exc}); "
-                    "install a C++ compiler and Python headers, or set compile_wrapper: python"
+                    f"compile_wrapper: cpp, but compiling the decoder with inductor's C++ "
+                    f"wrapper failed here ({exc}); it needs a C++ compiler and Python "
+                    "headers, or set compile_wrapper: python"
                 ) from exc
             if required:
                 raise ConfigError(
@@ -243,8 +244,9 @@ class Qwen3TransformersBackend(RerankBackend):
         split = HeadSplit.of(jobs, self.head_docs)
         with self._lock:
             # Each wave's batches are queued on the device as soon as the wave is encoded;
-            # the next wave is tokenised while the device runs them (the first request's
-            # first documents make a wave of their own, so the device starts early).
+            # the next wave is tokenised while the device runs them, on a GPU by a worker
+            # thread (read_ahead) so that packing and launching overlap it too (the first
+            # request's first documents make a wave of their own: the device starts early).
             # Results stay on the device until everything is queued: one host sync a call.
             half_budget = max(1, opts.max_batch_tokens // 2)
             encoded = FlatPrompts.in_waves(
