@@ -102,14 +102,8 @@ class Qwen3TransformersBackend(RerankBackend):
         if self.fused_rms_norm:
             _hf_speedups.fuse_rms_norms(self._model)
         self.compiled = False
-        if opts.torch_compile is True or (opts.torch_compile == "auto" and on_cuda and self.packed):
+        if self._compile_wanted:
             self._compile(required=opts.torch_compile is True)
-        elif opts.compile_wrapper == "cpp":
-            raise ConfigError(
-                "compile_wrapper: cpp applies to compiled layers, and torch_compile: auto "
-                "compiles only on CUDA with packed batches; set torch_compile: true or "
-                "compile_wrapper: python"
-            )
         logger.info(
             "qwen3_transformers ready: model=%s device=%s dtype=%s batches=%s "
             "fused_rms_norm=%s compiled=%s",
@@ -123,8 +117,9 @@ class Qwen3TransformersBackend(RerankBackend):
 
     def _choose_batching(self, opts: TransformersOptions, on_cuda: bool) -> None:
         """Resolve how batches are built and run: the ``auto`` layout, prefix sharing, the
-        GPU batch defaults, the attention kernel, and whether a call's first documents go
-        ahead on their own (GPU only)."""
+        GPU batch defaults, the attention kernel, whether the layers are compiled, and
+        whether a call's first documents go ahead on their own (GPU only). Runs before
+        the model loads, so that a contradictory setting fails fast."""
         self.packed = opts.batch_layout == "packed" or (
             opts.batch_layout == "auto"
             and opts.attn_implementation == "auto"
@@ -141,6 +136,15 @@ class Qwen3TransformersBackend(RerankBackend):
                 if key not in opts.model_fields_set:
                     setattr(opts, key, value)
         self.attention_kernel = self._pick_attention_kernel(opts.attention_kernel, on_cuda)
+        self._compile_wanted = opts.torch_compile is True or (
+            opts.torch_compile == "auto" and on_cuda and self.packed
+        )
+        if opts.compile_wrapper == "cpp" and not self._compile_wanted:
+            raise ConfigError(
+                "compile_wrapper: cpp applies to compiled layers, and torch_compile: auto "
+                "compiles only on CUDA with packed batches; set torch_compile: true or "
+                "compile_wrapper: python"
+            )
         self.head_docs = GPU_HEAD_DOCS if on_cuda else 0
         # On a GPU the next wave is tokenised in a thread while this one is packed and
         # launched; on CPU the forward pass needs every core.
@@ -299,14 +303,15 @@ class Qwen3TransformersBackend(RerankBackend):
         torch = self._torch
         batch = pack(prompts, self.share_query_prefix)
         columns = [batch.position_starts, batch.query_lengths, batch.cu_query, batch.last_rows]
+        key_rows = batch.cu_key
         if batch.key_run_starts is not None:
-            columns += [batch.key_run_starts, batch.key_run_lengths, batch.cu_key]
+            columns += [batch.key_run_starts, batch.key_run_lengths, key_rows]
         ids, starts, lengths, cu_query, last_rows, *keys = self._to_device(batch.ids, columns)
         shared: dict[str, Any] = {}
         if keys:
             run_starts, run_lengths, cu_key = keys
             shared = {
-                "key_index": _expand_runs(torch, run_starts, run_lengths, batch.cu_key[-1]),
+                "key_index": _expand_runs(torch, run_starts, run_lengths, key_rows[-1]),
                 "cu_seq_lens_k": cu_key.to(torch.int32),
                 "max_length_k": max(batch.key_lengths),
             }
