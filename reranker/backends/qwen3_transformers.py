@@ -303,15 +303,15 @@ class Qwen3TransformersBackend(RerankBackend):
         torch = self._torch
         batch = pack(prompts, self.share_query_prefix)
         columns = [batch.position_starts, batch.query_lengths, batch.cu_query, batch.last_rows]
-        key_rows = batch.cu_key
+        host_cu_key = batch.cu_key  # a property: computed once here
         if batch.key_run_starts is not None:
-            columns += [batch.key_run_starts, batch.key_run_lengths, key_rows]
+            columns += [batch.key_run_starts, batch.key_run_lengths, host_cu_key]
         ids, starts, lengths, cu_query, last_rows, *keys = self._to_device(batch.ids, columns)
         shared: dict[str, Any] = {}
         if keys:
             run_starts, run_lengths, cu_key = keys
             shared = {
-                "key_index": _expand_runs(torch, run_starts, run_lengths, key_rows[-1]),
+                "key_index": _expand_runs(torch, run_starts, run_lengths, host_cu_key[-1]),
                 "cu_seq_lens_k": cu_key.to(torch.int32),
                 "max_length_k": max(batch.key_lengths),
             }
