@@ -88,7 +88,25 @@ class TransformersOptions(BackendOptions):
         "(Hopper; the build vLLM wheels carry, so vllm must be installed); auto: "
         "flash_attn_3 where it runs, else torch",
     )
+    cuda_graphs: bool | Literal["auto"] = Field(
+        "auto",
+        description="run a call's first batches as CUDA graphs, captured at startup for "
+        "packed batches of up to cuda_graph_max_tokens tokens (in steps of 2048): the host "
+        "launches a batch at once instead of kernel by kernel; auto: where packed batches "
+        "run FlashAttention-3",
+    )
+    cuda_graph_max_tokens: int = Field(
+        32768, ge=2048, description="tokens of the largest batch captured as a CUDA graph"
+    )
     local_files_only: bool = False
+
+    @model_validator(mode="after")
+    def _cuda_graphs_need_packed_batches(self) -> TransformersOptions:
+        if self.cuda_graphs is True and self.batch_layout == "padded":
+            raise ValueError(
+                "cuda_graphs replays packed batches; set batch_layout to packed or auto"
+            )
+        return self
 
     @model_validator(mode="after")
     def _prefix_sharing_needs_packed_batches(self) -> TransformersOptions:

@@ -147,10 +147,14 @@ def main() -> None:
     parser.add_argument("model")
     parser.add_argument("--option", action="append", default=[])
     parser.add_argument("--trace", help="also write the profiled call's Chrome trace (.json.gz)")
+    parser.add_argument("--head-docs", type=int, help="documents a call sends ahead alone")
     args = parser.parse_args()
     start = time.perf_counter()
     backend = Qwen3TransformersBackend({"model_name": args.model, **_options(args.option)})
     print(f"startup {time.perf_counter() - start:.1f} s; meta {backend.meta_extra()}")
+    if args.head_docs is not None:
+        backend.head_docs = args.head_docs
+    graphs = backend._graphs
     workloads = fresh_workloads(make_workload(4, 100, 100, 1250, 0), 9)
     requests = [
         [ScoreRequest(q, d) for q, d in zip(w.queries, w.docs, strict=True)] for w in workloads
@@ -189,10 +193,13 @@ def main() -> None:
         )
 
     _annotate(backend)
+    replays = graphs.replays if graphs else 0
     with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
         with record_function("call"):
             backend.score_requests(requests[8])
         torch.cuda.synchronize()
+    if graphs:
+        print(f"CUDA graph replays in the profiled call: {graphs.replays - replays}")
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "trace.json")
         prof.export_chrome_trace(path)

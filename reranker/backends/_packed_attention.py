@@ -213,6 +213,8 @@ def _sdpa_per_prompt(q: Any, k: Any, v: Any, cu_q: Any, cu_k: Any, scaling: floa
     out = torch.empty_like(q)
     q_bounds, k_bounds = cu_q.tolist(), cu_k.tolist()
     for qs, qe, ks, ke in zip(q_bounds, q_bounds[1:], k_bounds, k_bounds[1:], strict=False):
+        if qe == qs:  # an empty sequence (an unused slot of a CUDA graph's static shape)
+            continue
         extra = (ke - ks) - (qe - qs)  # keys before the first query (a shared prefix)
         mask = None
         if extra:  # query i sees keys 0 .. i + extra (SDPA's is_causal aligns top-left)

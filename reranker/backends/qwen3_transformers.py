@@ -15,9 +15,16 @@ from itertools import chain
 from typing import Any, ClassVar
 
 from reranker.backends import _hf_speedups, _packed_attention
+from reranker.backends._cuda_graphs import (
+    BatchGraphs,
+    StaticShape,
+    device_columns,
+    host_buffer,
+    static_shapes,
+)
 from reranker.backends._hf_loading import HFTextTokenizer, load_or_explain
 from reranker.backends._jobs import FlatPrompts, HeadSplit, read_ahead
-from reranker.backends._packing import PromptParts, pack
+from reranker.backends._packing import PackedBatch, PromptParts, pack
 from reranker.batching import plan_batches
 from reranker.errors import ConfigError, InvalidRequest
 from reranker.options import TransformersOptions
@@ -104,15 +111,19 @@ class Qwen3TransformersBackend(RerankBackend):
         self.compiled = False
         if self._compile_wanted:
             self._compile(required=opts.torch_compile is True)
+        self._graphs: BatchGraphs | None = None
+        if self._graphs_wanted:
+            self._capture_graphs(required=opts.cuda_graphs is True)
         logger.info(
             "qwen3_transformers ready: model=%s device=%s dtype=%s batches=%s "
-            "fused_rms_norm=%s compiled=%s",
+            "fused_rms_norm=%s compiled=%s cuda_graphs=%s",
             opts.model_name,
             self.device,
             self.dtype,
             self.batch_layout,
             self.fused_rms_norm,
             self.compiled,
+            self._graphs is not None,
         )
 
     def _choose_batching(self, opts: TransformersOptions, on_cuda: bool) -> None:
@@ -144,6 +155,16 @@ class Qwen3TransformersBackend(RerankBackend):
                 "compile_wrapper: cpp applies to compiled layers, and torch_compile: auto "
                 "compiles only on CUDA with packed batches; set torch_compile: true or "
                 "compile_wrapper: python"
+            )
+        self._graphs_wanted = opts.cuda_graphs is True or (
+            opts.cuda_graphs == "auto" and self.attention_kernel == "flash_attn_3"
+        )
+        if opts.cuda_graphs is True and self.attention_kernel != "flash_attn_3":
+            # FlashAttention-3's persistent scheduler skips a captured shape's unused
+            # sequence slots; other kernels would launch blocks for all of them.
+            raise ConfigError(
+                "cuda_graphs: true needs packed batches on FlashAttention-3 (a Hopper GPU, "
+                "vllm installed, bfloat16/float16); set cuda_graphs to auto or false"
             )
         self.head_docs = GPU_HEAD_DOCS if on_cuda else 0
         # On a GPU the next wave is tokenised in a thread while this one is packed and
@@ -192,6 +213,34 @@ class Qwen3TransformersBackend(RerankBackend):
             return
         self.compiled = True
 
+    def _capture_graphs(self, required: bool) -> None:
+        """Capture the packed forward pass as CUDA graphs, one per static batch shape."""
+        opts = self.options
+        max_tokens = min(opts.cuda_graph_max_tokens, opts.max_batch_tokens)
+        shapes = static_shapes(max_tokens, opts.infer_batch_size, self.share_query_prefix)
+        if not shapes:
+            logger.info("no CUDA graphs: max_batch_tokens %d is too small", max_tokens)
+            return
+
+        def forward(columns: list[Any], shape: StaticShape) -> Any:
+            bounds = (shape.tokens, shape.keys)
+            return self._run_packed(columns, *bounds, *bounds)
+
+        graphs = BatchGraphs(self._torch, shapes, forward)
+        token = self._pad_id + 1
+        example = pack([PromptParts(0, [token] * 8, [token + 1] * 8)], self.share_query_prefix)
+        try:
+            graphs.capture(example, self._pad_id)
+        except Exception as exc:
+            if required:
+                raise ConfigError(
+                    f"cuda_graphs: true, but capturing them failed here ({exc}); set "
+                    "cuda_graphs to auto (falls back to launching batches) or false"
+                ) from exc
+            logger.warning("CUDA graph capture failed, launching batches: %s", exc)
+            return
+        self._graphs = graphs
+
     def _warm_up_batch(self) -> list[PromptParts]:
         """The batch that builds the compiled graph. inductor tunes each kernel's launch
         for the sizes it sees first, so on a GPU this is as big as the batches requests
@@ -239,6 +288,7 @@ class Qwen3TransformersBackend(RerankBackend):
             "fused_rms_norm": self.fused_rms_norm,
             "compiled": self.compiled,
             "compile_wrapper": self.options.compile_wrapper if self.compiled else None,
+            "cuda_graphs": self._graphs is not None,
         }
 
     def _score_jobs(self, jobs: list[ScoreJob]) -> list[PairScores | InvalidRequest]:
@@ -256,16 +306,22 @@ class Qwen3TransformersBackend(RerankBackend):
             encoded = FlatPrompts.in_waves(
                 self._encoder, split.jobs, half_budget, first_alone=split.split
             )
-            for flat in read_ahead(encoded) if self.tokenise_ahead else encoded:
+            # The first wave's batches, which the device would otherwise wait for the host
+            # to launch, are cut to the size of the CUDA graphs and replayed.
+            for wave, flat in enumerate(read_ahead(encoded) if self.tokenise_ahead else encoded):
+                graphs = self._graphs if wave == 0 else None
                 batches = plan_batches(
                     flat.lengths,
-                    opts.max_batch_tokens,
+                    graphs.max_tokens if graphs else opts.max_batch_tokens,
                     opts.infer_batch_size,
                     opts.sort_by_doc_length,
                     padded=not self.packed,
                 )
                 waves.append((flat, batches))
-                outputs += [self._forward([flat.prompt_parts(k) for k in b]) for b in batches]
+                outputs += [
+                    self._forward([flat.prompt_parts(k) for k in b], graphed=graphs is not None)
+                    for b in batches
+                ]
             values = iter(self._torch.cat(outputs).tolist() if outputs else [])
         results: list[PairScores | InvalidRequest] = []
         for flat, batches in waves:
@@ -275,9 +331,17 @@ class Qwen3TransformersBackend(RerankBackend):
             results += flat.results(logits, len(batches))
         return split.join(results)
 
-    def _forward(self, prompts: list[PromptParts]) -> Any:
-        """logit(yes) - logit(no) of each prompt of one batch, as a float32 device tensor."""
-        return self._forward_packed(prompts) if self.packed else self._forward_padded(prompts)
+    def _forward(self, prompts: list[PromptParts], graphed: bool = False) -> Any:
+        """logit(yes) - logit(no) of each prompt of one batch, as a float32 device tensor;
+        ``graphed``: through a CUDA graph where one is captured for the batch's size."""
+        if not self.packed:
+            return self._forward_padded(prompts)
+        batch = pack(prompts, self.share_query_prefix)
+        if graphed and self._graphs is not None:
+            logits = self._graphs.run(batch, self._pad_id)
+            if logits is not None:
+                return logits
+        return self._forward_packed(batch)
 
     def _forward_padded(self, prompts: list[PromptParts]) -> Any:
         torch = self._torch
@@ -299,29 +363,36 @@ class Qwen3TransformersBackend(RerankBackend):
             )
             return self._yes_minus_no_logits(out.last_hidden_state[:, -1, :])
 
-    def _forward_packed(self, prompts: list[PromptParts]) -> Any:
+    def _forward_packed(self, batch: PackedBatch) -> Any:
+        ids, columns = device_columns(batch)
+        key_rows = sum(batch.key_lengths)
+        bounds = (len(ids), key_rows, max(batch.query_lengths), max(batch.key_lengths))
+        return self._run_packed(self._to_device(ids, columns), *bounds)
+
+    def _run_packed(
+        self, columns: list[Any], tokens: int, key_rows: int, max_q: int, max_k: int
+    ) -> Any:
+        """The packed forward pass over a batch's device columns (``device_columns``
+        order) of ``tokens`` rows reading ``key_rows`` gathered key rows, no sequence longer
+        than ``max_q`` queries / ``max_k`` keys. It only launches work (no host sync), so
+        a CUDA graph can capture it."""
         torch = self._torch
-        batch = pack(prompts, self.share_query_prefix)
-        columns = [batch.position_starts, batch.query_lengths, batch.cu_query, batch.last_rows]
-        host_cu_key = batch.cu_key  # a property: computed once here
-        if batch.key_run_starts is not None:
-            columns += [batch.key_run_starts, batch.key_run_lengths, host_cu_key]
-        ids, starts, lengths, cu_query, last_rows, *keys = self._to_device(batch.ids, columns)
+        ids, starts, lengths, cu_query, last_rows, *keys = columns
         shared: dict[str, Any] = {}
         if keys:
             run_starts, run_lengths, cu_key = keys
             shared = {
-                "key_index": _expand_runs(torch, run_starts, run_lengths, host_cu_key[-1]),
+                "key_index": _expand_runs(torch, run_starts, run_lengths, key_rows),
                 "cu_seq_lens_k": cu_key.to(torch.int32),
-                "max_length_k": max(batch.key_lengths),
+                "max_length_k": max_k,
             }
         with torch.inference_mode():
             out = self._body(
                 input_ids=ids[None],
-                position_ids=_expand_runs(torch, starts, lengths, len(batch.ids))[None],
+                position_ids=_expand_runs(torch, starts, lengths, tokens)[None],
                 use_cache=False,
                 cu_seq_lens_q=cu_query.to(torch.int32),
-                max_length_q=max(batch.query_lengths),
+                max_length_q=max_q,
                 last_rows=last_rows,  # the last layer's output
                 **shared,
             )
@@ -334,10 +405,7 @@ class Qwen3TransformersBackend(RerankBackend):
         work queued before it, and the host could not prepare the next batch meanwhile.
         """
         torch = self._torch
-        values = array("q", ids)
-        for column in columns:
-            values.fromlist(column)  # array -> tensor: ~4x faster than torch.tensor(list)
-        host = torch.frombuffer(values, dtype=torch.int64)
+        host = torch.frombuffer(host_buffer(ids, columns), dtype=torch.int64)
         if self.device.type == "cuda":
             host = host.pin_memory()
         flat = host.to(self.device, non_blocking=True)
@@ -350,6 +418,7 @@ class Qwen3TransformersBackend(RerankBackend):
 
     def close(self) -> None:
         """Drop the model and free GPU memory."""
+        self._graphs = None
         self._model = None
         self._body = None
         if self._torch.cuda.is_available():

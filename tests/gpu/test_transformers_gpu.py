@@ -166,3 +166,35 @@ def test_bfloat16_defaults_are_as_close_to_fp32_as_plain_bfloat16(
         assert worst <= max(1.5 * plain_bfloat16_gap, 0.01)
     finally:
         fast.close()
+
+
+def test_cuda_graphs_replay_first_batches_and_change_no_score(tiny_model_dir):
+    """Where FlashAttention-3 runs, the defaults capture CUDA graphs at startup and replay
+    a call's first batches through them, padded to a static shape. The same backend with
+    its graphs set aside launches the same batches kernel by kernel: the probabilities
+    agree up to bf16 rounding (another row count can pick another GEMM algorithm); a
+    padding row leaking into a real one would be off by far more."""
+    from parity_check import usable
+
+    if flash_attn_3_unavailable():
+        pytest.skip(flash_attn_3_unavailable())
+    docs = [d.strip() for d in DOCS if usable(d)]
+    fast = make(tiny_model_dir, dtype="bfloat16")
+    try:
+        graphs = fast._graphs
+        assert graphs is not None and fast.score_with_meta(QUERIES[0], docs)[1]["cuda_graphs"]
+        before = graphs.replays
+        graphed = [fast.score(query, docs) for query in QUERIES]
+        assert graphs.replays >= before + len(QUERIES)
+        fast._graphs = None
+        launched = [fast.score(query, docs) for query in QUERIES]
+        fast._graphs = graphs
+        worst = max(
+            abs(x - y)
+            for got, want in zip(graphed, launched, strict=True)
+            for x, y in zip(got, want, strict=True)
+        )
+        print(f"CUDA graphs vs launched batches: max |dP| {worst:.3e}")
+        assert worst <= 0.01
+    finally:
+        fast.close()

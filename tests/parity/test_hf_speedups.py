@@ -84,6 +84,22 @@ def test_cpp_wrapper_where_nothing_is_compiled_is_a_clear_startup_error(tiny_mod
         load_backend("qwen3_transformers", options)
 
 
+def test_cuda_graphs_where_they_cannot_run_are_a_clear_startup_error(tiny_model_dir):
+    """CUDA graphs need FlashAttention-3 (and so a Hopper GPU): asked for on CPU, the
+    backend refuses to start; under auto it runs without them."""
+    from reranker.errors import ConfigError
+    from reranker.registry import load_backend
+
+    options = {"model_name": str(tiny_model_dir), "batch_layout": "packed"}
+    with pytest.raises(ConfigError, match="cuda_graphs: true needs packed batches on Flash"):
+        load_backend("qwen3_transformers", {**options, "cuda_graphs": True})
+    backend = load_backend("qwen3_transformers", options)
+    try:
+        assert backend.score_with_meta("q", ["d"])[1]["cuda_graphs"] is False
+    finally:
+        backend.close()
+
+
 def test_runs_expand_on_the_device_as_in_pure_python():
     from reranker.backends._packing import PromptParts, expand_runs, pack
     from reranker.backends.qwen3_transformers import _expand_runs

@@ -35,20 +35,41 @@ LAYOUTS = {
 }
 
 
+PACKED_LAYOUTS = [name for name, options in LAYOUTS.items() if options["batch_layout"] == "packed"]
+
+
+@pytest.fixture(scope="module")
+def backends(tiny_model_dir):
+    """Each layout's backend, built when a test first asks for it, closed at the end."""
+    built = {}
+
+    def get(layout):
+        if layout not in built:
+            built[layout] = load_backend(
+                "qwen3_transformers",
+                {
+                    "model_name": str(tiny_model_dir),
+                    "max_model_len": MAX_MODEL_LEN,
+                    "dtype": "float32",
+                    "max_batch_tokens": 1024,
+                    **LAYOUTS[layout],
+                },
+            )
+        return built[layout]
+
+    yield get
+    for b in built.values():
+        b.close()
+
+
 @pytest.fixture(scope="module", params=list(LAYOUTS))
-def backend(request, tiny_model_dir):
-    b = load_backend(
-        "qwen3_transformers",
-        {
-            "model_name": str(tiny_model_dir),
-            "max_model_len": MAX_MODEL_LEN,
-            "dtype": "float32",
-            "max_batch_tokens": 1024,
-            **LAYOUTS[request.param],
-        },
-    )
-    yield b
-    b.close()
+def backend(request, backends):
+    return backends(request.param)
+
+
+@pytest.fixture(scope="module", params=PACKED_LAYOUTS)
+def packed_backend(request, backends):
+    return backends(request.param)
 
 
 def test_meta_reports_the_layout_in_force(backend):
@@ -162,3 +183,33 @@ def test_calls_from_several_threads_match_sequential(backend):
         results = list(pool.map(lambda q: (q, backend.score(q, DOCS)), QUERIES * 3))
     for query, scores in results:
         assert scores == pytest.approx(expected[query], abs=1e-5)
+
+
+def test_batches_padded_to_a_static_shape_score_as_unpadded(packed_backend):
+    """CUDA graphs replay batches padded to fixed shapes (``_cuda_graphs``): a dummy
+    sequence of pad tokens, empty sequence slots, extra gathered key rows. The real rows
+    must come out as without the padding; here on the reference attention path."""
+    from reranker.backends._cuda_graphs import device_columns, pad_packed, static_shapes
+    from reranker.backends._jobs import FlatPrompts
+    from reranker.backends._packing import pack
+    from reranker.protocol import ScoreJob
+
+    backend = packed_backend
+    docs = [d for d in DOCS if isinstance(d, str) and d.strip()][:6]
+    jobs = [ScoreJob(q, docs, backend.options.instruction, 60) for q in QUERIES[:2]]
+    flat = FlatPrompts.build(backend._encoder, jobs)
+    prompts = [flat.prompt_parts(k) for k in range(len(flat.lengths))]
+    batch = pack(prompts, backend.share_query_prefix)
+    want = backend._forward_packed(batch).tolist()
+    shapes = static_shapes(4096, 16, backend.share_query_prefix)
+    assert [shape.tokens for shape in shapes] == [2048, 4096]
+    for shape in shapes:
+        assert shape.fits(batch)
+        padded = pad_packed(batch, shape, backend._pad_id)
+        assert len(padded.ids) == shape.tokens and len(padded.last_rows) == 16
+        assert sum(padded.key_lengths) == shape.keys
+        ids, columns = device_columns(padded)
+        assert list(map(len, columns)) == shape.column_sizes()[1:]
+        bounds = (shape.tokens, shape.keys)
+        got = backend._run_packed(backend._to_device(ids, columns), *bounds, *bounds).tolist()
+        assert got[len(want) :] and got[: len(want)] == pytest.approx(want, abs=1e-5)

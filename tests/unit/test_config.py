@@ -98,6 +98,12 @@ def test_bad_file_names_the_key(tmp_path, yaml_text, fragment):
             "batch_layout: padded\n        share_query_prefix: true",
             "share_query_prefix needs packed batches",
         ),
+        ("cuda_graphs: always", "cuda_graphs"),
+        ("cuda_graph_max_tokens: 1024", "cuda_graph_max_tokens"),
+        (
+            "batch_layout: padded\n        cuda_graphs: true",
+            "cuda_graphs replays packed batches",
+        ),
     ],
 )
 def test_bad_backend_options_name_the_key(tmp_path, options, fragment):
