@@ -13,6 +13,7 @@ A graph has fixed shapes, so a batch is padded to the smallest of a few
 - with shared query prefixes (``_packing``) the gathered key rows are padded too: the
   dummy sequence reads its own rows, then as many rows from the start of the batch as
   fill the shape (reading rows is harmless; no real sequence reads a pad row);
+- the dummy and the empty sequences hold none of the rows read out;
 - the attention kernel gets the shape's bounds as its longest query / key lengths.
 
 Every real row sees exactly the keys it sees unpadded, and every other operation works
@@ -61,7 +62,8 @@ class StaticShape:
 
     def column_sizes(self) -> list[int]:
         """Sizes of the device columns, in :func:`device_columns` order."""
-        per_sequence = [self.sequences, self.sequences, self.sequences + 1, self.rows]
+        sequences = self.sequences
+        per_sequence = [sequences, sequences, sequences + 1, sequences + 1, self.rows]
         keys = [self.key_runs, self.key_runs, self.sequences + 1] if self.shared else []
         return [self.tokens, *per_sequence, *keys]
 
@@ -92,6 +94,7 @@ def pad_packed(batch: PackedBatch, shape: StaticShape, pad_id: int) -> PackedBat
         query_lengths=[*batch.query_lengths, pad, *[0] * fillers],
         position_starts=[*batch.position_starts, 0, *[0] * fillers],
         last_rows=[*batch.last_rows, *[0] * (shape.rows - len(batch.last_rows))],
+        row_counts=[*batch.row_counts, 0, *[0] * fillers],
     )
     if batch.key_run_starts is None:
         padded.key_lengths = padded.query_lengths
@@ -108,9 +111,15 @@ def pad_packed(batch: PackedBatch, shape: StaticShape, pad_id: int) -> PackedBat
 
 def device_columns(batch: PackedBatch) -> tuple[array[int], list[list[int]]]:
     """A packed batch's token ids and the index lists its forward pass needs on the
-    device: position runs (starts, lengths), query bounds, last rows and, with shared
-    prefixes, key runs (starts, lengths) and key bounds."""
-    columns = [batch.position_starts, batch.query_lengths, batch.cu_query, batch.last_rows]
+    device: position runs (starts, lengths), query bounds, last-row bounds, last rows
+    and, with shared prefixes, key runs (starts, lengths) and key bounds."""
+    columns = [
+        batch.position_starts,
+        batch.query_lengths,
+        batch.cu_query,
+        batch.cu_rows,
+        batch.last_rows,
+    ]
     if batch.key_run_starts is not None:
         columns += [batch.key_run_starts, batch.key_run_lengths, batch.cu_key]
     return batch.ids, columns

@@ -6,12 +6,14 @@
 - :func:`compile_layers`: each decoder layer is compiled with ``torch.compile`` on its own
   ("regional compilation"): all layers share one compiled graph, so compiling takes
   seconds rather than minutes, and dynamic shapes cover every batch size.
-- :func:`last_layer_mlp_at_rows`: the last decoder layer runs its MLP only at the rows
-  the caller reads (each prompt's last token) instead of at every token.
+- :func:`last_layer_at_rows`: the last decoder layer runs its MLP (and, in packed
+  batches, its queries, attention and output projection) only at the rows the caller
+  reads (each prompt's last token) instead of at every token.
 """
 
 from __future__ import annotations
 
+import sys
 import types
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -65,15 +67,44 @@ def compile_layers(
         raise
 
 
-def last_layer_mlp_at_rows(decoder: Any) -> None:
+def _attention_at_rows(attn: Any, normed: Any, rows: Any, row_bounds: Any, **kwargs: Any) -> Any:
+    """``attn`` (a Llama/Qwen-style self-attention module) at ``rows`` of ``normed`` only:
+    keys and values from every token, queries from the rows alone, one per sequence
+    (``row_bounds``: [0, r0, r0+r1, ...] over the rows, as ``cu_seq_lens_q`` is over the
+    tokens). Only for the packed attention of ``_packed_attention``, which aligns a
+    sequence's queries with its last keys: a row's one query sees its whole sequence."""
+    modeling = sys.modules[type(attn).__module__]
+    position_embeddings = kwargs.pop("position_embeddings")
+    kwargs.pop("attention_mask", None)
+    kwargs.pop("past_key_values", None)
+    picked = normed[:, rows]
+    heads = (-1, attn.head_dim)
+    q = attn.q_norm(attn.q_proj(picked).unflatten(-1, heads)).transpose(1, 2)
+    k = attn.k_norm(attn.k_proj(normed).unflatten(-1, heads)).transpose(1, 2)
+    v = attn.v_proj(normed).unflatten(-1, heads).transpose(1, 2)
+    cos, sin = position_embeddings
+    q, _ = modeling.apply_rotary_pos_emb(q, q, cos[:, rows], sin[:, rows])
+    k, _ = modeling.apply_rotary_pos_emb(k, k, cos, sin)
+    kwargs.setdefault("cu_seq_lens_k", kwargs["cu_seq_lens_q"])
+    kwargs.setdefault("max_length_k", kwargs["max_length_q"])
+    kwargs.update(cu_seq_lens_q=row_bounds, max_length_q=1)
+    attend = modeling.ALL_ATTENTION_FUNCTIONS[attn.config._attn_implementation]
+    out, _ = attend(attn, q, k, v, None, scaling=attn.scaling, **kwargs)
+    return attn.o_proj(out.reshape(*picked.shape[:-1], -1))
+
+
+def last_layer_at_rows(decoder: Any) -> None:
     """Wrap ``decoder``'s last layer (a Llama/Qwen-style pre-norm layer: input norm, self
     attention, residual, post-attention norm, MLP, residual) so that, given a
     ``last_rows`` keyword argument (a 1-D index tensor), it returns only those rows and
-    runs its MLP only there. Attention still covers every token: the rows' own attention
-    reads all keys. Without ``last_rows`` the layer runs as before.
+    runs its MLP only there. With ``row_bounds`` too (packed batches: see
+    :func:`_attention_at_rows`) its attention also computes queries, attention and the
+    output projection at those rows only; without, attention covers every token. Without
+    ``last_rows`` the layer runs as before.
 
     A reranker reads one hidden state per prompt; at every other token the last layer's
-    MLP (about two thirds of that layer's matmul work) would be computed for nothing.
+    MLP, query and output projections and attention (about 85% of that layer's matmul
+    work) would be computed for nothing.
     """
     import torch
 
@@ -84,12 +115,19 @@ def last_layer_mlp_at_rows(decoder: Any) -> None:
             super().__init__()
             self.layer = layer
 
-        def forward(self, hidden_states: Any, last_rows: Any = None, **kwargs: Any) -> Any:
+        def forward(
+            self, hidden_states: Any, last_rows: Any = None, row_bounds: Any = None, **kwargs: Any
+        ) -> Any:
             layer = self.layer
             if last_rows is None:
                 return layer(hidden_states, **kwargs)
-            mixed, _ = layer.self_attn(hidden_states=layer.input_layernorm(hidden_states), **kwargs)
-            rows = hidden_states[:, last_rows] + mixed[:, last_rows]
+            normed = layer.input_layernorm(hidden_states)
+            if row_bounds is None:
+                mixed, _ = layer.self_attn(hidden_states=normed, **kwargs)
+                mixed = mixed[:, last_rows]
+            else:
+                mixed = _attention_at_rows(layer.self_attn, normed, last_rows, row_bounds, **kwargs)
+            rows = hidden_states[:, last_rows] + mixed
             return rows + layer.mlp(layer.post_attention_layernorm(rows))
 
     layers = decoder.layers

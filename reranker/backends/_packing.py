@@ -43,11 +43,18 @@ class PackedBatch:
     key_run_starts: list[int] | None = None
     key_run_lengths: list[int] = field(default_factory=list)
     last_rows: list[int] = field(default_factory=list)  # each prompt's last token
+    # per sequence: how many of the last rows it holds (1 for a prompt, 0 for a prefix)
+    row_counts: list[int] = field(default_factory=list)
 
     @property
     def cu_query(self) -> list[int]:
         """[0, n0, n0+n1, ...] over the query rows."""
         return [0, *accumulate(self.query_lengths)]
+
+    @property
+    def cu_rows(self) -> list[int]:
+        """[0, r0, r0+r1, ...] over the last rows: each sequence's rows among them."""
+        return [0, *accumulate(self.row_counts)]
 
     @property
     def cu_key(self) -> list[int]:
@@ -94,6 +101,7 @@ def pack(prompts: Sequence[PromptParts], share_prefixes: bool) -> PackedBatch:
             batch.position_starts.append(0)
             batch.last_rows.append(len(batch.ids) - 1)
         batch.key_lengths = batch.query_lengths
+        batch.row_counts = [1] * len(prompts)
         return batch
     batch.key_run_starts = run_starts = []
     run_lengths = batch.key_run_lengths
@@ -107,6 +115,7 @@ def pack(prompts: Sequence[PromptParts], share_prefixes: bool) -> PackedBatch:
         batch.query_lengths.append(length)
         batch.key_lengths.append(length)
         batch.position_starts.append(0)
+        batch.row_counts.append(0)
         run_starts.append(start)
         run_lengths.append(length)
     for parts in prompts:
@@ -123,4 +132,5 @@ def pack(prompts: Sequence[PromptParts], share_prefixes: bool) -> PackedBatch:
         run_starts += (prefix_start, start)
         run_lengths += (prefix_length, own)
         batch.last_rows.append(len(batch.ids) - 1)
+        batch.row_counts.append(1)
     return batch

@@ -104,7 +104,7 @@ class Qwen3TransformersBackend(RerankBackend):
         )
         self._lock = threading.Lock()
         if self.packed:  # packed batches read each prompt's last row only
-            _hf_speedups.last_layer_mlp_at_rows(self._body)
+            _hf_speedups.last_layer_at_rows(self._body)
         self.fused_rms_norm = on_cuda if opts.fused_rms_norm == "auto" else opts.fused_rms_norm
         if self.fused_rms_norm:
             _hf_speedups.fuse_rms_norms(self._model)
@@ -377,7 +377,7 @@ class Qwen3TransformersBackend(RerankBackend):
         than ``max_q`` queries / ``max_k`` keys. It only launches work (no host sync), so
         a CUDA graph can capture it."""
         torch = self._torch
-        ids, starts, lengths, cu_query, last_rows, *keys = columns
+        ids, starts, lengths, cu_query, cu_rows, last_rows, *keys = columns
         shared: dict[str, Any] = {}
         if keys:
             run_starts, run_lengths, cu_key = keys
@@ -393,7 +393,8 @@ class Qwen3TransformersBackend(RerankBackend):
                 use_cache=False,
                 cu_seq_lens_q=cu_query.to(torch.int32),
                 max_length_q=max_q,
-                last_rows=last_rows,  # the last layer's output
+                last_rows=last_rows,  # the last layer's output: queries at these rows only
+                row_bounds=cu_rows.to(torch.int32),
                 **shared,
             )
             return self._yes_minus_no_logits(out.last_hidden_state[0])

@@ -34,8 +34,8 @@ def test_last_layer_at_rows_returns_exactly_those_rows_of_the_full_forward(model
     rows = torch.tensor([6, 2, 4])
     with torch.inference_mode():
         full = model.model(input_ids=ids).last_hidden_state
-        _hf_speedups.last_layer_mlp_at_rows(model.model)
-        _hf_speedups.last_layer_mlp_at_rows(model.model)  # idempotent: wrapped once
+        _hf_speedups.last_layer_at_rows(model.model)
+        _hf_speedups.last_layer_at_rows(model.model)  # idempotent: wrapped once
         assert not hasattr(model.model.layers[-1].layer, "layer")
         picked = model.model(input_ids=ids, last_rows=rows).last_hidden_state
         unchanged = model.model(input_ids=ids).last_hidden_state
