@@ -58,7 +58,21 @@ def _annotate(backend: Any) -> None:
 
     backend._encoder.encode = named("tokenise", backend._encoder.encode)
     backend._forward = named("forward", backend._forward)
+    if backend._graphs:
+        backend._graphs.run = named("graph", backend._graphs.run)
+        backend._graphs._torch = _Annotated(backend._graphs._torch, named)
     qwen3_transformers.pack = named("pack", qwen3_transformers.pack)
+
+
+class _Annotated:
+    """``torch`` with ``frombuffer`` annotated (the host buffer of a graph's inputs)."""
+
+    def __init__(self, torch: Any, named: Any) -> None:
+        self._torch = torch
+        self.frombuffer = named("frombuffer", torch.frombuffer)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._torch, name)
 
 
 def _timeline(trace: dict[str, Any]) -> None:
@@ -95,7 +109,17 @@ def _timeline(trace: dict[str, Any]) -> None:
             f"  {length / 1e3:6.2f} ms idle at +{(at - start) / 1e3:6.1f} ms; host in: "
             + ", ".join(name[:40] for _, name in doing[:4])
         )
-    for name in ("tokenise", "pack", "forward", "cudaMemcpyAsync", "cudaLaunchKernel"):
+    for name in (
+        "tokenise",
+        "pack",
+        "forward",
+        "graph",
+        "frombuffer",
+        "cudaHostAlloc",
+        "cudaGraphLaunch",
+        "cudaMemcpyAsync",
+        "cudaLaunchKernel",
+    ):
         spans = [e for e in host if e["name"] == name and start <= e["ts"] <= end]
         print(
             f"  host {name}: {len(spans)} x, {sum(e['dur'] for e in spans) / 1e3:.1f} ms: "
@@ -148,12 +172,16 @@ def main() -> None:
     parser.add_argument("--option", action="append", default=[])
     parser.add_argument("--trace", help="also write the profiled call's Chrome trace (.json.gz)")
     parser.add_argument("--head-docs", type=int, help="documents a call sends ahead alone")
+    parser.add_argument("--no-head-first", action="store_true", help="start read-ahead first")
+    parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() after warm-up")
+    parser.add_argument("--gc-off", action="store_true", help="gc.disable() after warm-up")
     args = parser.parse_args()
     start = time.perf_counter()
     backend = Qwen3TransformersBackend({"model_name": args.model, **_options(args.option)})
     print(f"startup {time.perf_counter() - start:.1f} s; meta {backend.meta_extra()}")
     if args.head_docs is not None:
         backend.head_docs = args.head_docs
+    backend.head_first = not args.no_head_first
     graphs = backend._graphs
     workloads = fresh_workloads(make_workload(4, 100, 100, 1250, 0), 9)
     requests = [
@@ -161,6 +189,15 @@ def main() -> None:
     ]
     pairs = workloads[0].pairs  # every workload has the same shape
     backend.score_requests(requests[0])  # warm-up
+    if args.gc_freeze:
+        import gc
+
+        gc.collect()
+        gc.freeze()
+    if args.gc_off:
+        import gc
+
+        gc.disable()
 
     jobs = [ScoreJob(r.query, r.docs, backend.options.instruction, None) for r in requests[1]]
     t0 = time.perf_counter()

@@ -138,6 +138,8 @@ class _Captured:
     graph: Any
     inputs: Any  # the static int64 device buffer the graph reads
     output: Any  # the static float32 device tensor it writes
+    staging: Any  # a pinned host buffer of the inputs' size: no pinning per batch
+    copied: Any  # a CUDA event: the last copy out of ``staging`` has been done
 
 
 # forward(a padded batch's columns on the device, its shape) -> one float32 logit per row
@@ -177,7 +179,8 @@ class BatchGraphs:
             with torch.cuda.graph(graph, pool=pool):
                 output = self._forward(views, shape)
             graph.replay()  # the first replay uploads the graph: not on a request's time
-            self._captured[shape] = _Captured(graph, inputs, output)
+            staging = torch.empty_like(host).pin_memory()
+            self._captured[shape] = _Captured(graph, inputs, output, staging, torch.cuda.Event())
         torch.cuda.synchronize()
 
     def shape_for(self, batch: PackedBatch) -> StaticShape | None:
@@ -186,16 +189,18 @@ class BatchGraphs:
 
     def run(self, batch: PackedBatch, pad_id: int) -> Any | None:
         """Logits of ``batch`` 's rows from a graph replay (a new device tensor), or None
-        where no captured shape fits it. The inputs go to the device from pinned memory,
-        so the host does not wait for the GPU."""
+        where no captured shape fits it. The inputs go to the device from the shape's
+        pinned buffer, so the host does not wait for the GPU."""
         shape = self.shape_for(batch)
         if shape is None:
             return None
         torch = self._torch
         captured = self._captured[shape]
         ids, columns = device_columns(pad_packed(batch, shape, pad_id))
-        host = torch.frombuffer(host_buffer(ids, columns), dtype=torch.int64).pin_memory()
-        captured.inputs.copy_(host, non_blocking=True)
+        captured.copied.synchronize()  # done long ago, unless this shape just ran
+        captured.staging.copy_(torch.frombuffer(host_buffer(ids, columns), dtype=torch.int64))
+        captured.inputs.copy_(captured.staging, non_blocking=True)
+        captured.copied.record()
         captured.graph.replay()
         self.replays += 1
         # the next replay of any graph in the pool may overwrite the static output

@@ -87,7 +87,10 @@ def _attention_at_rows(attn: Any, normed: Any, rows: Any, row_bounds: Any, **kwa
     k, _ = modeling.apply_rotary_pos_emb(k, k, cos, sin)
     kwargs.setdefault("cu_seq_lens_k", kwargs["cu_seq_lens_q"])
     kwargs.setdefault("max_length_k", kwargs["max_length_q"])
-    kwargs.update(cu_seq_lens_q=row_bounds, max_length_q=1)
+    # 2, not 1: with a longest query of 1 FlashAttention-2 takes every sequence to have
+    # exactly one query (it swaps the query and head-group axes), and prefix sequences
+    # have none. An upper bound is all the kernels need.
+    kwargs.update(cu_seq_lens_q=row_bounds, max_length_q=2)
     attend = modeling.ALL_ATTENTION_FUNCTIONS[attn.config._attn_implementation]
     out, _ = attend(attn, q, k, v, None, scaling=attn.scaling, **kwargs)
     return attn.o_proj(out.reshape(*picked.shape[:-1], -1))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from array import array
+from collections.abc import Iterator
 from itertools import chain
 from typing import Any, ClassVar
 
@@ -170,6 +171,7 @@ class Qwen3TransformersBackend(RerankBackend):
         # On a GPU the next wave is tokenised in a thread while this one is packed and
         # launched; on CPU the forward pass needs every core.
         self.tokenise_ahead = on_cuda
+        self.head_first = True
 
     def _pick_attention_kernel(self, wanted: str, on_cuda: bool) -> str:
         """Which varlen kernel packed batches run: FlashAttention-3 where asked for or,
@@ -308,7 +310,7 @@ class Qwen3TransformersBackend(RerankBackend):
             )
             # The first wave's batches, which the device would otherwise wait for the host
             # to launch, are cut to the size of the CUDA graphs and replayed.
-            for wave, flat in enumerate(read_ahead(encoded) if self.tokenise_ahead else encoded):
+            for wave, flat in enumerate(self._tokenised_ahead(encoded)):
                 graphs = self._graphs if wave == 0 else None
                 batches = plan_batches(
                     flat.lengths,
@@ -330,6 +332,17 @@ class Qwen3TransformersBackend(RerankBackend):
                 logits[k] = next(values)
             results += flat.results(logits, len(batches))
         return split.join(results)
+
+    def _tokenised_ahead(self, waves: Iterator[FlatPrompts]) -> Iterator[FlatPrompts]:
+        """``waves``, the later ones tokenised by a worker thread where that pays (GPU).
+        With CUDA graphs the first wave is launched before the worker starts: replaying it
+        takes the host a moment, unless the worker's Python holds the GIL meanwhile."""
+        if not self.tokenise_ahead:
+            return waves
+        if self._graphs is None or not self.head_first:
+            return read_ahead(waves)
+        first = next(waves, None)
+        return chain([] if first is None else [first], read_ahead(waves))
 
     def _forward(self, prompts: list[PromptParts], graphed: bool = False) -> Any:
         """logit(yes) - logit(no) of each prompt of one batch, as a float32 device tensor;

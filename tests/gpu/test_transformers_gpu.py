@@ -144,23 +144,35 @@ def plain_bfloat16_gap(tiny_model_dir, reference):
         plain.close()
 
 
-@pytest.mark.parametrize("compile_wrapper", ["python", "cpp"])
+@pytest.mark.parametrize(
+    "compile_wrapper, attention_kernel",
+    [("python", "auto"), ("cpp", "auto"), ("python", "torch")],
+)
 def test_bfloat16_defaults_are_as_close_to_fp32_as_plain_bfloat16(
-    tiny_model_dir, reference, plain_bfloat16_gap, compile_wrapper
+    tiny_model_dir, reference, plain_bfloat16_gap, compile_wrapper, attention_kernel
 ):
     """The CUDA defaults (packed, shared query prefixes, fused RMSNorm, compiled; the
-    compiled layers launched from Python or from inductor's C++ wrapper) in bf16 round
+    compiled layers launched from Python or from inductor's C++ wrapper; FlashAttention-3
+    and CUDA graphs where they run, and torch's FlashAttention-2) in bf16 round
     differently from a plain bf16 forward, but must be no further from the fp32 model
     card than plain bf16 is: a wrong mask or position is off by far more."""
-    fast = make(tiny_model_dir, dtype="bfloat16", compile_wrapper=compile_wrapper)
+    fast = make(
+        tiny_model_dir,
+        dtype="bfloat16",
+        compile_wrapper=compile_wrapper,
+        attention_kernel=attention_kernel,
+    )
     try:
         _, meta = fast.score_with_meta(QUERIES[0], DOCS)
         in_force = ("batch_layout", "share_query_prefix", "fused_rms_norm", "compiled")
         assert [meta[key] for key in in_force] == ["packed", True, True, True]
         assert meta["compile_wrapper"] == compile_wrapper
+        if attention_kernel == "torch":
+            assert meta["attention_kernel"] == "torch" and not meta["cuda_graphs"]
         worst = worst_gap_to(reference, fast)
         print(
-            f"bfloat16 vs fp32 model card: max |dP| defaults ({compile_wrapper} wrapper) "
+            f"bfloat16 vs fp32 model card: max |dP| defaults ({compile_wrapper} wrapper, "
+            f"{meta['attention_kernel']}, CUDA graphs {meta['cuda_graphs']}) "
             f"{worst:.3e}, plain {plain_bfloat16_gap:.3e}"
         )
         assert worst <= max(1.5 * plain_bfloat16_gap, 0.01)
