@@ -37,18 +37,21 @@ def gpu_info() -> dict[str, Any]:
     return info
 
 
-def fresh_workloads(workload: Workload, repeat: int) -> list[Workload]:
-    """``repeat`` workloads of the same shape with new texts each (the first is ``workload``).
+def fresh_workloads(workload: Workload, repeat: int, first: int = 0) -> list[Workload]:
+    """Workloads number ``first`` .. ``first + repeat - 1`` of ``workload`` 's shape, each
+    with texts of its own (number 0 is ``workload`` itself).
 
     Repeating identical prompts would let vLLM's prefix cache skip nearly all the work
     after the first run; fresh documents leave only a real prefix (instruction + query
-    tokens) to share, as with live traffic.
+    tokens) to share, as with live traffic. Each timed phase of a bench takes its own
+    numbers, so no phase replays documents that an earlier one left in a cache.
     """
     from reranker.workload import make_workload
 
     shape = workload.shape
-    return [workload] + [
-        make_workload(**{**shape, "seed": shape["seed"] + 1000 * r}) for r in range(1, repeat)
+    return [
+        workload if r == 0 else make_workload(**{**shape, "seed": shape["seed"] + 1000 * r})
+        for r in range(first, first + repeat)
     ]
 
 
@@ -58,17 +61,19 @@ def run_bench(
     repeat: int = 3,
     warmup: int = 1,
     coalesce: bool = False,
+    first: int = 0,
 ) -> dict[str, Any]:
-    """Score every query's documents ``repeat`` times (fresh texts each time); report the
-    best and mean pairs/s. ``coalesce`` sends all queries in one ``score_requests`` call,
-    as the HTTP scheduler does with concurrent requests; otherwise one call per query."""
+    """Score every query's documents ``repeat`` times (fresh texts each time: workloads
+    ``first`` onwards of :func:`fresh_workloads`); report the best and mean pairs/s.
+    ``coalesce`` sends all queries in one ``score_requests`` call, as the HTTP scheduler
+    does with concurrent requests; otherwise one call per query."""
     from reranker.protocol import ScoreRequest
 
     for _ in range(warmup):
         backend.score_with_meta(workload.queries[0], workload.docs[0][:8])
     runs = []
     tokens = 0
-    for run in fresh_workloads(workload, repeat):
+    for run in fresh_workloads(workload, repeat, first):
         start = time.perf_counter()
         tokens = 0
         if coalesce:
@@ -98,9 +103,10 @@ def run_bench(
 
 
 def run_baseline(
-    backend: RerankBackend, workload: Workload, repeat: int = 3
+    backend: RerankBackend, workload: Workload, repeat: int = 3, first: int = 0
 ) -> dict[str, Any] | None:
-    """Time the raw counterpart of ``backend`` (see :mod:`reranker.baselines`)."""
+    """Time the raw counterpart of ``backend`` (see :mod:`reranker.baselines`) on workloads
+    ``first`` onwards of :func:`fresh_workloads`."""
     from reranker.baselines import BASELINES
 
     if backend.name not in BASELINES:
@@ -109,7 +115,7 @@ def run_baseline(
     fn(backend, Workload(workload.queries[:1], [workload.docs[0][:8]]))  # warm-up
     runs = []
     pairs = 0
-    for run in fresh_workloads(workload, repeat):
+    for run in fresh_workloads(workload, repeat, first):
         start = time.perf_counter()
         pairs = fn(backend, run)
         runs.append(time.perf_counter() - start)

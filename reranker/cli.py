@@ -59,11 +59,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         results.append(run_bench(backend, workload, args.repeat, args.warmup))
         results[-1]["startup_s"] = startup_s
         print(format_result(results[-1]), flush=True)
+        # each phase on documents of its own: none replays what an earlier one cached
         if args.coalesce:
-            results.append(run_bench(backend, workload, args.repeat, 0, coalesce=True))
+            results.append(
+                run_bench(backend, workload, args.repeat, 0, coalesce=True, first=args.repeat)
+            )
             print(format_result(results[-1]), flush=True)
         if args.baseline:
-            baseline = run_baseline(backend, workload, args.repeat)
+            baseline = run_baseline(backend, workload, args.repeat, first=2 * args.repeat)
             if baseline:
                 results.append(baseline)
                 print(format_result(baseline), flush=True)
