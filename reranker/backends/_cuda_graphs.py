@@ -1,7 +1,7 @@
 """CUDA graphs of the transformers backend's packed forward pass.
 
 Launching one packed batch through the compiled decoder takes the host ~50 ms of Python
-(28 layers, ~15 kernels each); a GPU runs a 16k-token batch in ~28 ms. Where the GPU has
+(28 layers, ~700 kernels); a GPU runs a 16k-token batch in ~28 ms. Where the GPU has
 nothing else queued, as for a call's first batches, it waits for the host. A CUDA graph
 launches the whole forward pass at once.
 
@@ -24,11 +24,11 @@ library picking another algorithm for another row count).
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from reranker.backends._packing import PackedBatch
+from reranker.backends._packing import PackedBatch, device_columns, host_buffer
 
 # Token counts of the captured shapes are multiples of this: a padded batch wastes fewer
 # than this many tokens (~3.5 ms of an H200 at the 0.6B model's size).
@@ -61,7 +61,7 @@ class StaticShape:
         return not self.shared or sum(batch.key_lengths) + pad <= self.keys
 
     def column_sizes(self) -> list[int]:
-        """Sizes of the device columns, in :func:`device_columns` order."""
+        """Sizes of the device columns, in ``_packing.device_columns`` order."""
         sequences = self.sequences
         per_sequence = [sequences, sequences, sequences + 1, sequences + 1, self.rows]
         keys = [self.key_runs, self.key_runs, self.sequences + 1] if self.shared else []
@@ -109,30 +109,6 @@ def pad_packed(batch: PackedBatch, shape: StaticShape, pad_id: int) -> PackedBat
     return padded
 
 
-def device_columns(batch: PackedBatch) -> tuple[array[int], list[list[int]]]:
-    """A packed batch's token ids and the index lists its forward pass needs on the
-    device: position runs (starts, lengths), query bounds, last-row bounds, last rows
-    and, with shared prefixes, key runs (starts, lengths) and key bounds."""
-    columns = [
-        batch.position_starts,
-        batch.query_lengths,
-        batch.cu_query,
-        batch.cu_rows,
-        batch.last_rows,
-    ]
-    if batch.key_run_starts is not None:
-        columns += [batch.key_run_starts, batch.key_run_lengths, batch.cu_key]
-    return batch.ids, columns
-
-
-def host_buffer(ids: array[int], columns: Sequence[list[int]]) -> array[int]:
-    """``ids`` and ``columns`` back to back in one int64 array (one host-to-device copy)."""
-    values = array("q", ids)
-    for column in columns:
-        values.fromlist(column)  # array -> tensor: ~4x faster than torch.tensor(list)
-    return values
-
-
 @dataclass(frozen=True)
 class _Captured:
     graph: Any
@@ -150,8 +126,11 @@ class BatchGraphs:
     """One CUDA graph per :class:`StaticShape` of a packed forward pass; :meth:`run`
     replays the smallest graph that a batch fits."""
 
-    def __init__(self, torch: Any, shapes: list[StaticShape], forward: PackedForward) -> None:
+    def __init__(
+        self, torch: Any, device: Any, shapes: list[StaticShape], forward: PackedForward
+    ) -> None:
         self._torch = torch
+        self._device = device  # a CUDA torch.device
         self.shapes = sorted(shapes, key=lambda s: s.tokens)
         self._forward = forward
         self._captured: dict[StaticShape, _Captured] = {}
@@ -167,11 +146,16 @@ class BatchGraphs:
         time, so they can share it); ``example`` (any batch that fits the smallest shape)
         supplies the values of a warm-up pass at each shape, which also compiles it."""
         torch = self._torch
+        with torch.cuda.device(self._device):
+            self._capture_all(example, pad_id)
+
+    def _capture_all(self, example: PackedBatch, pad_id: int) -> None:
+        torch = self._torch
         pool = torch.cuda.graph_pool_handle()
         for shape in reversed(self.shapes):
             ids, columns = device_columns(pad_packed(example, shape, pad_id))
             host = torch.frombuffer(host_buffer(ids, columns), dtype=torch.int64)
-            inputs = host.to("cuda")
+            inputs = host.to(self._device)
             views = list(inputs.split(shape.column_sizes()))
             self._forward(views, shape)  # warm-up: compiles, autotunes, allocates
             torch.cuda.synchronize()
@@ -199,9 +183,10 @@ class BatchGraphs:
         ids, columns = device_columns(pad_packed(batch, shape, pad_id))
         captured.copied.synchronize()  # done long ago, unless this shape just ran
         captured.staging.copy_(torch.frombuffer(host_buffer(ids, columns), dtype=torch.int64))
-        captured.inputs.copy_(captured.staging, non_blocking=True)
-        captured.copied.record()
-        captured.graph.replay()
-        self.replays += 1
-        # the next replay of any graph in the pool may overwrite the static output
-        return captured.output[: len(batch.last_rows)].clone()
+        with torch.cuda.device(self._device):
+            captured.inputs.copy_(captured.staging, non_blocking=True)
+            captured.copied.record()
+            captured.graph.replay()
+            self.replays += 1
+            # the next replay of any graph in the pool may overwrite the static output
+            return captured.output[: len(batch.last_rows)].clone()

@@ -16,16 +16,16 @@ from itertools import chain
 from typing import Any, ClassVar
 
 from reranker.backends import _hf_speedups, _packed_attention
-from reranker.backends._cuda_graphs import (
-    BatchGraphs,
-    StaticShape,
-    device_columns,
-    host_buffer,
-    static_shapes,
-)
+from reranker.backends._cuda_graphs import BatchGraphs, StaticShape, static_shapes
 from reranker.backends._hf_loading import HFTextTokenizer, load_or_explain
 from reranker.backends._jobs import FlatPrompts, HeadSplit, read_ahead
-from reranker.backends._packing import PackedBatch, PromptParts, pack
+from reranker.backends._packing import (
+    PackedBatch,
+    PromptParts,
+    device_columns,
+    host_buffer,
+    pack,
+)
 from reranker.batching import plan_batches
 from reranker.errors import ConfigError, InvalidRequest
 from reranker.options import TransformersOptions
@@ -221,14 +221,17 @@ class Qwen3TransformersBackend(RerankBackend):
         max_tokens = min(opts.cuda_graph_max_tokens, opts.max_batch_tokens)
         shapes = static_shapes(max_tokens, opts.infer_batch_size, self.share_query_prefix)
         if not shapes:
-            logger.info("no CUDA graphs: max_batch_tokens %d is too small", max_tokens)
+            why = f"batches of at most {max_tokens} tokens are smaller than the least shape"
+            if required:
+                raise ConfigError(f"cuda_graphs: true, but {why}; raise max_batch_tokens")
+            logger.info("no CUDA graphs: %s", why)
             return
 
         def forward(columns: list[Any], shape: StaticShape) -> Any:
             bounds = (shape.tokens, shape.keys)
             return self._run_packed(columns, *bounds, *bounds)
 
-        graphs = BatchGraphs(self._torch, shapes, forward)
+        graphs = BatchGraphs(self._torch, self.device, shapes, forward)
         token = self._pad_id + 1
         example = pack([PromptParts(0, [token] * 8, [token + 1] * 8)], self.share_query_prefix)
         try:

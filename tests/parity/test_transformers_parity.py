@@ -189,9 +189,9 @@ def test_batches_padded_to_a_static_shape_score_as_unpadded(packed_backend):
     """CUDA graphs replay batches padded to fixed shapes (``_cuda_graphs``): a dummy
     sequence of pad tokens, empty sequence slots, extra gathered key rows. The real rows
     must come out as without the padding; here on the reference attention path."""
-    from reranker.backends._cuda_graphs import device_columns, pad_packed, static_shapes
+    from reranker.backends._cuda_graphs import pad_packed, static_shapes
     from reranker.backends._jobs import FlatPrompts
-    from reranker.backends._packing import pack
+    from reranker.backends._packing import device_columns, pack
     from reranker.protocol import ScoreJob
 
     backend = packed_backend

@@ -5,14 +5,8 @@ from __future__ import annotations
 import pytest
 from test_packing import PROMPTS, whole_prompts
 
-from reranker.backends._cuda_graphs import (
-    TOKEN_STEP,
-    StaticShape,
-    device_columns,
-    pad_packed,
-    static_shapes,
-)
-from reranker.backends._packing import pack
+from reranker.backends._cuda_graphs import TOKEN_STEP, StaticShape, pad_packed, static_shapes
+from reranker.backends._packing import device_columns, pack
 
 PAD = 0
 
