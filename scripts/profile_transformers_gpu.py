@@ -14,6 +14,7 @@ A developer tool for the performance work in docs/benchmarks.md; not used by tes
 from __future__ import annotations
 
 import argparse
+import gc
 import gzip
 import json
 import os
@@ -60,19 +61,7 @@ def _annotate(backend: Any) -> None:
     backend._forward = named("forward", backend._forward)
     if backend._graphs:
         backend._graphs.run = named("graph", backend._graphs.run)
-        backend._graphs._torch = _Annotated(backend._graphs._torch, named)
     qwen3_transformers.pack = named("pack", qwen3_transformers.pack)
-
-
-class _Annotated:
-    """``torch`` with ``frombuffer`` annotated (the host buffer of a graph's inputs)."""
-
-    def __init__(self, torch: Any, named: Any) -> None:
-        self._torch = torch
-        self.frombuffer = named("frombuffer", torch.frombuffer)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._torch, name)
 
 
 def _timeline(trace: dict[str, Any]) -> None:
@@ -114,8 +103,6 @@ def _timeline(trace: dict[str, Any]) -> None:
         "pack",
         "forward",
         "graph",
-        "frombuffer",
-        "cudaHostAlloc",
         "cudaGraphLaunch",
         "cudaMemcpyAsync",
         "cudaLaunchKernel",
@@ -190,13 +177,9 @@ def main() -> None:
     pairs = workloads[0].pairs  # every workload has the same shape
     backend.score_requests(requests[0])  # warm-up
     if args.gc_freeze:
-        import gc
-
         gc.collect()
         gc.freeze()
     if args.gc_off:
-        import gc
-
         gc.disable()
 
     jobs = [ScoreJob(r.query, r.docs, backend.options.instruction, None) for r in requests[1]]

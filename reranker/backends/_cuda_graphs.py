@@ -147,29 +147,26 @@ class BatchGraphs:
         supplies the values of a warm-up pass at each shape, which also compiles it."""
         torch = self._torch
         with torch.cuda.device(self._device):
-            self._capture_all(example, pad_id)
-
-    def _capture_all(self, example: PackedBatch, pad_id: int) -> None:
-        torch = self._torch
-        pool = torch.cuda.graph_pool_handle()
-        for shape in reversed(self.shapes):
-            ids, columns = device_columns(pad_packed(example, shape, pad_id))
-            host = torch.frombuffer(host_buffer(ids, columns), dtype=torch.int64)
-            inputs = host.to(self._device)
-            views = list(inputs.split(shape.column_sizes()))
-            self._forward(views, shape)  # warm-up: compiles, autotunes, allocates
+            pool = torch.cuda.graph_pool_handle()
+            for shape in reversed(self.shapes):
+                ids, columns = device_columns(pad_packed(example, shape, pad_id))
+                host = torch.frombuffer(host_buffer(ids, columns), dtype=torch.int64)
+                inputs = host.to(self._device)
+                views = list(inputs.split(shape.column_sizes()))
+                self._forward(views, shape)  # warm-up: compiles, autotunes, allocates
+                torch.cuda.synchronize()
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    output = self._forward(views, shape)
+                graph.replay()  # the first replay uploads the graph: not on a request's time
+                staging = torch.empty_like(host).pin_memory()
+                event = torch.cuda.Event()
+                self._captured[shape] = _Captured(graph, inputs, output, staging, event)
             torch.cuda.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                output = self._forward(views, shape)
-            graph.replay()  # the first replay uploads the graph: not on a request's time
-            staging = torch.empty_like(host).pin_memory()
-            self._captured[shape] = _Captured(graph, inputs, output, staging, torch.cuda.Event())
-        torch.cuda.synchronize()
 
     def shape_for(self, batch: PackedBatch) -> StaticShape | None:
-        """The smallest captured shape ``batch`` fits, or None."""
-        return next((s for s in self.shapes if s in self._captured and s.fits(batch)), None)
+        """The smallest shape ``batch`` fits, or None."""
+        return next((shape for shape in self.shapes if shape.fits(batch)), None)
 
     def run(self, batch: PackedBatch, pad_id: int) -> Any | None:
         """Logits of ``batch`` 's rows from a graph replay (a new device tensor), or None
