@@ -66,6 +66,12 @@ class TransformersOptions(BackendOptions):
     fused_rms_norm: bool | Literal["auto"] = Field(
         "auto", description="one fused rms_norm kernel per RMSNorm; auto: on CUDA"
     )
+    fused_qk_norm_rope: bool | Literal["auto"] = Field(
+        "auto",
+        description="packed batches: one Triton kernel per layer normalises and rotates "
+        "(RoPE) the query and key heads and lays keys/values out for the attention "
+        "kernel; auto: on CUDA in bfloat16/float16 where Triton is installed",
+    )
     torch_compile: bool | Literal["auto"] = Field(
         "auto",
         description="torch.compile each decoder layer at startup (seconds); auto: on CUDA "
@@ -105,6 +111,15 @@ class TransformersOptions(BackendOptions):
         if self.cuda_graphs is True and self.batch_layout == "padded":
             raise ValueError(
                 "cuda_graphs replays packed batches; set batch_layout to packed or auto"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _fused_qk_norm_rope_needs_packed_batches(self) -> TransformersOptions:
+        if self.fused_qk_norm_rope is True and self.batch_layout == "padded":
+            raise ValueError(
+                "fused_qk_norm_rope runs in packed batches' attention; set batch_layout to "
+                "packed or auto"
             )
         return self
 

@@ -230,3 +230,83 @@ def _sdpa_per_prompt(q: Any, k: Any, v: Any, cu_q: Any, cu_k: Any, scaling: floa
         )
         out[qs:qe] = part.transpose(0, 1)
     return out
+
+
+def fuse_qk_norm_rope(model: Any, kernel_name: str = "torch", merge_qkv: bool = False) -> int:
+    """Give each Qwen3-style self-attention module of ``model`` (per-head ``q_norm`` /
+    ``k_norm``, rotary positions) a packed forward that runs the norms, the rotation and
+    the shared-prefix key/value gather as one kernel (``_qk_norm_rope``) before the
+    ``kernel_name`` varlen attention. With ``merge_qkv`` the three projections are one
+    matmul over their weights stacked (the modules' weights become views of the stack).
+    Returns how many modules changed: 0 where the kernel is unavailable (no Triton) or
+    the shapes do not suit it. Only for packed batches (it needs ``cu_seq_lens_q``)."""
+    import types
+
+    from reranker.backends import _hf_speedups, _qk_norm_rope
+
+    op = _qk_norm_rope.fused_op()
+    if op is None:
+        return 0
+    attend = causal_attention(varlen_kernel(kernel_name))
+    count = 0
+    for module in model.modules():
+        if not _fits_fused_forward(module, _qk_norm_rope.supports):
+            continue
+        if merge_qkv:
+            module.qkv_weight = _hf_speedups.stack_weights(module, ("q_proj", "k_proj", "v_proj"))
+        module.forward = types.MethodType(functools.partial(_fused_forward, op, attend), module)
+        count += 1
+    return count
+
+
+def _fits_fused_forward(module: Any, supports: Callable[[int, int, int], bool]) -> bool:
+    names = ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm", "head_dim")
+    if not all(hasattr(module, name) for name in names):
+        return False
+    if any(getattr(module, p).bias is not None for p in ("q_proj", "k_proj", "v_proj")):
+        return False
+    eps = getattr(module.q_norm, "variance_epsilon", None)
+    if eps is None or eps != getattr(module.k_norm, "variance_epsilon", None):
+        return False
+    dim = module.head_dim
+    return bool(supports(module.q_proj.out_features // dim, module.k_proj.out_features // dim, dim))
+
+
+def _fused_forward(
+    op: Callable[..., Any],
+    attend: Callable[..., Any],
+    attn: Any,
+    hidden_states: Any,
+    position_embeddings: tuple[Any, Any],
+    attention_mask: Any = None,
+    past_key_values: Any = None,
+    *,
+    cu_seq_lens_q: Any = None,
+    cu_seq_lens_k: Any = None,
+    max_length_q: int | None = None,
+    max_length_k: int | None = None,
+    key_index: Any = None,
+    **_: Any,
+) -> tuple[Any, None]:
+    """A packed attention forward for :func:`fuse_qk_norm_rope` (``attn``'s weights, the
+    arguments transformers passes a self-attention module)."""
+    if cu_seq_lens_q is None or max_length_q is None:
+        raise RuntimeError("the fused packed attention needs cu_seq_lens_q and max_length_q")
+    import torch.nn.functional as F
+
+    x = hidden_states[0]
+    if hasattr(attn, "qkv_weight"):
+        q, k, v = F.linear(x, attn.qkv_weight).split(
+            [attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features], -1
+        )
+    else:
+        q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+    cos, sin = position_embeddings
+    q, k, v = op(
+        q, k, v, attn.q_norm.weight, attn.k_norm.weight, cos[0], sin[0], key_index,
+        attn.q_norm.variance_epsilon,
+    )  # fmt: skip
+    cu_k = cu_seq_lens_q if cu_seq_lens_k is None else cu_seq_lens_k
+    max_k = max_length_q if max_length_k is None else max_length_k
+    out = attend(q, k, v, cu_seq_lens_q, cu_k, max_length_q, max_k, attn.scaling)
+    return attn.o_proj(out.reshape(1, x.shape[0], -1)), None

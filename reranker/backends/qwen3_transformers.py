@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from itertools import chain
 from typing import Any, ClassVar
 
-from reranker.backends import _hf_speedups, _packed_attention
+from reranker.backends import _hf_speedups, _packed_attention, _qk_norm_rope
 from reranker.backends._cuda_graphs import BatchGraphs, StaticShape, static_shapes
 from reranker.backends._hf_loading import HFTextTokenizer, load_or_explain
 from reranker.backends._jobs import FlatPrompts, HeadSplit, read_ahead
@@ -109,6 +109,7 @@ class Qwen3TransformersBackend(RerankBackend):
         self.fused_rms_norm = on_cuda if opts.fused_rms_norm == "auto" else opts.fused_rms_norm
         if self.fused_rms_norm:
             _hf_speedups.fuse_rms_norms(self._model)
+        self.fused_qk_norm_rope = self._fuse_qk_norm_rope(opts.fused_qk_norm_rope, on_cuda)
         self.compiled = False
         if self._compile_wanted:
             self._compile(required=opts.torch_compile is True)
@@ -117,12 +118,13 @@ class Qwen3TransformersBackend(RerankBackend):
             self._capture_graphs(required=opts.cuda_graphs is True)
         logger.info(
             "qwen3_transformers ready: model=%s device=%s dtype=%s batches=%s "
-            "fused_rms_norm=%s compiled=%s cuda_graphs=%s",
+            "fused_rms_norm=%s fused_qk_norm_rope=%s compiled=%s cuda_graphs=%s",
             opts.model_name,
             self.device,
             self.dtype,
             self.batch_layout,
             self.fused_rms_norm,
+            self.fused_qk_norm_rope,
             self.compiled,
             self._graphs is not None,
         )
@@ -192,6 +194,27 @@ class Qwen3TransformersBackend(RerankBackend):
         if wanted == "auto" and fa3_applies and why_not is None:
             return "flash_attn_3"
         return "torch"
+
+    def _fuse_qk_norm_rope(self, wanted: bool | str, on_cuda: bool) -> bool:
+        """Give packed attention the fused q/k-norm + RoPE + key/value kernel where
+        ``wanted`` (the option) asks for it and it runs: CUDA, or Triton's interpreter."""
+        if wanted is False or not self.packed:
+            if wanted is True:
+                raise ConfigError("fused_qk_norm_rope needs packed batches (batch_layout: packed)")
+            return False
+        runs_here = on_cuda or _qk_norm_rope.interpreted()
+        if wanted == "auto" and not runs_here:
+            return False
+        why_not = None
+        if not runs_here:
+            why_not = "it runs on CUDA devices (or in Triton's interpreter, TRITON_INTERPRET=1)"
+        elif _qk_norm_rope.fused_op() is None:
+            why_not = "Triton is not installed here"
+        elif not _packed_attention.fuse_qk_norm_rope(self._model, self.attention_kernel):
+            why_not = "this model's attention is not Qwen3's (per-head q/k norms, no biases)"
+        if why_not and wanted is True:
+            raise ConfigError(f"fused_qk_norm_rope: true, but {why_not}; set it to auto or false")
+        return why_not is None
 
     def _compile(self, required: bool) -> None:
         """Compile the decoder layers and build the graph now, not on the first request."""
@@ -293,6 +316,7 @@ class Qwen3TransformersBackend(RerankBackend):
             "share_query_prefix": self.share_query_prefix,
             "attention_kernel": self.attention_kernel if self.packed else None,
             "fused_rms_norm": self.fused_rms_norm,
+            "fused_qk_norm_rope": self.fused_qk_norm_rope,
             "compiled": self.compiled,
             "compile_wrapper": self.options.compile_wrapper if self.compiled else None,
             "cuda_graphs": self._graphs is not None,
