@@ -145,15 +145,22 @@ def plain_bfloat16_gap(tiny_model_dir, reference):
 
 
 @pytest.mark.parametrize(
-    "compile_wrapper, attention_kernel",
-    [("python", "auto"), ("cpp", "auto"), ("python", "torch")],
-)
+    "compile_wrapper, attention_kernel, fused_qk_norm_rope",
+    [("python", "auto", True), ("cpp", "auto", True), ("python", "torch", True),
+     ("python", "auto", False)],
+)  # fmt: skip
 def test_bfloat16_defaults_are_as_close_to_fp32_as_plain_bfloat16(
-    tiny_model_dir, reference, plain_bfloat16_gap, compile_wrapper, attention_kernel
+    tiny_model_dir,
+    reference,
+    plain_bfloat16_gap,
+    compile_wrapper,
+    attention_kernel,
+    fused_qk_norm_rope,
 ):
-    """The CUDA defaults (packed, shared query prefixes, fused RMSNorm, compiled; the
-    compiled layers launched from Python or from inductor's C++ wrapper; FlashAttention-3
-    and CUDA graphs where they run, and torch's FlashAttention-2) in bf16 round
+    """The CUDA defaults (packed, shared query prefixes, fused RMSNorm, the fused q/k-norm
+    + RoPE kernel or transformers' own code, compiled; the compiled layers launched from
+    Python or from inductor's C++ wrapper; FlashAttention-3 and CUDA graphs where they run,
+    and torch's FlashAttention-2) in bf16 round
     differently from a plain bf16 forward, but must be no further from the fp32 model
     card than plain bf16 is: a wrong mask or position is off by far more."""
     fast = make(
@@ -161,18 +168,21 @@ def test_bfloat16_defaults_are_as_close_to_fp32_as_plain_bfloat16(
         dtype="bfloat16",
         compile_wrapper=compile_wrapper,
         attention_kernel=attention_kernel,
+        fused_qk_norm_rope="auto" if fused_qk_norm_rope else False,
     )
     try:
         _, meta = fast.score_with_meta(QUERIES[0], DOCS)
         in_force = ("batch_layout", "share_query_prefix", "fused_rms_norm", "compiled")
         assert [meta[key] for key in in_force] == ["packed", True, True, True]
+        assert meta["fused_qk_norm_rope"] is fused_qk_norm_rope
         assert meta["compile_wrapper"] == compile_wrapper
         if attention_kernel == "torch":
             assert meta["attention_kernel"] == "torch" and not meta["cuda_graphs"]
         worst = worst_gap_to(reference, fast)
         print(
             f"bfloat16 vs fp32 model card: max |dP| defaults ({compile_wrapper} wrapper, "
-            f"{meta['attention_kernel']}, CUDA graphs {meta['cuda_graphs']}) "
+            f"{meta['attention_kernel']}, CUDA graphs {meta['cuda_graphs']}, fused q/k norm + "
+            f"RoPE {fused_qk_norm_rope}) "
             f"{worst:.3e}, plain {plain_bfloat16_gap:.3e}"
         )
         assert worst <= max(1.5 * plain_bfloat16_gap, 0.01)
