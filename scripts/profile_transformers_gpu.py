@@ -162,19 +162,7 @@ def main() -> None:
     parser.add_argument("--no-head-first", action="store_true", help="start read-ahead first")
     parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() after warm-up")
     parser.add_argument("--gc-off", action="store_true", help="gc.disable() after warm-up")
-    parser.add_argument("--merge-qkv", action="store_true", help="one q/k/v matmul (fused kernel)")
-    parser.add_argument("--merge-gate-up", action="store_true", help="one gate/up matmul")
     args = parser.parse_args()
-    if args.merge_qkv:
-        from reranker.backends import _packed_attention
-
-        fuse = _packed_attention.fuse_qk_norm_rope
-        _packed_attention.fuse_qk_norm_rope = lambda m, k: fuse(m, k, merge_qkv=True)
-    if args.merge_gate_up:
-        from reranker.backends import _hf_speedups
-
-        fuse_norms = _hf_speedups.fuse_rms_norms
-        _hf_speedups.fuse_rms_norms = lambda m: fuse_norms(m) + _hf_speedups.merge_gate_up(m)
     start = time.perf_counter()
     backend = Qwen3TransformersBackend({"model_name": args.model, **_options(args.option)})
     print(f"startup {time.perf_counter() - start:.1f} s; meta {backend.meta_extra()}")

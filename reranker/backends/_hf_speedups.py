@@ -40,46 +40,6 @@ def fuse_rms_norms(model: Any) -> int:
     return count
 
 
-def stack_weights(module: Any, names: tuple[str, ...]) -> Any:
-    """One parameter holding the weights of ``module``'s bias-free linear layers ``names``
-    stacked (output rows in that order); each layer's weight becomes a view of it, so the
-    stack costs no memory and the layers compute as before."""
-    import torch
-
-    layers = [getattr(module, name) for name in names]
-    stacked = torch.nn.Parameter(torch.cat([p.weight.detach() for p in layers]), False)
-    start = 0
-    for layer in layers:
-        rows = layer.weight.shape[0]
-        layer.weight = torch.nn.Parameter(stacked.detach()[start : start + rows], False)
-        start += rows
-    return stacked
-
-
-def _merged_mlp(self: Any, x: Any) -> Any:
-    import torch.nn.functional as F
-
-    gate, up = F.linear(x, self.gate_up_weight).chunk(2, -1)
-    return self.down_proj(self.act_fn(gate) * up)
-
-
-def merge_gate_up(model: Any) -> int:
-    """Give each gated MLP of ``model`` (``gate_proj``, ``up_proj``, ``down_proj`` without
-    biases, ``act_fn``) one matmul over its gate and up weights stacked instead of two;
-    returns how many."""
-    count = 0
-    for module in model.modules():
-        names = ("gate_proj", "up_proj", "down_proj", "act_fn")
-        if not all(hasattr(module, name) for name in names):
-            continue
-        if module.gate_proj.bias is not None or module.up_proj.bias is not None:
-            continue
-        module.gate_up_weight = stack_weights(module, ("gate_proj", "up_proj"))
-        module.forward = types.MethodType(_merged_mlp, module)
-        count += 1
-    return count
-
-
 def compile_layers(
     layers: Iterable[Any], warm_up: Callable[[], object], cpp_wrapper: bool = False
 ) -> None:

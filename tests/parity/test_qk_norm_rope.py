@@ -107,3 +107,29 @@ def test_reference_is_qwen3_attention_arithmetic(tiny_model_dir):
     torch.testing.assert_close(got[0], hf_q[0].transpose(0, 1), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got[1], hf_k[0].transpose(0, 1)[index], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got[2], v.view(12, -1, attn.head_dim)[index], rtol=0, atol=0)
+
+
+def test_fusing_covers_every_attention_module_and_keeps_one_copy_of_the_weights(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from reranker.backends._packed_attention import fuse_qk_norm_rope
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    weights_bytes = _distinct_storage_bytes(model)
+    attention = [layer.self_attn for layer in model.model.layers]
+    weights = [(a.q_proj.weight.clone(), a.v_proj.weight.clone()) for a in attention]
+    assert fuse_qk_norm_rope(model) == model.config.num_hidden_layers
+    for attn, (q_weight, v_weight) in zip(attention, weights, strict=True):
+        stack = attn.qkv_weight
+        assert attn.q_proj.weight.untyped_storage().data_ptr() == stack.data_ptr()
+        assert attn.v_proj.weight.untyped_storage().data_ptr() == stack.data_ptr()
+        torch.testing.assert_close(attn.q_proj.weight, q_weight, rtol=0, atol=0)
+        torch.testing.assert_close(attn.v_proj.weight, v_weight, rtol=0, atol=0)
+    assert _distinct_storage_bytes(model) == weights_bytes  # the stacks are not copies
+
+
+def _distinct_storage_bytes(model):
+    storages = {
+        p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in model.parameters()
+    }
+    return sum(storages.values())
