@@ -202,9 +202,9 @@ class Qwen3TransformersBackend(RerankBackend):
             if wanted is True:
                 raise ConfigError("fused_qk_norm_rope needs packed batches (batch_layout: packed)")
             return False
-        runs_here = on_cuda or _qk_norm_rope.interpreted()
-        if wanted == "auto" and not runs_here:
+        if wanted == "auto" and not on_cuda:  # the interpreter is for tests: asked for only
             return False
+        runs_here = on_cuda or _qk_norm_rope.interpreted()
         why_not = None
         if not runs_here:
             why_not = "it runs on CUDA devices (or in Triton's interpreter, TRITON_INTERPRET=1)"

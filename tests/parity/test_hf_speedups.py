@@ -100,6 +100,30 @@ def test_cuda_graphs_where_they_cannot_run_are_a_clear_startup_error(tiny_model_
         backend.close()
 
 
+def test_fused_qk_norm_rope_where_it_cannot_run_is_a_clear_startup_error(
+    tiny_model_dir, monkeypatch
+):
+    """The fused q/k-norm + RoPE kernel runs on CUDA (or in Triton's interpreter, which
+    this folder's conftest turns on for CPU tests): asked for on a CPU without the
+    interpreter, or with padded batches, the backend refuses to start; under auto it runs
+    transformers' code."""
+    from reranker.errors import ConfigError
+    from reranker.registry import load_backend
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    options = {"model_name": str(tiny_model_dir), "batch_layout": "packed"}
+    with pytest.raises(ConfigError, match="fused_qk_norm_rope: true, but it runs on CUDA"):
+        load_backend("qwen3_transformers", {**options, "fused_qk_norm_rope": True})
+    with pytest.raises(ConfigError, match="fused_qk_norm_rope needs packed batches"):
+        load_backend("qwen3_transformers", {"model_name": str(tiny_model_dir),
+                                            "fused_qk_norm_rope": True})  # fmt: skip
+    backend = load_backend("qwen3_transformers", options)
+    try:
+        assert backend.score_with_meta("q", ["d"])[1]["fused_qk_norm_rope"] is False
+    finally:
+        backend.close()
+
+
 def test_runs_expand_on_the_device_as_in_pure_python():
     from reranker.backends._packing import PromptParts, expand_runs, pack
     from reranker.backends.qwen3_transformers import _expand_runs

@@ -104,6 +104,11 @@ def test_bad_file_names_the_key(tmp_path, yaml_text, fragment):
             "batch_layout: padded\n        cuda_graphs: true",
             "cuda_graphs replays packed batches",
         ),
+        (
+            "batch_layout: padded\n        fused_qk_norm_rope: true",
+            "fused_qk_norm_rope runs in packed batches",
+        ),
+        ("fused_qk_norm_rope: sometimes", "fused_qk_norm_rope"),
     ],
 )
 def test_bad_backend_options_name_the_key(tmp_path, options, fragment):
