@@ -167,30 +167,44 @@ def packed_attention(
     attention_mask: Any,
     *,
     scaling: float | None = None,
-    cu_seq_lens_q: Any = None,
-    cu_seq_lens_k: Any = None,
-    max_length_q: int | None = None,
-    max_length_k: int | None = None,
     key_index: Any = None,
-    **_: Any,
+    **bounds: Any,
 ) -> tuple[Any, None]:
     """transformers' side of packed attention: ``attend`` (:func:`causal_attention`'s
     result) on the (1, heads, tokens, head_dim) tensors that transformers hands over;
     returns (1, tokens, heads, head_dim). With ``key_index`` (shared prefixes, see
     ``_packing``) each sequence's keys/values are those rows of the packed ones.
     """
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (tokens, heads, dim)
+    if key_index is not None:
+        k, v = k[key_index], v[key_index]
+    return _attend_packed(attend, q, k, v, scaling, **bounds).unsqueeze(0), None
+
+
+def _attend_packed(
+    attend: Callable[..., Any],
+    q: Any,
+    k: Any,
+    v: Any,
+    scaling: float | None,
+    *,
+    cu_seq_lens_q: Any = None,
+    cu_seq_lens_k: Any = None,
+    max_length_q: int | None = None,
+    max_length_k: int | None = None,
+    **_: Any,
+) -> Any:
+    """``attend`` on (tokens, heads, head_dim) tensors with the bounds transformers passes
+    through (other keyword arguments it passes are ignored); keys share the queries'
+    bounds where a batch has no separate ones."""
     if cu_seq_lens_q is None or max_length_q is None:
         raise RuntimeError(
             f"{ATTENTION_NAME} attention needs cu_seq_lens_q and max_length_q; it only "
             "serves packed batches built by the qwen3_transformers backend"
         )
-    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (tokens, heads, dim)
-    if key_index is not None:
-        k, v = k[key_index], v[key_index]
     cu_k = cu_seq_lens_q if cu_seq_lens_k is None else cu_seq_lens_k
     max_k = max_length_q if max_length_k is None else max_length_k
-    out = attend(q, k, v, cu_seq_lens_q, cu_k, max_length_q, max_k, scaling)
-    return out.unsqueeze(0), None
+    return attend(q, k, v, cu_seq_lens_q, cu_k, max_length_q, max_k, scaling)
 
 
 def _attention_per_prompt(
@@ -297,17 +311,11 @@ def _fused_forward(
     attention_mask: Any = None,
     past_key_values: Any = None,
     *,
-    cu_seq_lens_q: Any = None,
-    cu_seq_lens_k: Any = None,
-    max_length_q: int | None = None,
-    max_length_k: int | None = None,
     key_index: Any = None,
-    **_: Any,
+    **bounds: Any,
 ) -> tuple[Any, None]:
     """A packed attention forward for :func:`fuse_qk_norm_rope` (``attn``'s weights, the
     arguments transformers passes a self-attention module)."""
-    if cu_seq_lens_q is None or max_length_q is None:
-        raise RuntimeError("the fused packed attention needs cu_seq_lens_q and max_length_q")
     import torch.nn.functional as F
 
     x = hidden_states[0]
@@ -318,7 +326,5 @@ def _fused_forward(
         q, k, v, attn.q_norm.weight, attn.k_norm.weight, cos[0], sin[0], key_index,
         attn.q_norm.variance_epsilon,
     )  # fmt: skip
-    cu_k = cu_seq_lens_q if cu_seq_lens_k is None else cu_seq_lens_k
-    max_k = max_length_q if max_length_k is None else max_length_k
-    out = attend(q, k, v, cu_seq_lens_q, cu_k, max_length_q, max_k, attn.scaling)
+    out = _attend_packed(attend, q, k, v, attn.scaling, **bounds)
     return attn.o_proj(out.reshape(1, x.shape[0], -1)), None
