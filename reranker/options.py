@@ -70,7 +70,7 @@ class TransformersOptions(BackendOptions):
         "auto",
         description="packed batches: one Triton kernel per layer normalises and rotates "
         "(RoPE) the query and key heads and lays keys/values out for the attention "
-        "kernel; auto: on CUDA in bfloat16/float16 where Triton is installed",
+        "kernel; auto: on CUDA where Triton is installed",
     )
     torch_compile: bool | Literal["auto"] = Field(
         "auto",
