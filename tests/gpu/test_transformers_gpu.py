@@ -38,10 +38,19 @@ def fused_compiled_fp32(tiny_model_dir):
     b.close()
 
 
+# The model card runs on the CPU. float32 on the GPU (other GEMM algorithms, other
+# summation orders, batches of other sizes) lands within 5.8e-5..6.3e-5 of it in logit
+# differences with and without the fused q/k-norm + RoPE kernel when run alone, and once
+# 1.1e-4 in a whole-suite run; a wrong mask, position or gathered row is off by > 1e-2.
+GPU_FP32_TOLERANCE = 2e-4
+
+
 def test_fused_and_compiled_on_cuda_match_model_card_fp32(fused_compiled_fp32, reference):
     _, meta = fused_compiled_fp32.score_with_meta(QUERIES[0], DOCS)
     assert meta["device"].startswith("cuda") and meta["compiled"] and meta["fused_rms_norm"]
-    assert assert_matches_reference(fused_compiled_fp32, reference) >= 50
+    assert meta["fused_qk_norm_rope"]  # auto: on CUDA whatever the dtype
+    compared = assert_matches_reference(fused_compiled_fp32, reference, GPU_FP32_TOLERANCE)
+    assert compared >= 50
 
 
 def kernel_or_skip(name):
