@@ -69,6 +69,37 @@ def supports(heads: int, kv_heads: int, head_dim: int) -> bool:
     return head_dim >= 16 and head_dim & (head_dim - 1) == 0 and heads >= 1 and kv_heads >= 1
 
 
+def self_check(device: Any, dtype: Any) -> str | None:
+    """Run the kernel once on a few rows on ``device`` in ``dtype`` against
+    :func:`reference`: None where it agrees, else why not (Triton missing, the kernel
+    failing to compile or launch on this device, or a wrong result). Backends call this
+    at startup, so that a GPU Triton cannot serve falls back instead of failing requests."""
+    op = fused_op()
+    if op is None:
+        return "Triton is not installed here"
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    head_dim, tokens = 64, 6
+    q, k, v = (torch.randn(tokens, h * head_dim, generator=g) for h in (4, 2, 2))
+    weights = [1 + torch.randn(head_dim, generator=g) / 4 for _ in range(2)]
+    angles = torch.randn(tokens, head_dim // 2, generator=g).repeat(1, 2)
+    q, k, v, q_weight, k_weight, cos, sin = (
+        t.to(device, dtype) for t in (q, k, v, *weights, angles.cos(), angles.sin())
+    )
+    key_index = torch.tensor([0, 1, 2, 0, 1, 3, 4, 5], device=device)  # a shared prefix
+    want = reference(q, k, v, q_weight, k_weight, cos, sin, key_index, 1e-6)
+    try:  # the comparison waits for the kernel: a fault in it surfaces here too
+        got = op(q, k, v, q_weight, k_weight, cos, sin, key_index, 1e-6)
+        agree = all(
+            torch.allclose(a.float(), b.float(), rtol=2e-2, atol=2e-2)
+            for a, b in zip(got, want, strict=True)
+        )
+    except Exception as exc:
+        return f"the kernel fails on {device} ({type(exc).__name__}: {exc})"
+    return None if agree else f"the kernel's results on {device} disagree with its reference"
+
+
 def _empty_outputs(q: Any, k: Any, q_weight: Any, key_index: Any) -> tuple[Any, Any, Any]:
     """Uninitialised (queries, keys, values) of the shapes :func:`reference` returns."""
     head_dim = q_weight.shape[-1]
@@ -87,7 +118,7 @@ def fused_op() -> Callable[..., tuple[Any, Any, Any]] | None:
         import torch
         import triton
         import triton.language as tl
-    except ImportError:
+    except Exception:  # ImportError, or a Triton build that fails to load here
         return None
 
     @triton.jit

@@ -204,16 +204,19 @@ class Qwen3TransformersBackend(RerankBackend):
             return False
         if wanted == "auto" and not on_cuda:  # the interpreter is for tests: asked for only
             return False
-        runs_here = on_cuda or _qk_norm_rope.interpreted()
-        why_not = None
-        if not runs_here:
+        if on_cuda or _qk_norm_rope.interpreted():
+            why_not = _qk_norm_rope.self_check(self.device, self.dtype)
+        else:
             why_not = "it runs on CUDA devices (or in Triton's interpreter, TRITON_INTERPRET=1)"
-        elif _qk_norm_rope.fused_op() is None:
-            why_not = "Triton is not installed here"
-        elif not _packed_attention.fuse_qk_norm_rope(self._model, self.attention_kernel):
+        fused = why_not is None and _packed_attention.fuse_qk_norm_rope(
+            self._model, self.attention_kernel
+        )
+        if why_not is None and not fused:
             why_not = "this model's attention is not Qwen3's (per-head q/k norms, no biases)"
         if why_not and wanted is True:
             raise ConfigError(f"fused_qk_norm_rope: true, but {why_not}; set it to auto or false")
+        if why_not:
+            logger.warning("fused_qk_norm_rope off, transformers' attention code runs: %s", why_not)
         return why_not is None
 
     def _compile(self, required: bool) -> None:

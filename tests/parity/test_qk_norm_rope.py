@@ -133,3 +133,9 @@ def _distinct_storage_bytes(model):
         p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in model.parameters()
     }
     return sum(storages.values())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_startup_self_check_passes_where_the_kernel_runs(dtype):
+    """Backends run this before they fuse (a device Triton cannot serve falls back)."""
+    assert _qk_norm_rope.self_check(DEVICE, dtype) is None
