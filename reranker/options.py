@@ -6,7 +6,7 @@ config loader validates ``services.rerank.backends.<name>`` against it at startu
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -106,29 +106,19 @@ class TransformersOptions(BackendOptions):
     )
     local_files_only: bool = False
 
-    @model_validator(mode="after")
-    def _cuda_graphs_need_packed_batches(self) -> TransformersOptions:
-        if self.cuda_graphs is True and self.batch_layout == "padded":
-            raise ValueError(
-                "cuda_graphs replays packed batches; set batch_layout to packed or auto"
-            )
-        return self
+    # options that only packed batches have, with what each does there (the error says it)
+    _PACKED_ONLY: ClassVar[dict[str, str]] = {
+        "cuda_graphs": "replays packed batches",
+        "fused_qk_norm_rope": "runs in packed batches' attention",
+        "share_query_prefix": "needs packed batches",
+    }
 
     @model_validator(mode="after")
-    def _fused_qk_norm_rope_needs_packed_batches(self) -> TransformersOptions:
-        if self.fused_qk_norm_rope is True and self.batch_layout == "padded":
-            raise ValueError(
-                "fused_qk_norm_rope runs in packed batches' attention; set batch_layout to "
-                "packed or auto"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _prefix_sharing_needs_packed_batches(self) -> TransformersOptions:
-        if self.share_query_prefix is True and self.batch_layout == "padded":
-            raise ValueError(
-                "share_query_prefix needs packed batches; set batch_layout to packed or auto"
-            )
+    def _packed_only_options_need_packed_batches(self) -> TransformersOptions:
+        if self.batch_layout == "padded":
+            for name, why in self._PACKED_ONLY.items():
+                if getattr(self, name) is True:
+                    raise ValueError(f"{name} {why}; set batch_layout to packed or auto")
         return self
 
     @model_validator(mode="after")

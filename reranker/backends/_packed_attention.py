@@ -264,7 +264,7 @@ def fuse_qk_norm_rope(model: Any, kernel_name: str = "torch") -> int:
     attend = causal_attention(varlen_kernel(kernel_name))
     count = 0
     for module in model.modules():
-        if not _fits_fused_forward(module, _qk_norm_rope.supports):
+        if not _fits_fused_forward(module):
             continue
         module.qkv_weight = _stacked_weights(module, ("q_proj", "k_proj", "v_proj"))
         module.forward = types.MethodType(functools.partial(_fused_forward, op, attend), module)
@@ -272,7 +272,9 @@ def fuse_qk_norm_rope(model: Any, kernel_name: str = "torch") -> int:
     return count
 
 
-def _fits_fused_forward(module: Any, supports: Callable[[int, int, int], bool]) -> bool:
+def _fits_fused_forward(module: Any) -> bool:
+    from reranker.backends import _qk_norm_rope
+
     names = ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm", "head_dim")
     if not all(hasattr(module, name) for name in names):
         return False
@@ -281,8 +283,7 @@ def _fits_fused_forward(module: Any, supports: Callable[[int, int, int], bool]) 
     eps = getattr(module.q_norm, "variance_epsilon", None)
     if eps is None or eps != getattr(module.k_norm, "variance_epsilon", None):
         return False
-    dim = module.head_dim
-    return bool(supports(module.q_proj.out_features // dim, module.k_proj.out_features // dim, dim))
+    return _qk_norm_rope.supports(module.head_dim)
 
 
 def _stacked_weights(module: Any, names: tuple[str, ...]) -> Any:

@@ -63,10 +63,10 @@ def interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on")
 
 
-def supports(heads: int, kv_heads: int, head_dim: int) -> bool:
-    """Whether the kernel handles this attention shape (Triton blocks are powers of two:
-    a head dimension of one, any number of heads, masked up to a power of two)."""
-    return head_dim >= 16 and head_dim & (head_dim - 1) == 0 and heads >= 1 and kv_heads >= 1
+def supports(head_dim: int) -> bool:
+    """Whether the kernel handles heads of ``head_dim`` (a Triton block spans half a head,
+    so a power of two; any number of heads, masked up to a power of two)."""
+    return head_dim >= 16 and head_dim & (head_dim - 1) == 0
 
 
 def self_check(device: Any, dtype: Any) -> str | None:

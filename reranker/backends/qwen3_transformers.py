@@ -198,11 +198,10 @@ class Qwen3TransformersBackend(RerankBackend):
     def _fuse_qk_norm_rope(self, wanted: bool | str, on_cuda: bool) -> bool:
         """Give packed attention the fused q/k-norm + RoPE + key/value kernel where
         ``wanted`` (the option) asks for it and it runs: CUDA, or Triton's interpreter."""
-        if wanted is False or not self.packed:
-            if wanted is True:
-                raise ConfigError("fused_qk_norm_rope needs packed batches (batch_layout: packed)")
-            return False
-        if wanted == "auto" and not on_cuda:  # the interpreter is for tests: asked for only
+        if wanted is True and not self.packed:
+            raise ConfigError("fused_qk_norm_rope needs packed batches (batch_layout: packed)")
+        # under auto CUDA only: the interpreter is for tests, which ask for it
+        if wanted is False or not self.packed or (wanted == "auto" and not on_cuda):
             return False
         if on_cuda or _qk_norm_rope.interpreted():
             why_not = _qk_norm_rope.self_check(self.device, self.dtype)
