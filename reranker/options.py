@@ -72,6 +72,12 @@ class TransformersOptions(BackendOptions):
         "(RoPE) the query and key heads and lays keys/values out for the attention "
         "kernel; auto: on CUDA where Triton is installed",
     )
+    fused_swiglu: bool | Literal["auto"] = Field(
+        "auto",
+        description="one Triton kernel per layer computes the MLP's gate and up "
+        "projections and their SiLU-gated product (Hopper GPUs: TMA); auto: on CUDA where "
+        "Triton is installed and the GPU is sm90 or newer",
+    )
     torch_compile: bool | Literal["auto"] = Field(
         "auto",
         description="torch.compile each decoder layer at startup (seconds); auto: on CUDA "

@@ -32,6 +32,8 @@ def _options(pairs: list[str]) -> dict[str, Any]:
 
 def _kind(kernel: str) -> str:
     name = kernel.lower()
+    if "swiglu" in name:  # ours: the gate and up GEMMs with the SiLU gating
+        return "matmul"
     if name.startswith("triton") or "norm_rope" in name:  # inductor's fused kernels, ours
         return "elementwise/other (triton)"
     for kind, marks in (  # attention first: FlashAttention kernels are cutlass templates

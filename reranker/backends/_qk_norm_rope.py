@@ -17,9 +17,10 @@ it returns None and the caller keeps transformers' code.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
 from typing import Any
+
+from reranker.backends import _triton_support
 
 OP_NAME = "reranker::qk_norm_rope"
 
@@ -57,12 +58,6 @@ def reference(
     return q_out, k_out, v[rows].unflatten(-1, (-1, head_dim)).contiguous()
 
 
-def interpreted() -> bool:
-    """Whether Triton kernels run in its CPU interpreter here (``TRITON_INTERPRET=1``:
-    slow, for tests on machines without a GPU)."""
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on")
-
-
 def supports(head_dim: int) -> bool:
     """Whether the kernel handles heads of ``head_dim`` (a Triton block spans half a head,
     so a power of two; any number of heads, masked up to a power of two)."""
@@ -89,15 +84,9 @@ def self_check(device: Any, dtype: Any) -> str | None:
     )
     key_index = torch.tensor([0, 1, 2, 0, 1, 3, 4, 5], device=device)  # a shared prefix
     want = reference(q, k, v, q_weight, k_weight, cos, sin, key_index, 1e-6)
-    try:  # the comparison waits for the kernel: a fault in it surfaces here too
-        got = op(q, k, v, q_weight, k_weight, cos, sin, key_index, 1e-6)
-        agree = all(
-            torch.allclose(a.float(), b.float(), rtol=2e-2, atol=2e-2)
-            for a, b in zip(got, want, strict=True)
-        )
-    except Exception as exc:
-        return f"the kernel fails on {device} ({type(exc).__name__}: {exc})"
-    return None if agree else f"the kernel's results on {device} disagree with its reference"
+    return _triton_support.check_against_reference(
+        lambda: op(q, k, v, q_weight, k_weight, cos, sin, key_index, 1e-6), want, device
+    )
 
 
 def _empty_outputs(q: Any, k: Any, q_weight: Any, key_index: Any) -> tuple[Any, Any, Any]:
@@ -177,7 +166,7 @@ def fused_op() -> Callable[..., tuple[Any, Any, Any]] | None:
     # A row (all heads of one token) per program on a GPU, two warps each: on an H200
     # 23.2 ms a coalesced call, against 25.1 (four warps) and 24.2-25.6 (2-4 rows a
     # program). The interpreter pays per program, so there it takes many rows at once.
-    rows_per_program = 64 if interpreted() else 1
+    rows_per_program = 64 if _triton_support.interpreted() else 1
 
     def launch(
         x: Any, weight: Any, cos: Any, sin: Any, index: Any, out: Any, v: Any, v_out: Any,

@@ -15,7 +15,13 @@ from collections.abc import Iterator
 from itertools import chain
 from typing import Any, ClassVar
 
-from reranker.backends import _hf_speedups, _packed_attention, _qk_norm_rope
+from reranker.backends import (
+    _hf_speedups,
+    _packed_attention,
+    _qk_norm_rope,
+    _swiglu,
+    _triton_support,
+)
 from reranker.backends._cuda_graphs import BatchGraphs, StaticShape, static_shapes
 from reranker.backends._hf_loading import HFTextTokenizer, load_or_explain
 from reranker.backends._jobs import FlatPrompts, HeadSplit, read_ahead
@@ -109,7 +115,13 @@ class Qwen3TransformersBackend(RerankBackend):
         self.fused_rms_norm = on_cuda if opts.fused_rms_norm == "auto" else opts.fused_rms_norm
         if self.fused_rms_norm:
             _hf_speedups.fuse_rms_norms(self._model)
-        self.fused_qk_norm_rope = self._fuse_qk_norm_rope(opts.fused_qk_norm_rope, on_cuda)
+        self.fused_qk_norm_rope = self._fuse_qk_norm_rope()
+        self.fused_swiglu = self._use_triton_kernel(
+            "fused_swiglu",
+            _swiglu.self_check,
+            lambda: _swiglu.fuse_mlps(self._model),
+            "MLP is not a bias-free SiLU-gated one with rows TMA can read",
+        )
         self.compiled = False
         if self._compile_wanted:
             self._compile(required=opts.torch_compile is True)
@@ -118,13 +130,14 @@ class Qwen3TransformersBackend(RerankBackend):
             self._capture_graphs(required=opts.cuda_graphs is True)
         logger.info(
             "qwen3_transformers ready: model=%s device=%s dtype=%s batches=%s "
-            "fused_rms_norm=%s fused_qk_norm_rope=%s compiled=%s cuda_graphs=%s",
+            "fused_rms_norm=%s fused_qk_norm_rope=%s fused_swiglu=%s compiled=%s cuda_graphs=%s",
             opts.model_name,
             self.device,
             self.dtype,
             self.batch_layout,
             self.fused_rms_norm,
             self.fused_qk_norm_rope,
+            self.fused_swiglu,
             self.compiled,
             self._graphs is not None,
         )
@@ -195,27 +208,40 @@ class Qwen3TransformersBackend(RerankBackend):
             return "flash_attn_3"
         return "torch"
 
-    def _fuse_qk_norm_rope(self, wanted: bool | str, on_cuda: bool) -> bool:
-        """Give packed attention the fused q/k-norm + RoPE + key/value kernel where
-        ``wanted`` (the option) asks for it and it runs: CUDA, or Triton's interpreter."""
-        if wanted is True and not self.packed:
+    def _fuse_qk_norm_rope(self) -> bool:
+        """Give packed attention the fused q/k-norm + RoPE + key/value kernel where the
+        option asks for it and it runs."""
+        if self.options.fused_qk_norm_rope is True and not self.packed:
             raise ConfigError("fused_qk_norm_rope needs packed batches (batch_layout: packed)")
-        # under auto CUDA only: the interpreter is for tests, which ask for it
-        if wanted is False or not self.packed or (wanted == "auto" and not on_cuda):
+        return self.packed and self._use_triton_kernel(
+            "fused_qk_norm_rope",
+            _qk_norm_rope.self_check,
+            lambda: _packed_attention.fuse_qk_norm_rope(self._model, self.attention_kernel),
+            "attention is not Qwen3's (per-head q/k norms, no biases)",
+        )
+
+    def _use_triton_kernel(
+        self, option: str, self_check: Any, fuse: Any, unlike_qwen3: str
+    ) -> bool:
+        """Whether the Triton kernel behind ``option`` (auto / true / false) serves the
+        model: it runs on CUDA, or in Triton's interpreter (tests, which ask for it: under
+        auto, CUDA only), and passes ``self_check`` (device, dtype) -> why not; ``fuse()``
+        then puts it in the model and says how many modules took it. ``true`` where it
+        cannot serve is a startup error; ``auto`` falls back with a warning."""
+        wanted = getattr(self.options, option)
+        on_cuda = self.device.type == "cuda"
+        if wanted is False or (wanted == "auto" and not on_cuda):
             return False
-        if on_cuda or _qk_norm_rope.interpreted():
-            why_not = _qk_norm_rope.self_check(self.device, self.dtype)
+        if on_cuda or _triton_support.interpreted():
+            why_not = self_check(self.device, self.dtype)
         else:
             why_not = "it runs on CUDA devices (or in Triton's interpreter, TRITON_INTERPRET=1)"
-        fused = why_not is None and _packed_attention.fuse_qk_norm_rope(
-            self._model, self.attention_kernel
-        )
-        if why_not is None and not fused:
-            why_not = "this model's attention is not Qwen3's (per-head q/k norms, no biases)"
+        if why_not is None and not fuse():
+            why_not = f"this model's {unlike_qwen3}"
         if why_not and wanted is True:
-            raise ConfigError(f"fused_qk_norm_rope: true, but {why_not}; set it to auto or false")
+            raise ConfigError(f"{option}: true, but {why_not}; set it to auto or false")
         if why_not:
-            logger.warning("fused_qk_norm_rope off, transformers' attention code runs: %s", why_not)
+            logger.warning("%s off, transformers' code runs: %s", option, why_not)
         return why_not is None
 
     def _compile(self, required: bool) -> None:
@@ -319,6 +345,7 @@ class Qwen3TransformersBackend(RerankBackend):
             "attention_kernel": self.attention_kernel if self.packed else None,
             "fused_rms_norm": self.fused_rms_norm,
             "fused_qk_norm_rope": self.fused_qk_norm_rope,
+            "fused_swiglu": self.fused_swiglu,
             "compiled": self.compiled,
             "compile_wrapper": self.options.compile_wrapper if self.compiled else None,
             "cuda_graphs": self._graphs is not None,

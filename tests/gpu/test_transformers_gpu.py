@@ -16,6 +16,13 @@ from reranker.backends._packed_attention import (
 from reranker.registry import load_backend
 
 
+def on_hopper():
+    """Whether this GPU is sm90 or newer (the SwiGLU kernel's TMA loads need it)."""
+    import torch
+
+    return torch.cuda.get_device_capability()[0] >= 9
+
+
 def make(model_dir, **options):
     return load_backend(
         "qwen3_transformers",
@@ -49,6 +56,7 @@ def test_fused_and_compiled_on_cuda_match_model_card_fp32(fused_compiled_fp32, r
     _, meta = fused_compiled_fp32.score_with_meta(QUERIES[0], DOCS)
     assert meta["device"].startswith("cuda") and meta["compiled"] and meta["fused_rms_norm"]
     assert meta["fused_qk_norm_rope"]  # auto: on CUDA whatever the dtype
+    assert meta["fused_swiglu"] is (on_hopper())  # TMA: sm90+
     compared = assert_matches_reference(fused_compiled_fp32, reference, GPU_FP32_TOLERANCE)
     assert compared >= 50
 
@@ -154,7 +162,7 @@ def plain_bfloat16_gap(tiny_model_dir, reference):
 
 
 @pytest.mark.parametrize(
-    "compile_wrapper, attention_kernel, fused_qk_norm_rope",
+    "compile_wrapper, attention_kernel, triton_kernels",
     [("python", "auto", True), ("cpp", "auto", True), ("python", "torch", True),
      ("python", "auto", False)],
 )  # fmt: skip
@@ -164,34 +172,36 @@ def test_bfloat16_defaults_are_as_close_to_fp32_as_plain_bfloat16(
     plain_bfloat16_gap,
     compile_wrapper,
     attention_kernel,
-    fused_qk_norm_rope,
+    triton_kernels,
 ):
     """The CUDA defaults (packed, shared query prefixes, fused RMSNorm, the fused q/k-norm
-    + RoPE kernel or transformers' own code, compiled; the compiled layers launched from
-    Python or from inductor's C++ wrapper; FlashAttention-3 and CUDA graphs where they run,
-    and torch's FlashAttention-2) in bf16 round
-    differently from a plain bf16 forward, but must be no further from the fp32 model
+    + RoPE and SwiGLU Triton kernels or transformers' own code, compiled; the compiled
+    layers launched from Python or from inductor's C++ wrapper; FlashAttention-3 and CUDA
+    graphs where they run, and torch's FlashAttention-2) in bf16 round differently from a
+    plain bf16 forward, but must be no further from the fp32 model
     card than plain bf16 is: a wrong mask or position is off by far more."""
     fast = make(
         tiny_model_dir,
         dtype="bfloat16",
         compile_wrapper=compile_wrapper,
         attention_kernel=attention_kernel,
-        fused_qk_norm_rope="auto" if fused_qk_norm_rope else False,
+        fused_qk_norm_rope="auto" if triton_kernels else False,
+        fused_swiglu="auto" if triton_kernels else False,
     )
     try:
         _, meta = fast.score_with_meta(QUERIES[0], DOCS)
         in_force = ("batch_layout", "share_query_prefix", "fused_rms_norm", "compiled")
         assert [meta[key] for key in in_force] == ["packed", True, True, True]
-        assert meta["fused_qk_norm_rope"] is fused_qk_norm_rope
+        assert meta["fused_qk_norm_rope"] is triton_kernels
+        assert meta["fused_swiglu"] is (triton_kernels and on_hopper())
         assert meta["compile_wrapper"] == compile_wrapper
         if attention_kernel == "torch":
             assert meta["attention_kernel"] == "torch" and not meta["cuda_graphs"]
         worst = worst_gap_to(reference, fast)
         print(
             f"bfloat16 vs fp32 model card: max |dP| defaults ({compile_wrapper} wrapper, "
-            f"{meta['attention_kernel']}, CUDA graphs {meta['cuda_graphs']}, fused q/k norm + "
-            f"RoPE {fused_qk_norm_rope}) "
+            f"{meta['attention_kernel']}, CUDA graphs {meta['cuda_graphs']}, Triton kernels "
+            f"{triton_kernels}) "
             f"{worst:.3e}, plain {plain_bfloat16_gap:.3e}"
         )
         assert worst <= max(1.5 * plain_bfloat16_gap, 0.01)

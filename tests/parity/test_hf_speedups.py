@@ -103,10 +103,10 @@ def test_cuda_graphs_where_they_cannot_run_are_a_clear_startup_error(tiny_model_
 def test_fused_qk_norm_rope_where_it_cannot_run_is_a_clear_startup_error(
     tiny_model_dir, monkeypatch
 ):
-    """The fused q/k-norm + RoPE kernel runs on CUDA (or in Triton's interpreter, which
-    this folder's conftest turns on for CPU tests): asked for on a CPU without the
-    interpreter, or with padded batches, the backend refuses to start; under auto it runs
-    transformers' code."""
+    """The fused q/k-norm + RoPE and SwiGLU kernels run on CUDA (or in Triton's
+    interpreter, which this folder's conftest turns on for CPU tests): asked for on a CPU
+    without the interpreter (or the attention kernel with padded batches), the backend
+    refuses to start; under auto it runs transformers' code."""
     from reranker.errors import ConfigError
     from reranker.registry import load_backend
 
@@ -117,11 +117,28 @@ def test_fused_qk_norm_rope_where_it_cannot_run_is_a_clear_startup_error(
     with pytest.raises(ConfigError, match="fused_qk_norm_rope needs packed batches"):
         load_backend("qwen3_transformers", {"model_name": str(tiny_model_dir),
                                             "fused_qk_norm_rope": True})  # fmt: skip
+    with pytest.raises(ConfigError, match="fused_swiglu: true, but it runs on CUDA"):
+        load_backend("qwen3_transformers", {**options, "fused_swiglu": True})
     backend = load_backend("qwen3_transformers", options)
     try:
-        assert backend.score_with_meta("q", ["d"])[1]["fused_qk_norm_rope"] is False
+        meta = backend.score_with_meta("q", ["d"])[1]
+        assert meta["fused_qk_norm_rope"] is False and meta["fused_swiglu"] is False
     finally:
         backend.close()
+
+
+def test_fused_swiglu_that_fails_its_self_check_is_a_clear_startup_error(tiny_model_dir):
+    """In Triton's interpreter the SwiGLU kernel serves float32 only: asked for in
+    bfloat16, the startup self-check (the same one that makes auto fall back on a GPU
+    Triton cannot serve) turns it down with the reason."""
+    from reranker.errors import ConfigError
+    from reranker.registry import load_backend
+
+    if torch.cuda.is_available():
+        pytest.skip("the interpreter's limit; a GPU serves bfloat16")
+    options = {"model_name": str(tiny_model_dir), "dtype": "bfloat16", "fused_swiglu": True}
+    with pytest.raises(ConfigError, match="fused_swiglu: true, but the kernel's results on cpu"):
+        load_backend("qwen3_transformers", options)
 
 
 def test_runs_expand_on_the_device_as_in_pure_python():

@@ -15,7 +15,8 @@ from reranker.registry import load_backend  # noqa: E402
 # Every test runs on each way of batching: padded rows (the CPU default), packed rows
 # (varlen attention; here its per-sequence reference path) with and without each
 # request's query part shared by its prompts, and packed + shared with the fused RMSNorm,
-# the fused q/k-norm + RoPE kernel (in Triton's interpreter here) and torch.compile'd
+# the fused q/k-norm + RoPE and SiLU-gated MLP kernels (in Triton's interpreter here) and
+# torch.compile'd
 # decoder layers that CUDA gets by default, those layers launched from inductor's C++
 # wrapper too.
 LAYOUTS = {
@@ -26,12 +27,14 @@ LAYOUTS = {
         "batch_layout": "packed",
         "fused_rms_norm": True,
         "fused_qk_norm_rope": True,
+        "fused_swiglu": True,
         "torch_compile": True,
     },
     "packed-shared-fused-compiled-cpp": {
         "batch_layout": "packed",
         "fused_rms_norm": True,
         "fused_qk_norm_rope": True,
+        "fused_swiglu": True,
         "torch_compile": True,
         "compile_wrapper": "cpp",
     },
@@ -85,6 +88,7 @@ def test_meta_reports_the_layout_in_force(backend):
     assert meta["compile_wrapper"] == (options.compile_wrapper if meta["compiled"] else None)
     assert meta["fused_rms_norm"] is (options.fused_rms_norm is True)
     assert meta["fused_qk_norm_rope"] is (options.fused_qk_norm_rope is True)
+    assert meta["fused_swiglu"] is (options.fused_swiglu is True)
     assert meta["attention_kernel"] == ("torch" if packed else None)  # CPU: no FA3
 
 
