@@ -267,7 +267,7 @@ def fuse_qk_norm_rope(model: Any, kernel_name: str = "torch") -> int:
         if not _fits_fused_forward(module):
             continue
         module.qkv_weight = _stacked_weights(module, ("q_proj", "k_proj", "v_proj"))
-        module.forward = types.MethodType(functools.partial(_fused_forward, op, attend), module)
+        module.forward = types.MethodType(_fused_forward(op, attend), module)
         count += 1
     return count
 
@@ -303,29 +303,33 @@ def _stacked_weights(module: Any, names: tuple[str, ...]) -> Any:
     return stacked
 
 
-def _fused_forward(
-    op: Callable[..., Any],
-    attend: Callable[..., Any],
-    attn: Any,
-    hidden_states: Any,
-    position_embeddings: tuple[Any, Any],
-    attention_mask: Any = None,
-    past_key_values: Any = None,
-    *,
-    key_index: Any = None,
-    **bounds: Any,
-) -> tuple[Any, None]:
-    """A packed attention forward for :func:`fuse_qk_norm_rope` (``attn``'s weights, the
-    arguments transformers passes a self-attention module)."""
-    import torch.nn.functional as F
+def _fused_forward(op: Callable[..., Any], attend: Callable[..., Any]) -> Callable[..., Any]:
+    """A packed attention forward for :func:`fuse_qk_norm_rope` over ``op`` (the kernel)
+    and ``attend`` (:func:`causal_attention`'s result): a closure, not a
+    ``functools.partial``, so that dynamo also traces it when it compiles a whole decoder
+    rather than each layer."""
 
-    x = hidden_states[0]
-    widths = [attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features]
-    q, k, v = F.linear(x, attn.qkv_weight).split(widths, -1)
-    cos, sin = position_embeddings
-    q, k, v = op(
-        q, k, v, attn.q_norm.weight, attn.k_norm.weight, cos[0], sin[0], key_index,
-        attn.q_norm.variance_epsilon,
-    )  # fmt: skip
-    out = _attend_packed(attend, q, k, v, attn.scaling, **bounds)
-    return attn.o_proj(out.reshape(1, x.shape[0], -1)), None
+    def forward(
+        attn: Any,
+        hidden_states: Any,
+        position_embeddings: tuple[Any, Any],
+        attention_mask: Any = None,
+        past_key_values: Any = None,
+        *,
+        key_index: Any = None,
+        **bounds: Any,
+    ) -> tuple[Any, None]:
+        import torch.nn.functional as F
+
+        x = hidden_states[0]
+        widths = [attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features]
+        q, k, v = F.linear(x, attn.qkv_weight).split(widths, -1)
+        cos, sin = position_embeddings
+        q, k, v = op(
+            q, k, v, attn.q_norm.weight, attn.k_norm.weight, cos[0], sin[0], key_index,
+            attn.q_norm.variance_epsilon,
+        )  # fmt: skip
+        out = _attend_packed(attend, q, k, v, attn.scaling, **bounds)
+        return attn.o_proj(out.reshape(1, x.shape[0], -1)), None
+
+    return forward

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import chain
 from typing import Any, ClassVar
 
@@ -221,7 +221,11 @@ class Qwen3TransformersBackend(RerankBackend):
         )
 
     def _use_triton_kernel(
-        self, option: str, self_check: Any, fuse: Any, unlike_qwen3: str
+        self,
+        option: str,
+        self_check: Callable[[Any, Any], str | None],
+        fuse: Callable[[], int],
+        unlike_qwen3: str,
     ) -> bool:
         """Whether the Triton kernel behind ``option`` (auto / true / false) serves the
         model: it runs on CUDA, or in Triton's interpreter (tests, which ask for it: under
