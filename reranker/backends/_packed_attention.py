@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import functools
 import inspect
+import types
 from collections.abc import Callable
 from typing import Any
+
+from reranker.backends import _qk_norm_rope
 
 ATTENTION_NAME = "reranker_packed"
 
@@ -254,10 +257,6 @@ def fuse_qk_norm_rope(model: Any, kernel_name: str = "torch") -> int:
     kernel (``_qk_norm_rope``), then the ``kernel_name`` varlen attention. Returns how
     many modules changed: 0 where the kernel is unavailable (no Triton) or the shapes do
     not suit it. Only for packed batches (it needs ``cu_seq_lens_q``)."""
-    import types
-
-    from reranker.backends import _qk_norm_rope
-
     op = _qk_norm_rope.fused_op()
     if op is None:
         return 0
@@ -273,8 +272,6 @@ def fuse_qk_norm_rope(model: Any, kernel_name: str = "torch") -> int:
 
 
 def _fits_fused_forward(module: Any) -> bool:
-    from reranker.backends import _qk_norm_rope
-
     names = ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm", "head_dim")
     if not all(hasattr(module, name) for name in names):
         return False

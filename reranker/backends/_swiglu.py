@@ -152,9 +152,12 @@ def fused_op() -> Callable[..., Any] | None:
             gated = gate / (1.0 + tl.exp(-gate)) * up
             out_desc.store([row, column], gated.to(out_desc.dtype))
 
+    # read once, not per launch: launches sit on the host's path of every layer
+    in_interpreter = _triton_support.interpreted()
+
     @functools.cache
     def programs(device: Any) -> int:
-        if _triton_support.interpreted():
+        if in_interpreter:
             return 4
         return int(torch.cuda.get_device_properties(device).multi_processor_count)
 
@@ -165,7 +168,7 @@ def fused_op() -> Callable[..., Any] | None:
         if rows == 0:
             return out
         x = x.contiguous()  # TMA reads rows with unit stride
-        wide = x.dtype == torch.float32 or _triton_support.interpreted()
+        wide = x.dtype == torch.float32 or in_interpreter
         block_rows, block_columns, block_depth, stages, warps = (
             _TILES_FLOAT32 if wide else _TILES_16BIT
         )
