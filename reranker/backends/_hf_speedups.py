@@ -9,6 +9,8 @@
 - :func:`last_layer_at_rows`: the last decoder layer runs its MLP (and, in packed
   batches, its queries, attention and output projection) only at the rows the caller
   reads (each prompt's last token) instead of at every token.
+- :func:`carry_residuals`: each layer hands its last residual add to the next one, so
+  that a compiled layer does it in one kernel with its input RMSNorm.
 """
 
 from __future__ import annotations
@@ -136,3 +138,63 @@ def last_layer_at_rows(decoder: Any) -> None:
     layers = decoder.layers
     if not getattr(layers[-1], "reads_last_rows", False):
         layers[-1] = LastLayerAtRows(layers[-1])
+
+
+def carry_residuals(decoder: Any) -> int:
+    """Move each decoder layer's final residual add into the next layer: every layer but
+    the last returns ``(residual, mlp_output)`` instead of their sum, and the next layer
+    adds them before its input RMSNorm. Returns how many layers hand their add on (0
+    where the layers are not Llama/Qwen-style pre-norm ones, or already do: the decoder is
+    then left as it was). Apply it after :func:`last_layer_at_rows`.
+
+    The maths is the same; what changes is where the add runs. Compiled one layer at a
+    time (:func:`compile_layers`), a layer's final add is a kernel of its own (it follows
+    the MLP's last matmul, which inductor leaves to cuBLAS): it reads two activations and
+    writes one, which the next layer's norm reads again. Done at the start of the next
+    layer, inductor fuses the add into the norm's kernel: one pass fewer over the hidden
+    states per layer. The last layer adds the pair it gets and then runs as it did, so
+    the decoder's output is a tensor as before.
+    """
+    import torch
+
+    class HandsResidualOn(torch.nn.Module):
+        def __init__(self, layer: Any) -> None:
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, hidden_states: Any, **kwargs: Any) -> tuple[Any, Any]:
+            layer = self.layer
+            hidden_states = _sum_of(hidden_states)
+            normed = layer.input_layernorm(hidden_states)
+            mixed, _ = layer.self_attn(hidden_states=normed, **kwargs)
+            hidden_states = hidden_states + mixed
+            return hidden_states, layer.mlp(layer.post_attention_layernorm(hidden_states))
+
+    class AddsResidualFirst(torch.nn.Module):
+        adds_carried_residual = True
+
+        def __init__(self, layer: Any) -> None:
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, hidden_states: Any, **kwargs: Any) -> Any:
+            return self.layer(_sum_of(hidden_states), **kwargs)
+
+    layers = decoder.layers
+    if len(layers) < 2 or getattr(layers[-1], "adds_carried_residual", False):
+        return 0
+    parts = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
+    if not all(hasattr(layer, part) for layer in layers[:-1] for part in parts):
+        return 0
+    for index in range(len(layers) - 1):
+        layers[index] = HandsResidualOn(layers[index])
+    layers[-1] = AddsResidualFirst(layers[-1])
+    return len(layers) - 1
+
+
+def _sum_of(hidden_states: Any) -> Any:
+    """A layer's input: the hidden states, or the previous layer's (residual, delta)."""
+    if isinstance(hidden_states, tuple):
+        residual, delta = hidden_states
+        return residual + delta
+    return hidden_states

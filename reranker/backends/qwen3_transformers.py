@@ -252,6 +252,8 @@ class Qwen3TransformersBackend(RerankBackend):
         """Compile the decoder layers and build the graph now, not on the first request."""
         warm_up = self._warm_up_batch()
         cpp_wrapper = self.options.compile_wrapper == "cpp"
+        # each layer's last residual add then fuses into the next layer's input norm
+        _hf_speedups.carry_residuals(self._body)
         try:
             _hf_speedups.compile_layers(
                 self._body.layers, lambda: self._forward(warm_up), cpp_wrapper

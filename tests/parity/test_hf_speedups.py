@@ -1,5 +1,6 @@
-"""The transformers speed-ups on the tiny model: RMSNorm fusion counts and exactness, and
-a compile whose warm-up fails leaves the layers eager."""
+"""The transformers speed-ups on the tiny model: RMSNorm fusion counts and exactness,
+the last layer at chosen rows, carried residual adds, and a compile whose warm-up fails
+leaves the layers eager."""
 
 from __future__ import annotations
 
@@ -42,6 +43,28 @@ def test_last_layer_at_rows_returns_exactly_those_rows_of_the_full_forward(model
     assert picked.shape == (1, 3, full.shape[-1])
     torch.testing.assert_close(picked[0], full[0, rows], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(unchanged, full, rtol=0, atol=0)
+
+
+def test_carried_residuals_give_the_same_hidden_states_bit_for_bit(model):
+    """Each layer's last residual add moves into the next layer: the same additions in
+    the same order, so eager outputs match exactly (and last_layer_at_rows still works)."""
+    ids = torch.tensor([[9693, 2152, 100, 200, 300, 400, 500]])
+    rows = torch.tensor([6, 2])
+    layers = len(model.model.layers)
+    with torch.inference_mode():
+        full = model.model(input_ids=ids).last_hidden_state
+        _hf_speedups.last_layer_at_rows(model.model)
+        assert _hf_speedups.carry_residuals(model.model) == layers - 1
+        assert _hf_speedups.carry_residuals(model.model) == 0  # already carried
+        handed_on = []
+        model.model.layers[0].register_forward_hook(lambda m, a, out: handed_on.append(out))
+        carried = model.model(input_ids=ids).last_hidden_state
+        picked = model.model(input_ids=ids, last_rows=rows).last_hidden_state
+    torch.testing.assert_close(carried, full, rtol=0, atol=0)
+    # the last layer at rows alone computes its queries apart: float32 sums in another order
+    torch.testing.assert_close(picked[0], full[0, rows], rtol=1e-5, atol=1e-5)
+    residual, mlp_output = handed_on[0]  # what the first layer hands on, unsummed
+    assert residual.shape == mlp_output.shape == full.shape
 
 
 def test_failed_compile_warm_up_leaves_layers_eager(model):
