@@ -18,9 +18,11 @@ from reranker.registry import load_backend  # noqa: E402
 # the fused q/k-norm + RoPE and SiLU-gated MLP kernels (in Triton's interpreter here) and
 # torch.compile'd
 # decoder layers that CUDA gets by default, those layers launched from inductor's C++
-# wrapper too.
+# wrapper too; and padded rows through compiled layers (`torch_compile: true`; the last
+# layer then has no row picking, so the carried residual add meets a plain layer).
 LAYOUTS = {
     "padded": {"batch_layout": "padded"},
+    "padded-compiled": {"batch_layout": "padded", "torch_compile": True},
     "packed": {"batch_layout": "packed", "share_query_prefix": False},
     "packed-shared-prefix": {"batch_layout": "packed", "share_query_prefix": True},
     "packed-shared-fused-compiled": {
@@ -85,6 +87,10 @@ def test_meta_reports_the_layout_in_force(backend):
     assert meta["batch_layout"] == options.batch_layout
     assert meta["share_query_prefix"] is (options.share_query_prefix is not False and packed)
     assert meta["compiled"] is (options.torch_compile is True)
+    # compiled layers carry each residual add into the next layer (what the parity
+    # tests below then check); eager ones are left as transformers built them
+    carried = getattr(backend._body.layers[-1], "adds_carried_residual", False)
+    assert carried is meta["compiled"]
     assert meta["compile_wrapper"] == (options.compile_wrapper if meta["compiled"] else None)
     assert meta["fused_rms_norm"] is (options.fused_rms_norm is True)
     assert meta["fused_qk_norm_rope"] is (options.fused_qk_norm_rope is True)
