@@ -158,6 +158,8 @@ def carry_residuals(decoder: Any) -> int:
     import torch
 
     class HandsResidualOn(torch.nn.Module):
+        """A pre-norm layer that returns (residual, MLP output) for the next to add."""
+
         def __init__(self, layer: Any) -> None:
             super().__init__()
             self.layer = layer
@@ -171,6 +173,8 @@ def carry_residuals(decoder: Any) -> int:
             return hidden_states, layer.mlp(layer.post_attention_layernorm(hidden_states))
 
     class AddsResidualFirst(torch.nn.Module):
+        """The last layer: adds the pair it is handed, then runs as it did."""
+
         adds_carried_residual = True
 
         def __init__(self, layer: Any) -> None:
