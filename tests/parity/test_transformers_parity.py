@@ -16,10 +16,10 @@ from reranker.registry import load_backend  # noqa: E402
 # (varlen attention; here its per-sequence reference path) with and without each
 # request's query part shared by its prompts, and packed + shared with the fused RMSNorm,
 # the fused q/k-norm + RoPE and SiLU-gated MLP kernels (in Triton's interpreter here) and
-# torch.compile'd
-# decoder layers that CUDA gets by default, those layers launched from inductor's C++
-# wrapper too; and padded rows through compiled layers (`torch_compile: true`; the last
-# layer then has no row picking, so the carried residual add meets a plain layer).
+# torch.compile'd decoder layers that CUDA gets by default, those layers launched from
+# inductor's C++ wrapper too; and padded rows through compiled layers (`torch_compile:
+# true`; the last layer then has no row picking, so the carried residual add meets a
+# plain layer).
 LAYOUTS = {
     "padded": {"batch_layout": "padded"},
     "padded-compiled": {"batch_layout": "padded", "torch_compile": True},
