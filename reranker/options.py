@@ -147,7 +147,7 @@ class TransformersOptions(BackendOptions):
 
 
 class VLLMOptions(BackendOptions):
-    """Options of the vLLM backends (names as in the earlier ``qwen3_vllm_score``)."""
+    """Options of the vLLM backends."""
 
     tensor_parallel_size: int = Field(1, ge=1)
     gpu_memory_utilization: float = Field(0.4, gt=0.0, le=1.0)

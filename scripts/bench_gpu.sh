@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # GPU benchmark of all three backends and their raw counterparts, on one card, same workload.
 #
-#   scripts/bench_gpu.sh [extra `reranker bench` args]
+#   scripts/bench_gpu.sh [extra `reranker bench` args, e.g. --coalesce --repeat 3]
 #
 # Builds a Qwen3-Reranker-0.6B-shaped model with random weights (throughput does not
 # depend on weight values) and the real Qwen3 tokenizer, then runs `reranker bench
 # --baseline` per backend, each in its own process, appending JSON records to
-# $OUT/bench.jsonl (OUT defaults to .cache/bench) and printing a Markdown table.
-# Run it where `import vllm` works (see docs/benchmarks.md for the GPU machine).
+# $OUT/bench.jsonl (OUT defaults to .cache/bench) and printing Markdown tables
+# (python -m reranker.bench_report, also written to $OUT/bench.md).
+# Environment: PYTHON (the interpreter of the backends' venv, default python3),
+# BENCH_BACKENDS (default: qwen3_vllm qwen3_vllm_score qwen3_transformers), BENCH_MODEL
+# (where the model is built, default /tmp/qwen3-reranker-0.6b-shape), OUT.
+# The vLLM backends need `import vllm` to work; see docs/performance.md.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"

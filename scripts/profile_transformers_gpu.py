@@ -8,7 +8,7 @@ the forward passes, the whole call, the top CUDA kernels (torch.profiler) groupe
 and the throughput of the decoder's four matmul shapes alone (the ceiling for this model),
 and the timeline of that call: how long the GPU sat idle, where, and what the host was
 doing meanwhile (``--trace FILE.json.gz`` also keeps the Chrome trace).
-A developer tool for the performance work in docs/benchmarks.md; not used by tests.
+A developer tool behind the measurements in docs/performance.md; not used by tests.
 """
 
 from __future__ import annotations

@@ -287,7 +287,7 @@ def _stacked_weights(module: Any, names: tuple[str, ...]) -> Any:
     """One parameter holding the weights of ``module``'s bias-free linear layers ``names``
     stacked (output rows in that order); each layer's weight becomes a view of it, so the
     stack costs no memory and the layers compute as before. One matmul over the stack
-    instead of three: +1.3% a coalesced call on an H200 (docs/benchmarks.md)."""
+    instead of three: +1.3% a coalesced call on an H200 (docs/performance.md)."""
     import torch
 
     layers = [getattr(module, name) for name in names]

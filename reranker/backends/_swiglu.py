@@ -25,9 +25,10 @@ from typing import Any
 from reranker.backends import _triton_support
 
 OP_NAME = "reranker::swiglu"
-# (rows, columns, depth) of a tile, pipeline stages, warps. 16-bit: the best of eight tile
-# shapes on an H100 (docs/benchmarks.md, session 9); float32 (tests, the interpreter):
-# small tiles, exact (IEEE) products.
+# (rows, columns, depth) of a tile, pipeline stages, warps. 16-bit: the best of the tile
+# shapes measured on an H100 and on an H200 (docs/bench-data/*-profile-swiglu.txt and
+# *-profile-carry-residuals.txt); float32 (tests, the interpreter): small tiles, exact
+# (IEEE) products.
 _TILES_16BIT = (128, 128, 64, 3, 8)
 _TILES_FLOAT32 = (64, 64, 32, 2, 4)
 # row tiles a group of programs walks together (they share weight columns in L2)

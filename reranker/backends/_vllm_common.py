@@ -136,7 +136,7 @@ class VLLMBackendBase(RerankBackend):
     requires: ClassVar[tuple[str, ...]] = ("vllm", "transformers")
     Options = VLLMOptions
     env_prefix: ClassVar[str] = "RERANK_VLLM_"
-    # Variable names the earlier qwen3_vllm_score backend read.
+    # Shorter variable names, also accepted for these two options.
     env_aliases: ClassVar[dict[str, str]] = {
         "RERANK_VLLM_AUTO_TRITON_ATTN": "auto_triton_attn_on_sm_lt_8",
         "RERANK_VLLM_ATTENTION_BACKEND": "vllm_attention_backend",

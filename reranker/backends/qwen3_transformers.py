@@ -187,7 +187,7 @@ class Qwen3TransformersBackend(RerankBackend):
         # launched; on CPU the forward pass needs every core.
         self.tokenise_ahead = on_cuda
         # with CUDA graphs, the first wave goes out before that thread starts (per query
-        # +2% on an H200, docs/benchmarks.md); an attribute so the profile script can vary it
+        # +2% on an H200, docs/performance.md); an attribute so the profile script can vary it
         self.head_first = True
 
     def _pick_attention_kernel(self, wanted: str, on_cuda: bool) -> str:
