@@ -1,4 +1,4 @@
-"""``reranker`` command line: backends | score | bench | serve | build-test-model."""
+"""``reranker`` command line: backends | score | bench | compare | serve | build-test-model."""
 
 from __future__ import annotations
 
@@ -56,16 +56,19 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with _backend_from_args(args) as backend:
         startup_s = round(time.perf_counter() - started, 1)  # model load, compile, engine
+        _announce_bench(args, backend, startup_s)
         results.append(run_bench(backend, workload, args.repeat, args.warmup))
         results[-1]["startup_s"] = startup_s
         print(format_result(results[-1]), flush=True)
         # each phase on documents of its own: none replays what an earlier one cached
         if args.coalesce:
+            print("timing all queries in one call (coalesced) ...", file=sys.stderr, flush=True)
             results.append(
                 run_bench(backend, workload, args.repeat, 0, coalesce=True, first=args.repeat)
             )
             print(format_result(results[-1]), flush=True)
         if args.baseline:
+            print("timing the raw counterpart ...", file=sys.stderr, flush=True)
             baseline = run_baseline(backend, workload, args.repeat, first=2 * args.repeat)
             if baseline:
                 results.append(baseline)
@@ -77,9 +80,34 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# A CPU runs a 0.6B reranker at a few pairs a second: sizes that finish in about a minute.
+CPU_BENCH_SIZES = "--queries 2 --docs 16 --max-words 200 --repeat 1"
+
+
+def _announce_bench(args: argparse.Namespace, backend: Any, startup_s: float) -> None:
+    """Say what is about to be timed (a phase can take minutes), with sizes for a CPU."""
+    device = str(backend.meta_extra().get("device") or "?")
+    pairs = args.queries * args.docs
+    print(
+        f"{backend.name} ready in {startup_s} s on {device}: timing {args.warmup} warm-up + "
+        f"{args.repeat} runs of {pairs} pairs ({args.min_words}-{args.max_words} words a "
+        "document) ...",
+        file=sys.stderr,
+        flush=True,
+    )
+    if device.startswith("cpu") and pairs * args.max_words > 20_000:
+        print(
+            f"note: on a CPU these sizes take minutes per run; for a quick look: "
+            f"reranker bench {CPU_BENCH_SIZES}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    _require_modules("compare", COMPARE_MODULES)
     from reranker.compare.data import load_items
     from reranker.compare.report import run_comparison, threshold_failures, write_report
     from reranker.compare.sides import Side, parse_spec
@@ -103,6 +131,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         b.close()
     out = Path(args.out)
     write_report(report, items, out)
+    for side in ("a", "b"):
+        facts = ", ".join(f"{k} {v}" for k, v in report[side].items() if k != "spec" and v)
+        print(f"{side.upper()}: {report[side]['spec']} ({facts})")
     o = report["overall"]
     print(
         f"spearman {o['spearman']:.4f} (min {o['min_spearman']:.4f}), top-10 overlap "
@@ -115,6 +146,23 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     for fail in fails:
         print(f"threshold failed: {fail}", file=sys.stderr)
     return 1 if fails else 0
+
+
+# Third-party modules `reranker compare` imports (the package's "compare" extra).
+COMPARE_MODULES = ("scipy", "ranx", "matplotlib", "tqdm", "httpx")
+
+
+def _require_modules(extra: str, modules: tuple[str, ...]) -> None:
+    """Stop before any model loads when this environment lacks an extra's modules."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise RerankerError(
+            f"`reranker {extra}` needs {', '.join(missing)}, missing from this environment "
+            f"({sys.prefix}): run `scripts/setup_reranker_venv.sh <backend>` again (it "
+            f"installs them), or `pip install 'reranker[{extra}]'`"
+        )
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

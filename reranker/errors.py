@@ -29,7 +29,8 @@ class BackendUnavailable(RerankerError):
         self.name = name
         self.reason = reason
         super().__init__(
-            f"backend {name!r} is not usable in this Python environment: {reason}. "
+            f"backend {name!r} is not usable in this Python environment: "
+            f"{reason.rstrip('. ')}. "
             f"Create its virtualenv with `scripts/setup_reranker_venv.sh {name}` and start the "
             f"service with `scripts/start_reranker.sh` (it uses .venv-reranker-{name})."
         )

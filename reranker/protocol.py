@@ -10,6 +10,7 @@ back to input order, meta.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +63,13 @@ class _Prepared:
     result: PairScores | InvalidRequest | None = None
 
 
+# The raw score of a document that cannot be scored (None, blank, unconvertible, or a blank
+# query): the lowest finite float, below any logit(yes) - logit(no) a model can produce, so
+# an unusable document never outranks a usable one when raw scores are sorted. Its
+# normalised counterpart is 0.0, which is sigmoid(UNUSABLE_LOGIT).
+UNUSABLE_LOGIT = -sys.float_info.max
+
+
 def sigmoid(x: float) -> float:
     """P(yes) from logit(yes) - logit(no), without overflow at either end."""
     if x >= 0:
@@ -70,7 +78,7 @@ def sigmoid(x: float) -> float:
     return z / (1.0 + z)
 
 
-def _as_text(doc: Any) -> str | None:
+def document_text(doc: Any) -> str | None:
     """A document as stripped text, or None when it cannot be scored."""
     if doc is None:
         return None
@@ -88,6 +96,13 @@ def _as_text(doc: Any) -> str | None:
             return None
     text = text.strip()
     return text or None
+
+
+def rank_order(scores: Sequence[float], docs: Sequence[Any]) -> list[int]:
+    """Indices of ``docs`` best first: usable documents by score, then the unusable ones;
+    ties keep input order. An unusable document never outranks a usable one, whatever the
+    scores (raw or normalised, underflow included)."""
+    return sorted(range(len(scores)), key=lambda i: (document_text(docs[i]) is None, -scores[i], i))
 
 
 class RerankBackend:
@@ -168,7 +183,8 @@ class RerankBackend:
         """One score per input doc, in input order, and a meta dict.
 
         ``normalize=True`` gives P(yes) in [0, 1]; ``False`` the raw logit(yes) - logit(no).
-        None, blank or unconvertible docs score 0.0; a blank query scores every doc 0.0.
+        None, blank or unconvertible docs score 0.0 (``UNUSABLE_LOGIT``, the lowest finite
+        float, when ``normalize=False``); a blank query scores every doc so.
         Raises :class:`InvalidRequest` for input that cannot be scored.
         """
         request = ScoreRequest(query, docs, normalize, instruction, max_doc_tokens)
@@ -214,8 +230,8 @@ class RerankBackend:
         if request.max_doc_tokens is not None and request.max_doc_tokens < 1:
             raise InvalidRequest("max_doc_tokens must be >= 1", param="max_doc_tokens")
         docs = list(docs or [])
-        query_text = _as_text(request.query) or ""
-        usable = [(i, t) for i, t in ((i, _as_text(d)) for i, d in enumerate(docs)) if t]
+        query_text = document_text(request.query) or ""
+        usable = [(i, t) for i, t in ((i, document_text(d)) for i, d in enumerate(docs)) if t]
         prepared = _Prepared(request, len(docs), usable)
         if query_text and usable:
             prepared.unique, prepared.position_to_unique = deduplicate_with_positions(
@@ -241,8 +257,8 @@ class RerankBackend:
             )
         normalize = p.request.normalize
         values = [sigmoid(x) for x in result.logits] if normalize else result.logits
-        scores = [0.0] * p.input_docs
-        if p.job is not None:  # else: blank query or no usable doc, all 0.0
+        scores = [0.0 if normalize else UNUSABLE_LOGIT] * p.input_docs
+        if p.job is not None:  # else: blank query or no usable doc, all unusable
             for (i, _), u in zip(p.usable, p.position_to_unique, strict=True):
                 scores[i] = float(values[u])
         meta = {
@@ -273,9 +289,9 @@ class RerankBackend:
     def rerank(
         self, query: Any, docs: Sequence[Any], top_n: int | None = None, normalize: bool = True
     ) -> list[tuple[int, float]]:
-        """``(index, score)`` pairs, best first (ties keep input order), at most ``top_n``."""
+        """``(index, score)`` pairs, best first (``rank_order``), at most ``top_n``."""
         if top_n is not None and top_n < 1:
             raise InvalidRequest("top_n must be >= 1", param="top_n")
         scores = self.score(query, docs, normalize)
-        ranked = sorted(enumerate(scores), key=lambda pair: -pair[1])
+        ranked = [(i, scores[i]) for i in rank_order(scores, docs)]
         return ranked if top_n is None else ranked[:top_n]

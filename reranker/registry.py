@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
+from pydantic import BaseModel
+
 from reranker.errors import BackendUnavailable, UnknownBackend
+from reranker.model_source import check_model_source
 from reranker.protocol import RerankBackend
 
 GROUP = "reranker.backends"
@@ -88,9 +91,18 @@ def list_backends() -> list[BackendInfo]:
 
 
 def load_backend(name: str, options: Any = None) -> RerankBackend:
-    """Build the backend ``name`` with ``options`` (a mapping or its Options model)."""
+    """Build the backend ``name`` with ``options`` (a mapping or its Options model).
+
+    A model that cannot be found fails here at once (:class:`ModelUnavailable`), before
+    the backend imports its engine.
+    """
     cls = load_backend_class(name)
     missing = _missing_modules(cls.requires)
     if missing:
         raise BackendUnavailable(name, f"missing Python packages: {', '.join(missing)}")
+    raw = options.model_dump(exclude_unset=True) if isinstance(options, BaseModel) else options
+    validated = cls.Options.model_validate(dict(raw or {}))
+    check_model_source(
+        validated.model_name, local_files_only=getattr(validated, "local_files_only", False)
+    )
     return cls(options)

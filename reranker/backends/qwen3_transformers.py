@@ -32,8 +32,10 @@ from reranker.backends._packing import (
     host_buffer,
     pack,
 )
+from reranker.backends._runtime import resolve_device, resolve_dtype
 from reranker.batching import plan_batches
 from reranker.errors import ConfigError, InvalidRequest
+from reranker.model_source import check_model_source
 from reranker.options import TransformersOptions
 from reranker.prompts.qwen3 import NO_TOKEN_ID, YES_TOKEN_ID, Qwen3PromptEncoder
 from reranker.protocol import PairScores, RerankBackend, ScoreJob
@@ -74,22 +76,21 @@ class Qwen3TransformersBackend(RerankBackend):
 
         opts = self.options
         self._torch = torch
-        self.device = torch.device(
-            ("cuda" if torch.cuda.is_available() else "cpu")
-            if opts.device == "auto"
-            else opts.device
-        )
-        self.dtype = self._pick_dtype(opts.dtype)
+        self.device = torch.device(resolve_device(opts.device))
+        self.dtype = getattr(torch, resolve_dtype(opts.dtype, self.device.type))
         on_cuda = self.device.type == "cuda"
         self._choose_batching(opts, on_cuda)
+        cache_only = (
+            check_model_source(opts.model_name, local_files_only=opts.local_files_only) == "cache"
+        )
         tokenizer = load_or_explain(
             opts.model_name,
             "tokenizer",
             lambda: AutoTokenizer.from_pretrained(
-                opts.model_name, padding_side="left", local_files_only=opts.local_files_only
+                opts.model_name, padding_side="left", local_files_only=cache_only
             ),
         )
-        kwargs: dict[str, Any] = {"dtype": self.dtype, "local_files_only": opts.local_files_only}
+        kwargs: dict[str, Any] = {"dtype": self.dtype, "local_files_only": cache_only}
         if self.packed:
             kwargs["attn_implementation"] = _packed_attention.register(self.attention_kernel)
         elif opts.attn_implementation != "auto":
@@ -332,14 +333,6 @@ class Qwen3TransformersBackend(RerankBackend):
     def batch_layout(self) -> str:
         """``packed`` or ``padded``: how prompts share a forward pass."""
         return "packed" if self.packed else "padded"
-
-    def _pick_dtype(self, name: str) -> Any:
-        torch = self._torch
-        if name != "auto":
-            return getattr(torch, name)
-        if self.device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
 
     def meta_extra(self) -> dict[str, Any]:
         """Device, dtype and batch layout in force."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar
 
+from reranker.backends._hf_loading import load_or_explain
 from reranker.backends._vllm_common import (
     VLLMBackendBase,
     engine_kwargs,
@@ -51,12 +52,31 @@ class Qwen3VLLMBackend(VLLMBackendBase):
             )
         # One generated token needs one more position than the longest prompt.
         extra["max_model_len"] = opts.max_model_len + 1
+        if self._checkpoint_positions() == opts.max_model_len:
+            # That token is sampled from the prompt's last logits and never run through
+            # the model (max_tokens=1), so its position is never computed: the checkpoint
+            # may claim one more, and prompts keep the same limit as on every backend.
+            extra["hf_overrides"] = {"max_position_embeddings": opts.max_model_len + 1}
         self._llm = start_engine(opts, engine_kwargs(opts, "generate", **extra))
 
+    def _checkpoint_positions(self) -> int | None:
+        """The checkpoint's ``max_position_embeddings`` (None where it has none)."""
+        from transformers import AutoConfig
+
+        name = self.options.model_name
+        config = load_or_explain(
+            name,
+            "config",
+            lambda: AutoConfig.from_pretrained(name, local_files_only=self._cache_only),
+        )
+        positions = getattr(config, "max_position_embeddings", None)
+        return positions if isinstance(positions, int) else None
+
     def meta_extra(self) -> dict[str, Any]:
-        """How the yes/no logprobs are obtained."""
+        """Device, dtype, and how the yes/no logprobs are obtained."""
         return {
-            "logprob_method": "logprob_token_ids" if self._explicit_ids else "allowed_token_ids"
+            **super().meta_extra(),
+            "logprob_method": "logprob_token_ids" if self._explicit_ids else "allowed_token_ids",
         }
 
     def _engine_logits(self, prompts: list[Any]) -> list[float]:

@@ -10,6 +10,9 @@ from reranker.compare.data import QueryItem
 from reranker.compare.metrics import QUALITY_METRICS, agreement, percentile, quality
 from reranker.compare.sides import Side
 
+# Spearman within this of 1 counts as the same ranking (float noise in the statistic).
+RANK_TOLERANCE = 1e-9
+
 AGREEMENT_KEYS = (
     "spearman",
     "kendall",
@@ -48,8 +51,8 @@ def run_comparison(
     overall["min_spearman"] = min(q["spearman"] for q in per_query)
     overall["max_abs_diff"] = max(q["max_abs_diff"] for q in per_query)
     report: dict[str, Any] = {
-        "a": {"spec": a.spec.label, "model": a.model},
-        "b": {"spec": b.spec.label, "model": b.model},
+        "a": {"spec": a.spec.label, **a.runtime, "model": a.model},
+        "b": {"spec": b.spec.label, **b.runtime, "model": b.model},
         "queries": len(items),
         "pairs": sum(len(i.docs) for i in items),
         "overall": overall,
@@ -90,9 +93,11 @@ def _speed(side: Side) -> dict[str, float]:
 
 
 def disagreements(report: dict[str, Any], items: list[QueryItem], n: int = 5) -> list[dict]:
-    """The ``n`` queries where the sides agree least, with each side's top 3."""
+    """The ``n`` queries where the sides' rankings differ most, with each side's top 3;
+    queries both sides rank alike (Spearman 1) are not disagreements."""
     docs = {i.qid: i.docs for i in items}
-    worst = sorted(report["per_query"], key=lambda q: (q["spearman"], -q["max_abs_diff"]))[:n]
+    differ = [q for q in report["per_query"] if q["spearman"] < 1.0 - RANK_TOLERANCE]
+    worst = sorted(differ, key=lambda q: (q["spearman"], -q["max_abs_diff"]))[:n]
     out = []
     for q in worst:
 
@@ -112,14 +117,20 @@ def disagreements(report: dict[str, Any], items: list[QueryItem], n: int = 5) ->
     return out
 
 
+def _side_line(side: dict[str, Any]) -> str:
+    """``spec``: model, backend, device and dtype, as the side's responses reported them."""
+    facts = [f"{k} {side[k]}" for k in ("model", "backend", "device", "dtype") if side.get(k)]
+    return f"`{side['spec']}`" + (f" ({', '.join(facts)})" if facts else "")
+
+
 def to_markdown(report: dict[str, Any], worst: list[dict]) -> str:
     """The human report."""
     o, s = report["overall"], report["speed"]
     lines = [
         "# Reranker comparison",
         "",
-        f"- A: `{report['a']['spec']}` ({report['a']['model']})",
-        f"- B: `{report['b']['spec']}` ({report['b']['model']})",
+        f"- A: {_side_line(report['a'])}",
+        f"- B: {_side_line(report['b'])}",
         f"- {report['queries']} queries, {report['pairs']} pairs, both sides scored the same lists",
         "",
         "## Agreement (mean over queries)",
@@ -158,6 +169,8 @@ def to_markdown(report: dict[str, Any], worst: list[dict]) -> str:
                 f"{t['paired_t_p']:.3g} | {t['wilcoxon_p']:.3g} |"
             )
     lines += ["", "## Where they disagree most", ""]
+    if not worst:
+        lines += ["Both sides rank every query alike (Spearman 1).", ""]
     for w in worst:
         lines += [
             f"### {w['qid']}: {w['query']} (spearman {w['spearman']:.4f})",

@@ -17,7 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reranker.errors import BackendUnavailable, InvalidRequest
+from reranker.errors import (
+    BackendUnavailable,
+    ConfigError,
+    InvalidRequest,
+    ModelUnavailable,
+    RerankerError,
+)
 
 
 @dataclass
@@ -76,6 +82,21 @@ def default_python(backend: str) -> str:
     return sys.executable
 
 
+RUNTIME_KEYS = ("model", "backend", "device", "dtype")
+
+
+def _start_error(backend: str, reply: dict[str, Any]) -> RerankerError:
+    """The typed error a worker's failed start stands for."""
+    kind, message = reply.get("type"), str(reply["error"])
+    if kind == "ModelUnavailable":
+        return ModelUnavailable(message)
+    if kind == "ConfigError":
+        return ConfigError(message)
+    if kind in ("BackendUnavailable", "UnknownBackend"):
+        return RerankerError(message)  # the message already names the fix
+    return BackendUnavailable(backend, f"its worker failed to start: {kind}: {message}")
+
+
 class Side:
     """Scores (query, docs) lists for one SPEC and times each call."""
 
@@ -85,7 +106,9 @@ class Side:
         self.latencies_s: list[float] = []
         self.pairs = 0
         self._proc: subprocess.Popen[str] | None = None
-        self.model = spec.url or ""
+        self.model = ""
+        # What served the scores, from each response's meta: model, backend, device, dtype.
+        self.runtime: dict[str, Any] = {}
         if spec.backend:
             self._start_worker()
 
@@ -114,7 +137,7 @@ class Side:
         reply = self._read()
         if "error" in reply:
             self.close()
-            raise BackendUnavailable(spec.backend, f"worker failed to start: {reply['error']}")
+            raise _start_error(spec.backend, reply)
         self.model = reply.get("model", "")
 
     def _read(self) -> dict[str, Any]:
@@ -142,7 +165,7 @@ class Side:
             )
             if r.status_code != 200:
                 raise RuntimeError(f"{self.spec.url} answered {r.status_code}: {r.text[:300]}")
-            scores = r.json()["scores"]
+            reply = r.json()
         else:
             assert self._proc and self._proc.stdin
             self._proc.stdin.write(json.dumps({"query": query, "docs": docs}) + "\n")
@@ -150,7 +173,10 @@ class Side:
             reply = self._read()
             if "error" in reply:
                 raise RuntimeError(f"{self.spec.label}: {reply['error']}")
-            scores = reply["scores"]
+        scores = reply["scores"]
+        meta = reply.get("meta") or {}
+        self.runtime = {k: meta.get(k) for k in RUNTIME_KEYS}
+        self.model = meta.get("model") or self.model
         self.latencies_s.append(time.perf_counter() - start)
         self.pairs += len(docs)
         return [float(s) for s in scores]

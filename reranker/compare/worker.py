@@ -2,8 +2,8 @@
 
 Protocol: after loading, one line ``{"ready": true}`` (or ``{"error": ...}``) on the
 protocol stream; then for each stdin line ``{"query", "docs"}`` one line
-``{"scores": [...]}`` or ``{"error": "..."}``. Everything else the libraries print goes to
-stderr, so the protocol stream stays clean.
+``{"scores": [...], "meta": {...}}`` or ``{"error": "...", "type": "<exception class>"}``.
+Everything else the libraries print goes to stderr, so the protocol stream stays clean.
 """
 
 from __future__ import annotations
@@ -12,6 +12,10 @@ import argparse
 import json
 import os
 import sys
+
+
+def _error(exc: BaseException) -> dict[str, str]:
+    return {"error": str(exc), "type": type(exc).__name__}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         merged = {**options.model_dump(exclude_unset=True), **json.loads(args.options)}
         backend = load_backend(cls.name, cls.Options.model_validate(merged))
     except Exception as exc:
-        proto.write(json.dumps({"error": f"{type(exc).__name__}: {exc}"}) + "\n")
+        proto.write(json.dumps(_error(exc)) + "\n")
         return 2
     proto.write(json.dumps({"ready": True, "model": backend.model_name}) + "\n")
     for line in sys.stdin:
@@ -40,10 +44,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         try:
             req = json.loads(line)
-            scores = backend.score(req["query"], req["docs"])
-            proto.write(json.dumps({"scores": scores}) + "\n")
+            scores, meta = backend.score_with_meta(req["query"], req["docs"])
+            proto.write(json.dumps({"scores": scores, "meta": meta}) + "\n")
         except Exception as exc:
-            proto.write(json.dumps({"error": f"{type(exc).__name__}: {exc}"}) + "\n")
+            proto.write(json.dumps(_error(exc)) + "\n")
     backend.close()
     return 0
 

@@ -8,6 +8,8 @@ import sys
 
 from reranker.config import load_settings, resolve_backend_options
 from reranker.errors import RerankerError
+from reranker.model_source import check_model_source
+from reranker.registry import load_backend
 
 logger = logging.getLogger("reranker.service")
 
@@ -21,8 +23,9 @@ def serve(
 ) -> int:
     """Run the service until SIGTERM/SIGINT; returns the process exit status.
 
-    Config and option errors stop here, before anything is loaded. A model that cannot be
-    loaded stops the server with exit status 2 and one clear message.
+    Config and option errors, and a model that cannot be found, stop here before anything
+    is loaded (a typed error). A model that fails to load stops the server with exit
+    status 2 and one clear message.
     """
     import uvicorn
 
@@ -35,6 +38,10 @@ def serve(
         env["RERANK_BACKEND"] = backend
     settings = load_settings(config, env=env)
     cls, options = resolve_backend_options(settings, env=env)
+    # A model that cannot be found stops here, in seconds, before the server starts.
+    check_model_source(
+        options.model_name, local_files_only=getattr(options, "local_files_only", False)
+    )
     server_settings = settings.rerank.server
     failure: list[BaseException] = []
 
@@ -43,7 +50,11 @@ def serve(
         server.should_exit = True
 
     app = create_app(
-        lambda: cls(options), server_settings, cls.name, options.model_name, on_load_error
+        lambda: load_backend(cls.name, options),
+        server_settings,
+        cls.name,
+        options.model_name,
+        on_load_error,
     )
     uv_config = uvicorn.Config(
         app,
