@@ -2,6 +2,8 @@
 
 The backend is loaded in a background thread at startup (``/ready`` answers 503 until it
 is in), owned by a :class:`BatchScheduler`, and closed on shutdown after the queue drains.
+The API pages (``/docs``, ``/redoc``) load their scripts and styles from this server
+(``/docs/assets``, the files the ``fastapi-offline`` package ships), never from a CDN.
 """
 
 from __future__ import annotations
@@ -9,27 +11,79 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import re
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+import fastapi_offline
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from reranker.config import ServerSettings
 from reranker.errors import InvalidRequest, Overloaded, RerankerError
-from reranker.protocol import RerankBackend, ScoreRequest
+from reranker.protocol import RerankBackend, ScoreRequest, rank_order
 from reranker.service.metrics import ServiceMetrics
 from reranker.service.scheduler import BatchScheduler
 from reranker.service.schemas import RerankBody, ScoreBody, ScoreWithMetaBody
 
 logger = logging.getLogger("reranker.service")
+DOCS_ASSETS = "/docs/assets"
+"""Where the API pages' scripts, styles and icon are served (no API key needed)."""
+DOCS_ASSET_FILES = ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", "favicon.png")
 OPEN_PATHS = {"/health", "/ready", "/metrics", "/docs", "/openapi.json", "/redoc"}
+
+
+def docs_assets_dir() -> Path:
+    """The Swagger UI and ReDoc files shipped by the ``fastapi-offline`` package."""
+    directory = Path(fastapi_offline.__file__).parent / "static"
+    missing = [f for f in DOCS_ASSET_FILES if not (directory / f).is_file()]
+    if missing:
+        raise RuntimeError(
+            f"fastapi-offline at {directory} lacks {', '.join(missing)}: reinstall the "
+            "service extra (scripts/setup_reranker_venv.sh)"
+        )
+    return directory
+
+
+def is_open(path: str) -> bool:
+    """Whether ``path`` is served without the API key (ops routes, API pages, their assets)."""
+    return path in OPEN_PATHS or path.startswith(DOCS_ASSETS + "/")
+
+
+_SNAKE_NAME = re.compile(r"[a-z_][a-z0-9_]*")
+_TYPE_TAGS = {"str", "int", "float", "bool", "bytes", "none", "dict", "list"}
+
+
+def error_location(loc: Any) -> str:
+    """A validation error's place as a client wrote it: ``documents[0]``, ``docs[3]``.
+
+    Drops ``body`` and the union branches pydantic names in locations (``str``,
+    ``DocumentObject``, ``list[str]``, ...): request fields are snake_case names.
+    """
+    out = ""
+    for part in loc or ():
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part != "body" and _SNAKE_NAME.fullmatch(part) and part not in _TYPE_TAGS:
+            out += f".{part}" if out else part
+    return out
+
+
+def is_json_content_type(value: str | None) -> bool:
+    """``application/json`` or ``application/<something>+json`` (parameters allowed)."""
+    kind = (value or "").split(";", 1)[0].strip().lower()
+    return kind == "application/json" or (
+        kind.startswith("application/") and kind.endswith("+json")
+    )
 
 
 def error_body(message: str, type_: str, param: str | None = None, **extra: Any) -> dict:
@@ -152,7 +206,9 @@ def create_app(
         if state.backend:
             state.backend.close()
 
-    app = FastAPI(title="reranker", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="reranker", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     app.state.service = state
     known_routes: set[str] = set()
 
@@ -168,13 +224,28 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"msg": "invalid request", "loc": ()}
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        param = ".".join(loc) or None
+        errors = list(exc.errors()) or [{"msg": "invalid request", "loc": ()}]
+        first = errors[0]
         if first.get("type") == "json_invalid":
             return json_error(400, "request body is not valid JSON", "invalid_request_error")
-        msg = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
-        return json_error(400, f"{param}: {msg}" if param else msg, "invalid_request_error", param)
+        if tuple(first.get("loc", ())) == ("body",):  # the body as a whole
+            if not is_json_content_type(request.headers.get("content-type")):
+                message = "request body must be JSON (content-type: application/json)"
+            elif first.get("type") == "missing":
+                message = "request body is empty: send a JSON object"
+            else:
+                message = "request body must be a JSON object"
+            return json_error(400, message, "invalid_request_error")
+        # A union reports one error per branch tried: the one that got deepest into the
+        # value (``queries: [3]`` -> the list branch) says best what is wrong.
+        field = first.get("loc", ())[:2]
+        same_field = [e for e in errors if tuple(e.get("loc", ())[:2]) == tuple(field)]
+        chosen = max(same_field, key=lambda e: len(e.get("loc", ())))
+        where = error_location(chosen.get("loc", ()))
+        msg = str(chosen.get("msg", "invalid request")).removeprefix("Value error, ")
+        return json_error(
+            400, f"{where}: {msg}" if where else msg, "invalid_request_error", where or None
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -182,7 +253,8 @@ def create_app(
         return json_error(exc.status_code, str(exc.detail), type_)
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        error_id = uuid.uuid4().hex[:16]
+        # The request's id (x-request-id, the access log's id=): one id to look up.
+        error_id = getattr(request.state, "request_id", None) or uuid.uuid4().hex
         logger.exception("internal error %s on %s", error_id, request.url.path)
         return json_error(
             500, f"internal server error (id {error_id})", "server_error", id=error_id
@@ -194,8 +266,12 @@ def create_app(
         request.state.request_id = request_id
         start = time.perf_counter()
         route = request.url.path
+        if route.startswith(DOCS_ASSETS + "/"):
+            known = DOCS_ASSETS  # one label for all asset files, whatever path was asked
+        else:
+            known = route if route in known_routes else "other"
         key = state.server.api_key
-        if key and route not in OPEN_PATHS:
+        if key and not is_open(route):
             given = request.headers.get("authorization", "")
             token = given[7:] if given.lower().startswith("bearer ") else ""
             if not hmac.compare_digest(token.encode(), key.encode()):
@@ -205,7 +281,7 @@ def create_app(
                     "authentication_error",
                 )
                 response.headers["x-request-id"] = request_id
-                state.metrics.requests.labels(route, "401").inc()
+                state.metrics.requests.labels(known, "401").inc()
                 return response
         try:
             response = await call_next(request)
@@ -213,7 +289,6 @@ def create_app(
             response = await on_unexpected(request, exc)
         seconds = time.perf_counter() - start
         response.headers["x-request-id"] = request_id
-        known = route if route in known_routes else "other"
         state.metrics.requests.labels(known, str(response.status_code)).inc()
         state.metrics.latency.labels(known).observe(seconds)
         logger.info(
@@ -287,7 +362,7 @@ def create_app(
         scores, meta = await run(
             ScoreRequest(body.query, texts, True, body.instruction, body.max_tokens_per_doc)
         )
-        order = sorted(range(len(scores)), key=lambda i: -scores[i])
+        order = rank_order(scores, texts)
         if body.top_n is not None:
             order = order[: body.top_n]
         results = []
@@ -311,7 +386,6 @@ def create_app(
     for path in ("/rerank", "/v1/rerank", "/v2/rerank"):
         app.post(path, summary="Rerank documents (Cohere v2 / Jina shape)")(rerank)
 
-    @app.post("/score", summary="Score query/document pairs (vLLM shape)")
     async def score(body: ScoreBody, request: Request) -> dict[str, Any]:
         try:
             queries, docs = body.pairs()
@@ -341,6 +415,9 @@ def create_app(
             "data": data,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
+
+    for path in ("/score", "/v1/score"):
+        app.post(path, summary="Score query/document pairs (vLLM shape)")(score)
 
     @app.post("/v1/score_with_meta", summary="The protocol call: scores in input order + meta")
     async def score_with_meta(body: ScoreWithMetaBody) -> dict[str, Any]:
@@ -390,6 +467,32 @@ def create_app(
                 }
             ],
         }
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=docs_assets_dir()), name="docs-assets")
+
+    def assets_url(request: Request, name: str) -> str:
+        return f"{request.scope.get('root_path', '')}{DOCS_ASSETS}/{name}"
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=f"{request.scope.get('root_path', '')}{app.openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=assets_url(request, "swagger-ui-bundle.js"),
+            swagger_css_url=assets_url(request, "swagger-ui.css"),
+            swagger_favicon_url=assets_url(request, "favicon.png"),
+            oauth2_redirect_url=None,
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=f"{request.scope.get('root_path', '')}{app.openapi_url}",
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=assets_url(request, "redoc.standalone.js"),
+            redoc_favicon_url=assets_url(request, "favicon.png"),
+            with_google_fonts=False,
+        )
 
     known_routes.update(r.path for r in app.routes if hasattr(r, "path"))
     app.add_middleware(BodyLimitMiddleware, limit=state.server.max_request_bytes)

@@ -1,10 +1,17 @@
-"""Request bodies of the HTTP API (pydantic), validated before anything is scored."""
+"""Request bodies of the HTTP API (pydantic), validated before anything is scored.
+
+Documents must be text: a string (or, on the Cohere/Jina/vLLM routes, an object with a
+string ``text``); ``/v1/score_with_meta`` also takes ``null`` (scored 0, the protocol's
+rule for an unusable document). Numbers and booleans are refused, with a message naming
+the document (``documents[2]: must be ...``), not the union branch pydantic tried.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 
 class DocumentObject(BaseModel):
@@ -15,6 +22,29 @@ class DocumentObject(BaseModel):
     text: str
 
 
+def _text_or_text_object(value: Any) -> Any:
+    """A document of /rerank or /score: a string, or an object whose ``text`` is one."""
+    if isinstance(value, str | DocumentObject):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("text"), str):
+        return value
+    raise PydanticCustomError("document_type", "must be a string or an object with a text field")
+
+
+def _text_or_null(value: Any) -> Any:
+    """A document of /v1/score_with_meta: a string, or null (scored 0 as unusable)."""
+    if value is None or isinstance(value, str):
+        return value
+    raise PydanticCustomError("document_type", "must be a string or null")
+
+
+Document = Annotated[str | DocumentObject, BeforeValidator(_text_or_text_object)]
+"""A document of /rerank or /score, checked before pydantic tries the union's branches."""
+
+NullableDocument = Annotated[str | None, BeforeValidator(_text_or_null)]
+"""A document of /v1/score_with_meta."""
+
+
 class RerankBody(BaseModel):
     """``POST /rerank``, ``/v1/rerank``, ``/v2/rerank`` (Cohere v2 / Jina shape)."""
 
@@ -22,7 +52,7 @@ class RerankBody(BaseModel):
 
     model: str | None = None
     query: str
-    documents: list[str | DocumentObject]
+    documents: list[Document]
     top_n: int | None = Field(None, ge=1)
     return_documents: bool = False
     max_tokens_per_doc: int | None = Field(None, ge=1)
@@ -55,9 +85,9 @@ class ScoreBody(BaseModel):
 
     model: str | None = None
     queries: str | list[str] | None = None
-    documents: str | list[str | DocumentObject] | None = None
+    documents: str | list[Document] | None = None
     text_1: str | list[str] | None = None
-    text_2: str | list[str | DocumentObject] | None = None
+    text_2: str | list[Document] | None = None
     instruction: str | None = None
 
     def pairs(self) -> tuple[list[str], list[str]]:
@@ -89,7 +119,7 @@ class ScoreWithMetaBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     query: str | None
-    docs: list[str | int | float | bool | None]
+    docs: list[NullableDocument]
     normalize: bool = True
     instruction: str | None = None
     max_doc_tokens: int | None = Field(None, ge=1)

@@ -98,8 +98,28 @@ def test_score_vllm_shape(base, direct):
     assert got[1] == pytest.approx(direct.score("bananas", [DOCS[1]])[0], abs=1e-5)
 
 
+def test_v1_score_is_score(base):
+    """vLLM clients call /v1/score: the same handler as /score, the same answer."""
+    for body in (
+        {"queries": QUERY, "documents": DOCS},
+        {"text_1": [QUERY, "bananas"], "text_2": [DOCS[0], {"text": DOCS[1]}]},
+    ):
+        plain, v1 = post(base, "/score", body), post(base, "/v1/score", body)
+        assert plain.status_code == v1.status_code == 200, v1.text
+        a, b = plain.json(), v1.json()
+        assert [d["index"] for d in b["data"]] == [d["index"] for d in a["data"]]
+        assert [d["score"] for d in b["data"]] == pytest.approx(
+            [d["score"] for d in a["data"]], abs=1e-5
+        )
+        assert b["usage"] == a["usage"] and b["model"] == a["model"]
+        assert b["object"] == "list" and b["id"] == v1.headers["x-request-id"]
+    assert httpx.get(f"{base}/openapi.json").json()["paths"]["/v1/score"]
+    bad = post(base, "/v1/score", {"queries": ["a", "b"], "documents": ["x"]})
+    assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
+
+
 def test_score_with_meta_is_the_protocol(base, direct):
-    docs = ["Paris", None, "", 42, "Paris"]
+    docs = ["Paris", None, "", "   ", "Paris"]
     for normalize in (True, False):
         r = post(
             base, "/v1/score_with_meta", {"query": QUERY, "docs": docs, "normalize": normalize}
