@@ -158,6 +158,12 @@ class RerankBackend:
                 results.append(exc)
         return results
 
+    @classmethod
+    def check_model(cls, options: BackendOptions) -> None:  # noqa: B027 - optional hook
+        """Raise :class:`~reranker.errors.ModelUnavailable` at once, before anything heavy is
+        imported, when the model ``options`` name cannot be found. Backends that load
+        weights override this; the registry and the service call it first."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free the model. Backends holding a model or engine override this."""
 

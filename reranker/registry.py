@@ -15,7 +15,6 @@ from typing import Any
 from pydantic import BaseModel
 
 from reranker.errors import BackendUnavailable, UnknownBackend
-from reranker.model_source import check_model_source
 from reranker.protocol import RerankBackend
 
 GROUP = "reranker.backends"
@@ -101,8 +100,5 @@ def load_backend(name: str, options: Any = None) -> RerankBackend:
     if missing:
         raise BackendUnavailable(name, f"missing Python packages: {', '.join(missing)}")
     raw = options.model_dump(exclude_unset=True) if isinstance(options, BaseModel) else options
-    validated = cls.Options.model_validate(dict(raw or {}))
-    check_model_source(
-        validated.model_name, local_files_only=getattr(validated, "local_files_only", False)
-    )
+    cls.check_model(cls.Options.model_validate(dict(raw or {})))
     return cls(options)

@@ -79,6 +79,7 @@ def engine_kwargs(options: VLLMOptions, runner: str, **extra: Any) -> dict[str, 
         "enforce_eager": options.enforce_eager,
         "dtype": resolve_dtype(options.dtype, resolve_device("auto")),
         "seed": options.seed,
+        "use_tqdm_on_load": False,
         **extra,
     }
     if options.vllm_convert != "auto":
@@ -95,9 +96,23 @@ def engine_kwargs(options: VLLMOptions, runner: str, **extra: Any) -> dict[str, 
     return kwargs
 
 
+def quiet_engine_logs() -> None:
+    """vLLM and torch's C++ side log at ERROR unless the user set their own level.
+
+    Before vLLM is imported (it reads the variables then, in this process and in its
+    engine processes): a start otherwise prints dozens of notes meant for vLLM's
+    developers. ``VLLM_LOGGING_LEVEL=INFO`` brings them back.
+    """
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    # Its engine processes import a module that warns of a deprecated torch name.
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning:vllm.triton_utils.dispatcher")
+    # vLLM applies its level when it configures logging, after its imports have logged.
+    logging.getLogger("vllm").setLevel(os.environ["VLLM_LOGGING_LEVEL"].upper())
+
+
 def start_engine(options: VLLMOptions, kwargs: dict[str, Any]) -> Any:
     """Build ``vllm.LLM``; a missing model becomes one clear error."""
-    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
     from vllm import LLM
 
     logger.info("starting vLLM engine: %s", {k: v for k, v in kwargs.items() if k != "model"})
@@ -146,8 +161,16 @@ class VLLMBackendBase(RerankBackend):
     options: VLLMOptions
     _llm: Any = None
 
+    @classmethod
+    def check_model(cls, options: Any) -> None:
+        """The model folder or hub id can be found (``check_model_source``)."""
+        check_model_source(
+            options.model_name, local_files_only=getattr(options, "local_files_only", False)
+        )
+
     def __init__(self, options: Any = None) -> None:
         super().__init__(options)
+        quiet_engine_logs()
         from transformers import AutoTokenizer
 
         name = self.options.model_name

@@ -69,6 +69,13 @@ class Qwen3TransformersBackend(RerankBackend):
     env_prefix: ClassVar[str] = "RERANK_HF_"
     options: TransformersOptions
 
+    @classmethod
+    def check_model(cls, options: Any) -> None:
+        """The model folder or hub id can be found (``check_model_source``)."""
+        check_model_source(
+            options.model_name, local_files_only=getattr(options, "local_files_only", False)
+        )
+
     def __init__(self, options: Any = None) -> None:
         super().__init__(options)
         import torch

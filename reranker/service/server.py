@@ -8,7 +8,6 @@ import sys
 
 from reranker.config import load_settings, resolve_backend_options
 from reranker.errors import RerankerError
-from reranker.model_source import check_model_source
 from reranker.registry import load_backend
 
 logger = logging.getLogger("reranker.service")
@@ -39,9 +38,7 @@ def serve(
     settings = load_settings(config, env=env)
     cls, options = resolve_backend_options(settings, env=env)
     # A model that cannot be found stops here, in seconds, before the server starts.
-    check_model_source(
-        options.model_name, local_files_only=getattr(options, "local_files_only", False)
-    )
+    cls.check_model(options)
     server_settings = settings.rerank.server
     failure: list[BaseException] = []
 

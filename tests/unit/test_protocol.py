@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent / "fake_plugin"))
 from fake_reranker_plugin import LengthBackend  # noqa: E402
 
 from reranker.errors import InvalidRequest  # noqa: E402
-from reranker.protocol import sigmoid  # noqa: E402
+from reranker.protocol import UNUSABLE_LOGIT, rank_order, sigmoid  # noqa: E402
 
 SEED_META_KEYS = {
     "input_docs",
@@ -45,7 +45,8 @@ class Unprintable:
 def test_scores_in_input_order_with_unusable_docs_zero(backend):
     docs = ["aaaa", None, "", "   ", "aa", Unprintable(), b"aaa", 12345, "aaaa"]
     scores, meta = backend.score_with_meta("a", docs, normalize=False)
-    assert scores == [3.0, 0.0, 0.0, 0.0, 1.0, 0.0, 2.0, 4.0, 3.0]
+    u = UNUSABLE_LOGIT
+    assert scores == [3.0, u, u, u, 1.0, u, 2.0, 4.0, 3.0]
     assert meta["input_docs"] == 9
     assert meta["usable_docs"] == 5
     assert meta["unique_docs"] == 4
@@ -53,6 +54,7 @@ def test_scores_in_input_order_with_unusable_docs_zero(backend):
     assert set(meta) >= SEED_META_KEYS
     assert meta["backend"] == "fake_length" and meta["model"] == "fake-model"
     assert backend.calls == 1
+    assert backend.score("a", docs) == [0.0 if x == u else sigmoid(x) for x in scores]
 
 
 def test_normalize_gives_sigmoid_of_the_logit(backend):
@@ -106,3 +108,27 @@ def test_options_passed_as_a_model_keep_what_the_user_left_unset():
     backend = LengthBackend(options)
     assert backend.options.model_fields_set == {"model_name", "infer_batch_size"}
     assert backend.options.infer_batch_size == 8
+
+
+def test_unusable_docs_never_outrank_usable_ones_in_raw_mode(backend):
+    # "aaaaaaa" is longer than every doc: every usable raw score is negative
+    docs = ["ab", None, "abc", "  "]
+    scores = backend.score("aaaaaaa", docs, normalize=False)
+    assert scores[0] == -5.0 and scores[2] == -4.0
+    assert max(scores[1], scores[3]) < min(scores[0], scores[2])
+    assert backend.rerank("aaaaaaa", docs, normalize=False) == [
+        (2, -4.0),
+        (0, -5.0),
+        (1, UNUSABLE_LOGIT),
+        (3, UNUSABLE_LOGIT),
+    ]
+    assert sigmoid(UNUSABLE_LOGIT) == 0.0
+
+
+def test_unusable_docs_rank_last_even_when_a_usable_score_underflows_to_zero(backend):
+    query = "q" * 2000  # logit -1999: P(yes) underflows to exactly 0.0, as an unusable doc
+    docs = [None, "x", "", "xx"]
+    scores = backend.score(query, docs)
+    assert scores == [0.0, 0.0, 0.0, 0.0]
+    assert [i for i, _ in backend.rerank(query, docs)] == [1, 3, 0, 2]
+    assert rank_order(scores, docs) == [1, 3, 0, 2]

@@ -73,7 +73,7 @@ def test_load_is_strict_and_only_imports_the_chosen_backend():
                 out[name] = [type(exc).__name__, str(exc)]
         print(json.dumps(out))
     """)
-    assert result["scores"] == [3.0, 0.0, -1.0]
+    assert result["scores"] == [3.0, -sys.float_info.max, -1.0]  # "" is unusable
     assert result["chosen_only"] == []
     assert result["fake_missing"][0] == "BackendUnavailable"
     assert "scripts/setup_reranker_venv.sh fake_missing" in result["fake_missing"][1]
