@@ -187,7 +187,11 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``reranker`` command."""
-    parser = argparse.ArgumentParser(prog="reranker", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="reranker",
+        description="Score how relevant documents are to a query. Commands: backends, score, "
+        "bench, compare, serve, build-test-model (each has --help).",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("backends", help="list backends and whether they run here").set_defaults(
         func=_cmd_backends

@@ -11,7 +11,7 @@ pytest.importorskip("ranx")
 
 from reranker.compare.data import load_items, read_qrels, read_run  # noqa: E402
 from reranker.compare.metrics import agreement, percentile, quality, ranks, top_overlap  # noqa: E402
-from reranker.compare.report import threshold_failures  # noqa: E402
+from reranker.compare.report import disagreements, threshold_failures, to_markdown  # noqa: E402
 from reranker.compare.sides import parse_spec  # noqa: E402
 from reranker.errors import InvalidRequest  # noqa: E402
 
@@ -113,3 +113,32 @@ def test_sample_dataset_shape():
     assert len(items) == 30
     assert all(len(i.docs) == 20 and set(i.labels or []) == {0, 1, 2} for i in items)
     assert any(len(d) > 2000 for i in items for d in i.docs)  # long documents
+
+
+def test_only_queries_ranked_differently_are_disagreements():
+    from reranker.compare.data import QueryItem
+
+    items = [
+        QueryItem(q, f"query {q}", ["d0", "d1", "d2"], ["0", "1", "2"]) for q in ("same", "swapped")
+    ]
+    per_query = [
+        {"qid": "same", "query": "query same", "scores_a": [0.9, 0.5, 0.1],
+         "scores_b": [0.8, 0.4, 0.2], **agreement([0.9, 0.5, 0.1], [0.8, 0.4, 0.2])},
+        {"qid": "swapped", "query": "query swapped", "scores_a": [0.9, 0.5, 0.1],
+         "scores_b": [0.4, 0.5, 0.1], **agreement([0.9, 0.5, 0.1], [0.4, 0.5, 0.1])},
+    ]  # fmt: skip
+    report = {"per_query": per_query}
+    assert [w["qid"] for w in disagreements(report, items)] == ["swapped"]
+    assert disagreements({"per_query": per_query[:1]}, items[:1]) == []
+    side = {"spec": "http://127.0.0.1:1", "model": "m", "backend": "b", "device": "cpu",
+            "dtype": "float32"}  # fmt: skip
+    full = {
+        "a": side, "b": side, "queries": 1, "pairs": 3, "per_query": per_query[:1],
+        "overall": {k: 1.0 for k in ("spearman", "min_spearman", "kendall", "top1_overlap",
+                    "top5_overlap", "top10_overlap", "mean_rank_change", "mean_abs_diff",
+                    "max_abs_diff")},
+        "speed": {s: {"p50_ms": 1.0, "p95_ms": 1.0, "pairs_per_s": 1.0} for s in "ab"},
+    }  # fmt: skip
+    md = to_markdown(full, [])
+    assert "Both sides rank every query alike" in md
+    assert "`http://127.0.0.1:1` (model m, backend b, device cpu, dtype float32)" in md

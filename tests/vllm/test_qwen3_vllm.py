@@ -94,3 +94,26 @@ def test_concurrent_calls_match_sequential(backend):
     for (_, q), scores in results.items():
         assert scores == pytest.approx(expected[q], abs=1e-5)
     assert len(results) == 3 * len(QUERIES)
+
+
+def test_starts_where_max_model_len_is_all_the_checkpoint_has(tmp_path):
+    """A checkpoint with exactly max_model_len positions: the generated token's position
+    is never computed, so the engine starts and a prompt of max_model_len tokens scores as
+    on the transformers backend."""
+    from reranker.registry import load_backend
+    from reranker.testing.tiny_qwen3 import build_model
+
+    model = build_model(tmp_path / "tiny-256", max_position_embeddings=256)
+    long_doc = " ".join(f"word{i}" for i in range(400))
+    docs = [long_doc, "Paris is the capital of France."]
+    b = vllm_backend("qwen3_vllm", model, max_model_len=256)
+    try:
+        scores, meta = b.score_with_meta(QUERIES[0], docs)
+    finally:
+        b.close()
+    assert meta["truncated_docs"] == 1 and meta["max_model_len"] == 256
+    assert meta["dtype"] == "float32" and meta["device"] == "cpu"
+    with load_backend("qwen3_transformers", {"model_name": str(model), "max_model_len": 256}) as t:
+        expected, t_meta = t.score_with_meta(QUERIES[0], docs)
+    assert t_meta["scored_tokens"] == meta["scored_tokens"]
+    assert scores == pytest.approx(expected, abs=1e-4)
