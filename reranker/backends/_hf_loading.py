@@ -7,9 +7,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from reranker.errors import ModelUnavailable
-from reranker.model_source import hub_offline, offline_hint
+from reranker.model_source import check_model_source, hub_offline, offline_hint
 
 T = TypeVar("T")
+
+
+def check_hub_model(options: Any) -> None:
+    """``RerankBackend.check_model`` of backends that load a hub id or a local folder."""
+    check_model_source(
+        options.model_name, local_files_only=getattr(options, "local_files_only", False)
+    )
 
 
 def load_or_explain(model_name: str, what: str, load: Callable[[], T]) -> T:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import queue
+import signal
 import threading
+import time
 from typing import Any, ClassVar
 
-from reranker.backends._hf_loading import HFTextTokenizer, load_or_explain
+from reranker.backends._hf_loading import HFTextTokenizer, check_hub_model, load_or_explain
 from reranker.backends._jobs import FlatPrompts
 from reranker.backends._runtime import resolve_device, resolve_dtype
-from reranker.errors import InvalidRequest
+from reranker.errors import BackendDead, InvalidRequest
 from reranker.model_source import check_model_source
 from reranker.options import VLLMOptions
 from reranker.prompts.qwen3 import Qwen3PromptEncoder
@@ -116,7 +119,102 @@ def start_engine(options: VLLMOptions, kwargs: dict[str, Any]) -> Any:
     from vllm import LLM
 
     logger.info("starting vLLM engine: %s", {k: v for k, v in kwargs.items() if k != "model"})
-    return load_or_explain(options.model_name, "vLLM engine", lambda: LLM(**kwargs))
+    llm = load_or_explain(options.model_name, "vLLM engine", lambda: LLM(**kwargs))
+    watch_engine(llm)
+    return llm
+
+
+ENGINE_FAILED = "the vLLM engine core failed (EngineDeadError; its log above says why)"
+
+
+def _engine_client(llm: Any) -> tuple[Any, list[Any]]:
+    """vLLM v1's engine-core client of ``llm`` and its engine-core processes.
+
+    ``LLM.llm_engine.engine_core`` is a ``SyncMPClient`` whose ``resources`` hold the
+    ``engine_dead`` flag and the ``engine_manager`` (``CoreEngineProcManager``) with the
+    engine-core ``processes`` (vLLM 0.11 to 0.32 at least). An in-process engine core or
+    a Ray-managed one has no processes here: only the flag is read then.
+    """
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    manager = getattr(getattr(core, "resources", None), "engine_manager", None)
+    processes = getattr(manager, "processes", None)
+    return core, list(processes) if isinstance(processes, list) else []
+
+
+def _exit_text(code: int) -> str:
+    if code >= 0:
+        return f"exited with status {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    hint = " (the kernel's out-of-memory killer, or kill -9)" if -code == signal.SIGKILL else ""
+    return f"was killed by {name}{hint}"
+
+
+def engine_health(llm: Any) -> str | None:
+    """None while the vLLM engine behind ``llm`` can score, else why it cannot.
+
+    An engine-core process that has exited (killed, out of memory, crashed), or the
+    client's ``engine_dead`` flag (set by vLLM when the engine core reports a fatal error,
+    e.g. a dead worker process, or exits): both are read without waiting.
+    """
+    if llm is None:
+        return "the vLLM engine is shut down"
+    core, processes = _engine_client(llm)
+    for proc in processes:
+        try:
+            code = proc.exitcode
+        except ValueError:  # a closed process object: the flag below says the rest
+            continue
+        if code is not None:
+            name = getattr(proc, "name", "EngineCore")
+            return f"the vLLM engine process {name} (pid {proc.pid}) {_exit_text(code)}"
+    if getattr(getattr(core, "resources", None), "engine_dead", False):
+        return ENGINE_FAILED
+    return None
+
+
+def watch_engine(llm: Any, poll_s: float = 1.0) -> threading.Thread | None:
+    """Wake a scoring call that waits on an engine that has died.
+
+    vLLM marks the engine dead when an engine-core process exits, but a call already
+    waiting for its outputs (``SyncMPClient.get_output``) is never woken and would wait
+    forever, holding the backend. This daemon thread waits for an engine-core process to
+    exit or the ``engine_dead`` flag, then puts an error in the client's outputs queue:
+    the waiting call raises ``EngineDeadError`` and the backend reports itself dead.
+    """
+    core, processes = _engine_client(llm)
+    outputs = getattr(core, "outputs_queue", None)
+    resources = getattr(core, "resources", None)
+    if not isinstance(outputs, queue.Queue) or resources is None:
+        return None  # an in-process engine core: its errors reach the caller directly
+    from multiprocessing.connection import wait
+
+    sentinels = [p.sentinel for p in processes]
+
+    def watch() -> None:
+        while not getattr(resources, "engine_dead", False):
+            if not sentinels:
+                time.sleep(poll_s)
+            elif wait(sentinels, timeout=poll_s):
+                break
+        try:
+            from vllm.v1.engine.exceptions import EngineDeadError
+
+            error: Exception = EngineDeadError()
+        except Exception:  # another vLLM layout: the client turns any error into it
+            error = RuntimeError("the vLLM engine died")
+        outputs.put_nowait(error)
+
+    thread = threading.Thread(target=watch, name="reranker-vllm-engine-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def is_engine_death(exc: BaseException) -> bool:
+    """Whether ``exc`` is vLLM's ``EngineDeadError`` (matched by name: its module moved)."""
+    return any(cls.__name__ == "EngineDeadError" for cls in type(exc).__mro__)
 
 
 def stop_engine(llm: Any) -> None:
@@ -160,13 +258,9 @@ class VLLMBackendBase(RerankBackend):
     }
     options: VLLMOptions
     _llm: Any = None
+    _dead: str | None = None  # why the engine can no longer score, once it cannot
 
-    @classmethod
-    def check_model(cls, options: Any) -> None:
-        """The model folder or hub id can be found (``check_model_source``)."""
-        check_model_source(
-            options.model_name, local_files_only=getattr(options, "local_files_only", False)
-        )
+    check_model = staticmethod(check_hub_model)
 
     def __init__(self, options: Any = None) -> None:
         super().__init__(options)
@@ -208,11 +302,27 @@ class VLLMBackendBase(RerankBackend):
         prompts = [TokensPrompt(prompt_token_ids=flat.prompt_ids(k)) for k in order]
         logits = [0.0] * len(order)
         if prompts:
+            dead = self.health()
+            if dead:
+                raise BackendDead(dead)
             with self._lock:
-                values = self._engine_logits(prompts)
+                try:
+                    values = self._engine_logits(prompts)
+                except Exception as exc:
+                    dead = engine_health(self._llm)
+                    if dead is None and is_engine_death(exc):
+                        dead = ENGINE_FAILED
+                    if dead is None:
+                        raise
+                    self._dead = dead
+                    raise BackendDead(dead) from exc
             for k, value in zip(order, values, strict=True):
                 logits[k] = value
         return flat.results(logits, 1 if prompts else 0)
+
+    def health(self) -> str | None:
+        """None while the engine can score; else why not (see :func:`engine_health`)."""
+        return self._dead or engine_health(self._llm)
 
     def close(self) -> None:
         """Shut the engine down and free its memory."""

@@ -23,7 +23,7 @@ from reranker.backends import (
     _triton_support,
 )
 from reranker.backends._cuda_graphs import BatchGraphs, StaticShape, static_shapes
-from reranker.backends._hf_loading import HFTextTokenizer, load_or_explain
+from reranker.backends._hf_loading import HFTextTokenizer, check_hub_model, load_or_explain
 from reranker.backends._jobs import FlatPrompts, HeadSplit, read_ahead
 from reranker.backends._packing import (
     PackedBatch,
@@ -69,12 +69,7 @@ class Qwen3TransformersBackend(RerankBackend):
     env_prefix: ClassVar[str] = "RERANK_HF_"
     options: TransformersOptions
 
-    @classmethod
-    def check_model(cls, options: Any) -> None:
-        """The model folder or hub id can be found (``check_model_source``)."""
-        check_model_source(
-            options.model_name, local_files_only=getattr(options, "local_files_only", False)
-        )
+    check_model = staticmethod(check_hub_model)
 
     def __init__(self, options: Any = None) -> None:
         super().__init__(options)
