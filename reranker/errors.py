@@ -54,3 +54,8 @@ class Overloaded(RerankerError):
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
         self.retry_after = retry_after
         super().__init__(message)
+
+
+class BackendDead(RerankerError):
+    """The backend can no longer score (its engine died); the service answers 503 and
+    restarts it or exits, as ``on_backend_failure`` says."""
