@@ -21,5 +21,5 @@ def pytest_collection_modifyitems(config, items):
         "gpu",
         torch.cuda.is_available(),
         "RERANK_REQUIRE_GPU",
-        "torch sees no CUDA device (run scripts/test.sh gpu on the GPU machine)",
+        "torch sees no CUDA device (run scripts/test.sh gpu on a host with an NVIDIA GPU)",
     )
