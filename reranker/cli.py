@@ -104,13 +104,23 @@ def _announce_bench(args: argparse.Namespace, backend: Any, startup_s: float) ->
         )
 
 
+def _start_side(label: str, spec: str) -> Any:
+    """Start one side of a comparison, saying so: a vLLM engine takes a minute or more."""
+    from reranker.compare.sides import Side, parse_spec
+
+    print(f"starting side {label}: {spec} ...", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    side = Side(parse_spec(spec))
+    print(f"side {label} ready in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    return side
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     _require_modules("compare", COMPARE_MODULES)
     from reranker.compare.data import load_items
     from reranker.compare.report import run_comparison, threshold_failures, write_report
-    from reranker.compare.sides import Side, parse_spec
 
     items = load_items(args.data, args.run, args.qrels, args.depth)
     if args.limit:
@@ -118,9 +128,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if not items:
         print("error: no queries to compare", file=sys.stderr)
         return 2
-    a = Side(parse_spec(args.a))
+    a = _start_side("A", args.a)
     try:
-        b = Side(parse_spec(args.b))
+        b = _start_side("B", args.b)
     except Exception:
         a.close()
         raise
@@ -192,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score how relevant documents are to a query. Commands: backends, score, "
         "bench, compare, serve, build-test-model (each has --help).",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command")
     sub.add_parser("backends", help="list backends and whether they run here").set_defaults(
         func=_cmd_backends
     )
@@ -204,13 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_score)
     p = sub.add_parser("bench", help="pairs/s and tokens/s on a synthetic workload")
     _add_backend_args(p)
-    p.add_argument("--queries", type=int, default=4)
+    p.add_argument("--queries", type=int, default=4, help="queries in the workload (4)")
     p.add_argument("--docs", type=int, default=100, help="documents per query")
-    p.add_argument("--min-words", type=int, default=100)
-    p.add_argument("--max-words", type=int, default=1250)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--min-words", type=int, default=100, help="shortest document (100)")
+    p.add_argument("--max-words", type=int, default=1250, help="longest document (1250)")
+    p.add_argument("--seed", type=int, default=0, help="workload seed (0)")
+    p.add_argument("--repeat", type=int, default=3, help="timed runs, best kept (3)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs first (1)")
     p.add_argument(
         "--baseline",
         action="store_true",
@@ -256,7 +266,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
     try:
         return int(args.func(args) or 0)
     except RerankerError as exc:

@@ -40,8 +40,9 @@ def offline_hint() -> str:
     return (
         "Without hub access, build the offline test model (real tokenizer, random weights): "
         f"`{shlex.quote(command)} build-test-model {OFFLINE_MODEL_DIR}`, then set "
-        f"`RERANK_MODEL={OFFLINE_MODEL_DIR}` (or point model_name at a local copy of the "
-        "weights)"
+        f"`RERANK_MODEL={OFFLINE_MODEL_DIR}` for the service and the CLI (in-process: "
+        f"model_name={OFFLINE_MODEL_DIR!r}), or point model_name at a local copy of the "
+        "weights"
     )
 
 

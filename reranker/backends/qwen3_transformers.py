@@ -75,6 +75,9 @@ class Qwen3TransformersBackend(RerankBackend):
         super().__init__(options)
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a bar per load in every service log: noise
 
         opts = self.options
         self._torch = torch
