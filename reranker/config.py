@@ -45,6 +45,9 @@ class ServerSettings(BaseModel):
     max_docs_per_request: int = Field(1000, ge=1)
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     max_query_chars: int = Field(32768, ge=1)
+    max_instruction_chars: int = Field(
+        4000, ge=1, description="Characters of a request's instruction before 400"
+    )
     max_queue_docs: int = Field(8192, ge=1, description="Queued documents before 429")
     batch_wait_ms: float = Field(2.0, ge=0.0, description="Wait to coalesce requests")
     request_timeout_s: float = Field(120.0, gt=0.0)

@@ -98,6 +98,31 @@ def document_text(doc: Any) -> str | None:
     return text or None
 
 
+def invalid_unicode(text: str) -> str | None:
+    """Why ``text`` cannot be encoded as UTF-8, or None when it can. Only a surrogate code
+    point (a lone ``"\\ud800"`` JSON escape, a ``surrogateescape`` decode) makes a Python
+    string unencodable; tokenizers refuse such text."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (
+            f"it holds a surrogate code point (U+{ord(text[exc.start]):04X}), which cannot be "
+            "encoded as UTF-8"
+        )
+    return None
+
+
+def check_text(text: str, param: str) -> None:
+    """Raise :class:`InvalidRequest` naming ``param`` when ``text`` is not valid Unicode
+    (:func:`invalid_unicode`). Such text is refused, never scored: replacing what cannot
+    be encoded would score text the client did not send."""
+    why = invalid_unicode(text)
+    if why is not None:
+        raise InvalidRequest(f"{param} is not valid Unicode text: {why}", param=param)
+
+
 def rank_order(scores: Sequence[float], docs: Sequence[Any]) -> list[int]:
     """Indices of ``docs`` best first: usable documents by score, then the unusable ones;
     ties keep input order. An unusable document never outranks a usable one, whatever the
@@ -191,7 +216,8 @@ class RerankBackend:
         ``normalize=True`` gives P(yes) in [0, 1]; ``False`` the raw logit(yes) - logit(no).
         None, blank or unconvertible docs score 0.0 (``UNUSABLE_LOGIT``, the lowest finite
         float, when ``normalize=False``); a blank query scores every doc so.
-        Raises :class:`InvalidRequest` for input that cannot be scored.
+        Raises :class:`InvalidRequest` for input that cannot be scored, e.g. a query,
+        instruction or document holding a surrogate code point (``check_text``).
         """
         request = ScoreRequest(query, docs, normalize, instruction, max_doc_tokens)
         result = self.score_requests([request])[0]
@@ -235,9 +261,14 @@ class RerankBackend:
             raise InvalidRequest("instruction must not be blank", param="instruction")
         if request.max_doc_tokens is not None and request.max_doc_tokens < 1:
             raise InvalidRequest("max_doc_tokens must be >= 1", param="max_doc_tokens")
+        if instruction is not None:
+            check_text(str(instruction), "instruction")
         docs = list(docs or [])
         query_text = document_text(request.query) or ""
+        check_text(query_text, "query")
         usable = [(i, t) for i, t in ((i, document_text(d)) for i, d in enumerate(docs)) if t]
+        for i, text in usable:
+            check_text(text, f"docs[{i}]")
         prepared = _Prepared(request, len(docs), usable)
         if query_text and usable:
             prepared.unique, prepared.position_to_unique = deduplicate_with_positions(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from reranker.backends._user_text import cuts_exactly, encode_heads, plain_tokenizer
 from reranker.errors import ModelUnavailable
 from reranker.model_source import check_model_source, hub_offline, offline_hint
 
@@ -44,6 +46,9 @@ class HFTextTokenizer:
     texts go straight to its Rust ``encode_batch_fast``: the same ids, without the
     character offsets and the per-call bookkeeping of ``tokenizer(...)`` (~25% of the
     time tokenising a request takes).
+
+    User text goes through :meth:`encode_text_batch`, which never recognises an added
+    token and tokenises long texts only as far as they are used (``_user_text``).
     """
 
     def __init__(self, tokenizer: Any) -> None:
@@ -51,12 +56,51 @@ class HFTextTokenizer:
         rust = getattr(tokenizer, "_tokenizer", None)
         plain = rust is not None and rust.truncation is None and rust.padding is None
         self._encode_fast = getattr(rust, "encode_batch_fast", None) if plain else None
+        self._plain = plain_tokenizer(rust) if rust is not None else None
+        self._cuts_exactly = rust is not None and cuts_exactly(rust)
+        added: dict[str, int] = dict(tokenizer.get_added_vocab())
+        self._added_ids = added
+        # longest first: where two added tokens start at one place, the longer one wins
+        by_length = sorted(added, key=len, reverse=True)
+        self._added = re.compile("|".join(map(re.escape, by_length))) if added else None
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text."""
         if self._encode_fast is not None:
             return [e.ids for e in self._encode_fast(list(texts), add_special_tokens=False)]
         return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+
+    def encode_text_batch(
+        self, texts: Sequence[str], max_tokens: int | None = None
+    ) -> list[list[int]]:
+        """Token ids of each user text, in which no added token (``<|im_end|>``, ...) is
+        ever recognised: the ids of its characters instead. With ``max_tokens``, a text
+        holding more tokens may come back cut after any ``k > max_tokens`` of them; the
+        ids are always exactly a prefix of the whole text's ids."""
+        if self._plain is None:  # a slow tokenizer: its special tokens split as text
+            return self.tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True)[
+                "input_ids"
+            ]
+        if max_tokens is not None and self._cuts_exactly:
+            return encode_heads(self._plain, texts, max_tokens)
+        fast = getattr(self._plain, "encode_batch_fast", self._plain.encode_batch)
+        return [e.ids for e in fast(list(texts), add_special_tokens=False)]
+
+    def split_added_tokens(self, text: str) -> list[str | int]:
+        """Template text as its pieces of plain text and the ids of the added tokens
+        between them (as the tokenizer itself matches them: on the raw text, leftmost)."""
+        if self._added is None:
+            return [text] if text else []
+        parts: list[str | int] = []
+        start = 0
+        for match in self._added.finditer(text):
+            if match.start() > start:
+                parts.append(text[start : match.start()])
+            parts.append(self._added_ids[match.group()])
+            start = match.end()
+        if start < len(text):
+            parts.append(text[start:])
+        return parts
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of ``ids``, special tokens kept."""

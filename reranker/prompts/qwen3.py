@@ -10,6 +10,13 @@ The three parts are tokenised separately and concatenated. Each boundary is a pl
 where Qwen's pre-tokeniser always splits (after a run of newlines; before a special
 token), so the ids equal those of tokenising the whole prompt at once, as the model card
 does, while the query part is tokenised once per request instead of once per document.
+
+User text (query, instruction, document) never becomes a control token: only the
+template's own text is searched for added tokens (``<|im_start|>``, ``<think>``, ...);
+the text between them, user text included, is tokenised as plain text
+(``TextTokenizer.encode_text_batch``). A document holding ``<|im_end|>`` is scored as
+those characters, not as the end of the user turn. For text holding no added token's
+string the ids are the model card's.
 """
 
 from __future__ import annotations
@@ -48,7 +55,18 @@ class TextTokenizer(Protocol):
     """What the encoder needs of a tokenizer (see ``reranker.backends._hf_loading``)."""
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids of each text, no special tokens added."""
+        """Token ids of each text, no special tokens added (added tokens recognised)."""
+        ...
+
+    def encode_text_batch(
+        self, texts: Sequence[str], max_tokens: int | None = None
+    ) -> list[list[int]]:
+        """Token ids of each text with no added token recognised; with ``max_tokens``, a
+        longer text may come back as any prefix of its ids longer than ``max_tokens``."""
+        ...
+
+    def split_added_tokens(self, text: str) -> list[str | int]:
+        """``text``'s plain pieces and, between them, the ids of its added tokens."""
         ...
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -70,6 +88,9 @@ def _check_template(template: str, allowed: set[str], required: str, what: str) 
     except ValueError as exc:
         raise ValueError(f"{what} is not a valid template: {exc}") from exc
     unknown = sorted(set(names) - allowed)
+    fields = [f for f in string.Formatter().parse(template) if f[1] is not None]
+    if any(spec or conversion for _, _, spec, conversion in fields):
+        raise ValueError(f"{what}: placeholders take no format spec or conversion")
     if unknown:
         raise ValueError(
             f"{what} uses unknown placeholder(s) {unknown}; allowed: {sorted(allowed)}"
@@ -116,11 +137,27 @@ class Qwen3PromptTemplate:
         _check_template(template.document_template, _DOCUMENT_FIELDS, "doc", "document_template")
         return template
 
+    def query_parts(self, query: str, instruction: str) -> list[tuple[str, bool]]:
+        """The query part of the prompt, prefix included, as ``(text, is_user_text)``
+        pieces in order: the template's own text, and the query and instruction."""
+        parts: list[tuple[str, bool]] = []
+        for literal, name, _, _ in string.Formatter().parse(self.query_template):
+            if literal:
+                parts.append((literal, False))
+            if name == "prefix":
+                # split(), not format(): a user's prefix may hold literal braces.
+                for k, piece in enumerate(self.prefix.split("{instruction}")):
+                    if k:
+                        parts.append((instruction, True))
+                    if piece:
+                        parts.append((piece, False))
+            elif name is not None:
+                parts.append((query if name == "query" else instruction, True))
+        return parts
+
     def query_text(self, query: str, instruction: str) -> str:
         """The query part of the prompt, prefix included."""
-        # replace(), not format(): a user's prefix may hold literal braces.
-        prefix = self.prefix.replace("{instruction}", instruction)
-        return self.query_template.format(prefix=prefix, instruction=instruction, query=query)
+        return "".join(text for text, _ in self.query_parts(query, instruction))
 
     def document_lead_and_tail(self) -> tuple[str, str]:
         """The document template's text before ``{doc}`` and after it (suffix filled in)."""
@@ -158,17 +195,60 @@ class Qwen3PromptEncoder:
 
     A document is cut where its kept text re-tokenises to exactly the kept ids (one
     token earlier when the cut would split a character or a merge), so the truncated
-    text in ``doc_texts``, given to any text-based engine, scores the same tokens.
+    text in ``doc_texts``, given to any text-based engine, scores the same tokens. A
+    long document is tokenised only as far as it can be kept (``encode_text_batch``
+    with ``max_tokens``), with the same ids as tokenising it whole and cutting.
     """
 
     def __init__(self, template: Qwen3PromptTemplate, tokenizer: TextTokenizer, max_length: int):
         self.template = template
         self.max_length = max_length
         self._tokenizer = tokenizer
-        tokenize = self._tokenize = tokenizer.encode_batch
-        self._lead, tail = template.document_lead_and_tail()
-        self._lead_len = len(tokenize([self._lead])[0]) if self._lead else 0
-        self._tail_ids = tokenize([tail])[0] if tail else []
+        lead, tail = template.document_lead_and_tail()
+        # The document part: the lead's added tokens and the text before them, then the
+        # lead's remaining text and the document, tokenised together as plain text.
+        parts = tokenizer.split_added_tokens(lead)
+        last = max((k for k, p in enumerate(parts) if isinstance(p, int)), default=-1)
+        self._lead_ids = self._encode_parts([(p, False) for p in parts[: last + 1]])
+        self._lead = "".join(p for p in parts[last + 1 :] if isinstance(p, str))
+        self._lead_text_len = len(tokenizer.encode_text_batch([self._lead])[0]) if self._lead else 0
+        self._lead_len = len(self._lead_ids) + self._lead_text_len
+        self._tail_ids = self._encode_parts([(tail, False)])
+        for text in (template.query_text("", ""), lead, tail):
+            if self._encode_parts([(text, False)]) != (
+                tokenizer.encode_batch([text])[0] if text else []
+            ):
+                raise ValueError(
+                    f"the prompt template's text {text!r} does not tokenise the same split "
+                    "at its added tokens: this tokenizer matches added tokens differently"
+                )
+
+    def _encode_parts(self, parts: Sequence[tuple[str | int, bool]]) -> list[int]:
+        """Ids of ``(text, is_user_text)`` pieces: added tokens are looked for in the
+        template's text only; all text between them is tokenised as plain text."""
+        segments: list[str | int] = []
+        text = ""
+        for piece, user in parts:
+            if isinstance(piece, int):
+                pieces: list[str | int] = [piece]
+            else:
+                pieces = [piece] if user else self._tokenizer.split_added_tokens(piece)
+            for p in pieces:
+                if isinstance(p, str):
+                    text += p
+                    continue
+                if text:
+                    segments.append(text)
+                    text = ""
+                segments.append(p)
+        if text:
+            segments.append(text)
+        texts = [p for p in segments if isinstance(p, str)]
+        encoded = iter(self._tokenizer.encode_text_batch(texts) if texts else [])
+        ids: list[int] = []
+        for p in segments:
+            ids += [p] if isinstance(p, int) else next(encoded)
+        return ids
 
     def encode(
         self,
@@ -182,7 +262,7 @@ class Qwen3PromptEncoder:
         Raises :class:`InvalidRequest` when the query part alone leaves no room for a
         document within ``max_length``.
         """
-        query_ids = self._tokenize([self.template.query_text(query, instruction)])[0]
+        query_ids = self._encode_parts(self.template.query_parts(query, instruction))
         room = self.max_length - len(query_ids) - len(self._tail_ids)
         if room < self._lead_len + 1:
             raise InvalidRequest(
@@ -193,25 +273,31 @@ class Qwen3PromptEncoder:
             )
         if max_doc_tokens is not None:
             room = min(room, self._lead_len + max_doc_tokens)
-        doc_ids = self._tokenize([self._lead + d for d in docs]) if docs else []
-        truncated = [len(ids) > room for ids in doc_ids]
+        text_room = room - len(self._lead_ids)
+        text_ids = (
+            self._tokenizer.encode_text_batch([self._lead + d for d in docs], text_room)
+            if docs
+            else []
+        )
+        truncated = [len(ids) > text_room for ids in text_ids]
         texts = list(docs)
         for i, cut in enumerate(truncated):
             if cut:
-                doc_ids[i], texts[i] = self._cut(doc_ids[i][:room])
+                text_ids[i], texts[i] = self._cut(text_ids[i][:text_room])
         return EncodedPairs(
             query_ids=query_ids,
-            doc_ids=doc_ids,
+            doc_ids=[self._lead_ids + ids for ids in text_ids],
             tail_ids=list(self._tail_ids),
             truncated=truncated,
             doc_texts=texts,
         )
 
     def _cut(self, ids: list[int]) -> tuple[list[int], str]:
-        """The longest prefix of ``ids`` whose text round-trips, and that text (lead removed)."""
-        while len(ids) > self._lead_len:
+        """The longest prefix of ``ids`` (the lead's text + a document) whose text
+        round-trips, and that text (lead removed)."""
+        while len(ids) > self._lead_text_len:
             text = self._tokenizer.decode(ids)
-            if text.startswith(self._lead) and self._tokenize([text])[0] == ids:
+            if text.startswith(self._lead) and self._tokenizer.encode_text_batch([text])[0] == ids:
                 return ids, text[len(self._lead) :]
             ids = ids[:-1]
         return ids, ""

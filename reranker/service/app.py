@@ -322,7 +322,7 @@ def create_app(
         state.metrics.dedup_ratio.observe(meta["dedup_ratio"])
         return scores, meta
 
-    def check_limits(query: str | None, n_docs: int) -> None:
+    def check_limits(query: str | None, n_docs: int, instruction: str | None = None) -> None:
         if n_docs > state.server.max_docs_per_request:
             raise InvalidRequest(
                 f"{n_docs} documents exceed the limit of {state.server.max_docs_per_request} "
@@ -333,6 +333,12 @@ def create_app(
             raise InvalidRequest(
                 f"query has {len(query)} characters; the limit is {state.server.max_query_chars}",
                 param="query",
+            )
+        limit = state.server.max_instruction_chars
+        if instruction is not None and len(instruction) > limit:
+            raise InvalidRequest(
+                f"instruction has {len(instruction)} characters; the limit is {limit}",
+                param="instruction",
             )
 
     @app.exception_handler(RerankerError)
@@ -358,7 +364,7 @@ def create_app(
 
     async def rerank(body: RerankBody, request: Request) -> dict[str, Any]:
         texts = body.texts()
-        check_limits(body.query, len(texts))
+        check_limits(body.query, len(texts), body.instruction)
         scores, meta = await run(
             ScoreRequest(body.query, texts, True, body.instruction, body.max_tokens_per_doc)
         )
@@ -391,7 +397,7 @@ def create_app(
             queries, docs = body.pairs()
         except ValueError as exc:
             raise InvalidRequest(str(exc), param="queries") from exc
-        check_limits(max(queries, key=len), len(docs))
+        check_limits(max(queries, key=len), len(docs), body.instruction)
         groups: dict[str, list[int]] = {}
         for i, q in enumerate(queries):
             groups.setdefault(q, []).append(i)
@@ -421,7 +427,7 @@ def create_app(
 
     @app.post("/v1/score_with_meta", summary="The protocol call: scores in input order + meta")
     async def score_with_meta(body: ScoreWithMetaBody) -> dict[str, Any]:
-        check_limits(body.query, len(body.docs))
+        check_limits(body.query, len(body.docs), body.instruction)
         scores, meta = await run(
             ScoreRequest(
                 body.query, body.docs, body.normalize, body.instruction, body.max_doc_tokens

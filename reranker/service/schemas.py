@@ -3,15 +3,19 @@
 Documents must be text: a string (or, on the Cohere/Jina/vLLM routes, an object with a
 string ``text``); ``/v1/score_with_meta`` also takes ``null`` (scored 0, the protocol's
 rule for an unusable document). Numbers and booleans are refused, with a message naming
-the document (``documents[2]: must be ...``), not the union branch pydantic tried.
+the document (``documents[2]: must be ...``), not the union branch pydantic tried. Text
+that is not valid Unicode (a lone surrogate such as ``"\\ud800"``) is refused the same way,
+naming the field, before it is queued (``reranker.protocol.invalid_unicode``).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
+
+from reranker.protocol import invalid_unicode
 
 
 class DocumentObject(BaseModel):
@@ -22,19 +26,33 @@ class DocumentObject(BaseModel):
     text: str
 
 
+def _unicode_text(value: Any) -> Any:
+    """``value`` unchanged, unless it is text that cannot be encoded as UTF-8."""
+    text = value.text if isinstance(value, DocumentObject) else value
+    text = text.get("text") if isinstance(text, dict) else text
+    why = invalid_unicode(text) if isinstance(text, str) else None
+    if why is not None:
+        raise PydanticCustomError("text_unicode", "must be valid Unicode text: {why}", {"why": why})
+    return value
+
+
+Text = Annotated[str, AfterValidator(_unicode_text)]
+"""A query or an instruction: any valid Unicode string."""
+
+
 def _text_or_text_object(value: Any) -> Any:
     """A document of /rerank or /score: a string, or an object whose ``text`` is one."""
     if isinstance(value, str | DocumentObject):
-        return value
+        return _unicode_text(value)
     if isinstance(value, dict) and isinstance(value.get("text"), str):
-        return value
+        return _unicode_text(value)
     raise PydanticCustomError("document_type", "must be a string or an object with a text field")
 
 
 def _text_or_null(value: Any) -> Any:
     """A document of /v1/score_with_meta: a string, or null (scored 0 as unusable)."""
     if value is None or isinstance(value, str):
-        return value
+        return _unicode_text(value)
     raise PydanticCustomError("document_type", "must be a string or null")
 
 
@@ -51,12 +69,12 @@ class RerankBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
-    query: str
+    query: Text
     documents: list[Document]
     top_n: int | None = Field(None, ge=1)
     return_documents: bool = False
     max_tokens_per_doc: int | None = Field(None, ge=1)
-    instruction: str | None = None
+    instruction: Text | None = None
     rank_fields: list[str] | None = None  # accepted for compatibility, unused
 
     @field_validator("query")
@@ -84,11 +102,11 @@ class ScoreBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
-    queries: str | list[str] | None = None
-    documents: str | list[Document] | None = None
-    text_1: str | list[str] | None = None
-    text_2: str | list[Document] | None = None
-    instruction: str | None = None
+    queries: Text | list[Text] | None = None
+    documents: Text | list[Document] | None = None
+    text_1: Text | list[Text] | None = None
+    text_2: Text | list[Document] | None = None
+    instruction: Text | None = None
 
     def pairs(self) -> tuple[list[str], list[str]]:
         """(queries, documents) of equal length, or a ValueError saying what is wrong."""
@@ -118,8 +136,8 @@ class ScoreWithMetaBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    query: str | None
+    query: Text | None
     docs: list[NullableDocument]
     normalize: bool = True
-    instruction: str | None = None
+    instruction: Text | None = None
     max_doc_tokens: int | None = Field(None, ge=1)

@@ -132,3 +132,39 @@ def test_unusable_docs_rank_last_even_when_a_usable_score_underflows_to_zero(bac
     assert scores == [0.0, 0.0, 0.0, 0.0]
     assert [i for i, _ in backend.rerank(query, docs)] == [1, 3, 0, 2]
     assert rank_order(scores, docs) == [1, 3, 0, 2]
+
+
+@pytest.mark.parametrize(
+    "request_kwargs, param",
+    [
+        ({"query": "a\ud800b", "docs": ["x"]}, "query"),
+        ({"query": "q", "docs": ["fine", None, "ok", "a\ud800b"]}, "docs[3]"),
+        ({"query": "q", "docs": ["x"], "instruction": "rank \udcff"}, "instruction"),
+        ({"query": "q", "docs": ["\ud83c\udf89 a surrogate pair is two code points"]}, "docs[0]"),
+    ],
+)
+def test_text_that_is_not_valid_unicode_is_an_invalid_request(backend, request_kwargs, param):
+    """A surrogate code point cannot be encoded as UTF-8 (tokenizers raise TypeError on it):
+    the request is refused before it reaches the backend, naming the field."""
+    from reranker.protocol import ScoreRequest
+
+    with pytest.raises(InvalidRequest) as err:
+        backend.score_with_meta(**request_kwargs)
+    assert err.value.param == param and "surrogate" in str(err.value)
+    assert str(err.value).encode("utf-8")  # the message itself is printable
+    assert getattr(backend, "calls", 0) == 0
+
+    # Sharing a call with innocent requests: only the bad one fails.
+    good = ScoreRequest("q", ["aaa", "a"])
+    bad = ScoreRequest(
+        request_kwargs["query"], request_kwargs["docs"], True, request_kwargs.get("instruction")
+    )
+    results = backend.score_requests([good, bad, good])
+    assert isinstance(results[1], InvalidRequest) and results[1].param == param
+    alone = backend.score_with_meta("q", ["aaa", "a"])[0]
+    assert results[0][0] == results[2][0] == alone
+
+
+def test_valid_non_ascii_text_is_scored(backend):
+    scores = backend.score("Ünïcödé 中文", ["emoji 🎉", "naïve", "\x00 NUL"], normalize=False)
+    assert len(scores) == 3 and all(s != UNUSABLE_LOGIT for s in scores)
