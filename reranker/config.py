@@ -21,7 +21,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -42,6 +42,22 @@ class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     api_key: str | None = Field(None, description="Bearer token; unset = no auth")
+    on_backend_failure: Literal["exit", "restart"] = Field(
+        "exit",
+        description="When the backend dies while serving (its engine process is gone): "
+        "exit (status 4; the orchestrator restarts the process) or restart it in place",
+    )
+    max_backend_restarts: int = Field(
+        3, ge=0, description="Restarts in place (on_backend_failure: restart) before exiting"
+    )
+    health_interval_s: float = Field(
+        2.0, gt=0.0, description="How often the backend's health is checked"
+    )
+    shutdown_timeout_s: float = Field(
+        30.0,
+        gt=0.0,
+        description="After SIGTERM: how long in-flight requests may take to finish",
+    )
     max_docs_per_request: int = Field(1000, ge=1)
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     max_query_chars: int = Field(32768, ge=1)

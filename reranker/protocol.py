@@ -189,6 +189,15 @@ class RerankBackend:
         imported, when the model ``options`` name cannot be found. Backends that load
         weights override this; the registry and the service call it first."""
 
+    def health(self) -> str | None:
+        """None while this backend can score, else why not (its engine died, ...).
+
+        The service polls it every few seconds (``health_interval_s``) and after a failed
+        scoring call, from a thread other than the one scoring: it must be cheap and must
+        not wait for a running call. Backends whose engine can die override it.
+        """
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free the model. Backends holding a model or engine override this."""
 

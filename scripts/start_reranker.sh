@@ -7,6 +7,8 @@
 # the config (--config, else $RERANK_CONFIG, else config/config.yaml). Its venv
 # (.venv-reranker-<backend>, made by scripts/setup_reranker_venv.sh) goes first on PATH
 # and runs `reranker serve`. SIGTERM / SIGINT are forwarded so in-flight requests drain.
+# Exit status: reranker serve's (0 drained stop, 2 bad config or failed load, 4 backend
+# died while serving), or 2 / 3 when this script cannot start it (bad argument / no venv).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 backend="${RERANK_BACKEND:-}"
@@ -17,7 +19,7 @@ while [ $# -gt 0 ]; do
     --backend) backend="$2"; shift 2 ;;
     --config) config="$2"; shift 2 ;;
     --host|--port|--model) serve_args+=("$1" "$2"); shift 2 ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "error: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done

@@ -152,27 +152,43 @@ def _exit_text(code: int) -> str:
     return f"was killed by {name}{hint}"
 
 
-def engine_health(llm: Any) -> str | None:
-    """None while the vLLM engine behind ``llm`` can score, else why it cannot.
-
-    An engine-core process that has exited (killed, out of memory, crashed), or the
-    client's ``engine_dead`` flag (set by vLLM when the engine core reports a fatal error,
-    e.g. a dead worker process, or exits): both are read without waiting.
-    """
-    if llm is None:
-        return "the vLLM engine is shut down"
-    core, processes = _engine_client(llm)
+def _exited(processes: list[Any]) -> str | None:
     for proc in processes:
         try:
             code = proc.exitcode
-        except ValueError:  # a closed process object: the flag below says the rest
+        except ValueError:  # a closed process object: the engine_dead flag says the rest
             continue
         if code is not None:
             name = getattr(proc, "name", "EngineCore")
             return f"the vLLM engine process {name} (pid {proc.pid}) {_exit_text(code)}"
-    if getattr(getattr(core, "resources", None), "engine_dead", False):
-        return ENGINE_FAILED
     return None
+
+
+def engine_health(llm: Any, dying: bool = False, settle_s: float = 0.5) -> str | None:
+    """None while the vLLM engine behind ``llm`` can score, else why it cannot.
+
+    An engine-core process that has exited (killed, out of memory, crashed), or the
+    client's ``engine_dead`` flag (set by vLLM when the engine core reports a fatal error,
+    e.g. a dead worker process, or exits). Read without waiting while the engine lives;
+    once the flag is set (or ``dying``: a call just raised ``EngineDeadError``), the
+    process's exit status is awaited for up to ``settle_s`` to name the cause (it can lag:
+    the process may still be exiting, or vLLM's own monitor may be reaping it).
+    """
+    if llm is None:
+        return "the vLLM engine is shut down"
+    core, processes = _engine_client(llm)
+    exited = _exited(processes)
+    if exited is not None:
+        return exited
+    if not dying and not getattr(getattr(core, "resources", None), "engine_dead", False):
+        return None
+    deadline = time.monotonic() + settle_s
+    while processes and time.monotonic() < deadline:
+        time.sleep(0.05)
+        exited = _exited(processes)
+        if exited is not None:
+            return exited
+    return ENGINE_FAILED
 
 
 def watch_engine(llm: Any, poll_s: float = 1.0) -> threading.Thread | None:
@@ -309,9 +325,7 @@ class VLLMBackendBase(RerankBackend):
                 try:
                     values = self._engine_logits(prompts)
                 except Exception as exc:
-                    dead = engine_health(self._llm)
-                    if dead is None and is_engine_death(exc):
-                        dead = ENGINE_FAILED
+                    dead = engine_health(self._llm, dying=is_engine_death(exc))
                     if dead is None:
                         raise
                     self._dead = dead
@@ -322,7 +336,7 @@ class VLLMBackendBase(RerankBackend):
 
     def health(self) -> str | None:
         """None while the engine can score; else why not (see :func:`engine_health`)."""
-        return self._dead or engine_health(self._llm)
+        return engine_health(self._llm) or self._dead
 
     def close(self) -> None:
         """Shut the engine down and free its memory."""

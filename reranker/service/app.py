@@ -29,8 +29,9 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from reranker.config import ServerSettings
-from reranker.errors import InvalidRequest, Overloaded, RerankerError
+from reranker.errors import BackendDead, InvalidRequest, Overloaded, RerankerError
 from reranker.protocol import RerankBackend, ScoreRequest, rank_order
+from reranker.service.health import BackendSupervisor, public_model_name
 from reranker.service.metrics import ServiceMetrics
 from reranker.service.scheduler import BatchScheduler
 from reranker.service.schemas import RerankBody, ScoreBody, ScoreWithMetaBody
@@ -182,9 +183,16 @@ def create_app(
     backend_name: str = "",
     model: str = "",
     on_load_error: Callable[[BaseException], None] | None = None,
+    on_backend_failure: Callable[[str], None] | None = None,
 ) -> FastAPI:
-    """Build the FastAPI app. ``load_backend`` runs in a thread at startup."""
+    """Build the FastAPI app. ``load_backend`` runs in a thread at startup.
+
+    ``on_load_error(exc)`` is called when the first load fails, ``on_backend_failure(reason)``
+    when a backend that died while serving is not restarted (``on_backend_failure: exit``,
+    or its restarts are spent): the server should stop then (``reranker serve`` does).
+    """
     state = ServiceState(server or ServerSettings(), backend_name, model)
+    supervisor = BackendSupervisor(state, load_backend, on_backend_failure)
 
     def load() -> None:
         try:
@@ -199,10 +207,13 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         threading.Thread(target=load, name="backend-loader", daemon=True).start()
+        supervisor.start()
         yield
-        # Shutdown: uvicorn has stopped taking requests and drained in-flight ones.
+        # Shutdown: uvicorn has stopped taking requests and drained in-flight ones (for at
+        # most shutdown_timeout_s): what is still queued has nobody waiting for it.
+        await supervisor.stop()
         if state.scheduler:
-            await asyncio.to_thread(state.scheduler.close, 60.0)
+            await asyncio.to_thread(state.scheduler.close, 5.0)
         if state.backend:
             state.backend.close()
 
@@ -210,6 +221,7 @@ def create_app(
         title="reranker", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None
     )
     app.state.service = state
+    app.state.supervisor = supervisor
     known_routes: set[str] = set()
 
     def json_error(
@@ -253,6 +265,9 @@ def create_app(
         return json_error(exc.status_code, str(exc.detail), type_)
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        await supervisor.refresh()  # did the backend die under this request?
+        if supervisor.reason is not None:
+            return await backend_dead(request, exc)
         # The request's id (x-request-id, the access log's id=): one id to look up.
         error_id = getattr(request.state, "request_id", None) or uuid.uuid4().hex
         logger.exception("internal error %s on %s", error_id, request.url.path)
@@ -302,6 +317,9 @@ def create_app(
         return response
 
     async def run(request: ScoreRequest) -> tuple[list[float], dict[str, Any]]:
+        unavailable = supervisor.unavailable()  # loading, restarting, dead: 503
+        if unavailable is not None:
+            raise ServiceUnavailable(unavailable)
         if state.scheduler is None:
             if state.load_error is not None:
                 raise ServiceUnavailable(f"backend failed to load: {state.load_error}")
@@ -355,9 +373,24 @@ def create_app(
             )
         if isinstance(exc, ServiceUnavailable):
             return json_error(503, str(exc), "service_unavailable", headers={"Retry-After": "5"})
+        if isinstance(exc, BackendDead):
+            return await backend_dead(request, exc)
         if isinstance(exc, ScoringTimeout):
             return json_error(504, str(exc), "timeout_error")
         return await on_unexpected(request, exc)
+
+    async def backend_dead(request: Request, exc: Exception) -> JSONResponse:
+        """503 for a request that failed because the backend died (the watchdog, woken by
+        the health check, restarts it or stops the server)."""
+        await supervisor.refresh()
+        logger.warning(
+            "request %s on %s: the backend died under it: %s",
+            getattr(request.state, "request_id", "-"),
+            request.url.path,
+            exc,
+        )
+        message = supervisor.unavailable() or f"the backend failed under this request: {exc}"
+        return json_error(503, message, "service_unavailable", headers={"Retry-After": "5"})
 
     def usage(meta: dict[str, Any]) -> dict[str, Any]:
         return {"prompt_tokens": meta["scored_tokens"], "total_tokens": meta["scored_tokens"]}
@@ -435,21 +468,28 @@ def create_app(
         )
         return {"scores": scores, "meta": meta}
 
-    @app.get("/health", summary="The process is up")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    @app.get("/health", summary="Liveness: ok, loading, or dead (503)")
+    async def health() -> Response:
+        """``{"status": "ok" | "loading" | "dead", "reason"}``: 200 while the process is
+        serving or loading, 503 once its backend is dead (the process restarts it or exits)."""
+        await supervisor.refresh()
+        status, reason = supervisor.status()
+        body = {"status": status, "reason": reason, "backend": state.backend_name}
+        return JSONResponse(body, 503 if status == "dead" else 200)
 
-    @app.get("/ready", summary="The model is loaded (503 until then)")
+    @app.get("/ready", summary="Readiness: the backend can score (503 otherwise)")
     async def ready() -> Response:
-        if state.scheduler is not None:
+        await supervisor.refresh()
+        unavailable = supervisor.unavailable()
+        if unavailable is None:
             return JSONResponse(
-                {"status": "ready", "backend": state.backend_name, "model": state.model}
+                {
+                    "status": "ready",
+                    "backend": state.backend_name,
+                    "model": public_model_name(state.model),
+                }
             )
-        if state.load_error is not None:
-            return json_error(
-                503, f"backend failed to load: {state.load_error}", "service_unavailable"
-            )
-        return json_error(503, "model loading", "service_unavailable")
+        return json_error(503, unavailable, "service_unavailable", headers={"Retry-After": "5"})
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics() -> Response:
@@ -469,7 +509,7 @@ def create_app(
                     "object": "model",
                     "owned_by": "reranker",
                     "backend": state.backend_name,
-                    "ready": state.scheduler is not None,
+                    "ready": supervisor.unavailable() is None,
                 }
             ],
         }

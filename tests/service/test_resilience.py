@@ -132,7 +132,7 @@ def test_sigterm_drains_in_flight_requests(tiny_model_dir):
             proc.send_signal(signal.SIGTERM)
             r = pending.result()
         assert r.status_code == 200 and len(r.json()["scores"]) == 400
-        assert proc.wait(60) in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM on exit
+        assert proc.wait(60) == 0  # a drained stop is a clean exit, not death by SIGTERM
     finally:
         if proc.poll() is None:
             proc.kill()

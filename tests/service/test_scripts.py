@@ -35,7 +35,7 @@ def test_start_script_serves_with_the_backend_venv_and_forwards_sigterm(tmp_path
         ready = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5).json()
         assert ready["backend"] == backend
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) in (0, 128 + signal.SIGTERM, -signal.SIGTERM)
+        assert proc.wait(60) == 0  # the drained stop's status, passed through
         out = proc.stdout.read() if proc.stdout else ""
         assert f"venv={VENV}" in out
     finally:

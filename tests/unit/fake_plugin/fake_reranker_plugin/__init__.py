@@ -42,3 +42,22 @@ class FlakyBackend(LengthBackend):
         if query == "__slow__":
             time.sleep(0.5)
         return super()._score_pairs(query, docs, instruction, max_doc_tokens)
+
+
+class MortalBackend(LengthBackend):
+    """Dies like a backend whose engine process is killed: scoring the query "__die__"
+    raises and from then on :meth:`health` says why (as does setting ``dead``)."""
+
+    name: ClassVar[str] = "fake_mortal"
+    dead: str | None = None
+
+    def health(self):
+        return self.dead
+
+    def _score_pairs(self, query, docs, instruction, max_doc_tokens):
+        if self.dead:
+            raise RuntimeError("the engine is gone")
+        if query == "__die__":
+            self.dead = "the fake engine process was killed"
+            raise RuntimeError("the engine died during the call")
+        return super()._score_pairs(query, docs, instruction, max_doc_tokens)
