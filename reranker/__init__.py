@@ -4,6 +4,8 @@ Importing this package is cheap: backends (and torch / vLLM / transformers) are 
 only when one is chosen, through :func:`reranker.registry.load_backend`.
 """
 
+from importlib import metadata as _metadata
+
 from reranker.errors import (
     BackendUnavailable,
     ConfigError,
@@ -14,6 +16,7 @@ from reranker.errors import (
 )
 
 __all__ = [
+    "__version__",
     "BackendUnavailable",
     "ConfigError",
     "InvalidRequest",
@@ -21,4 +24,8 @@ __all__ = [
     "RerankerError",
     "UnknownBackend",
 ]
-__version__ = "0.1.0"
+
+try:  # the installed distribution's version (pyproject.toml)
+    __version__ = _metadata.version("reranker")
+except _metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"

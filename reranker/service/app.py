@@ -218,7 +218,11 @@ def create_app(
             state.backend.close()
 
     app = FastAPI(
-        title="reranker", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None
+        title="reranker",
+        version=__import__("reranker").__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = state
     app.state.supervisor = supervisor
