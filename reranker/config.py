@@ -67,6 +67,18 @@ class ServerSettings(BaseModel):
     max_queue_docs: int = Field(8192, ge=1, description="Queued documents before 429")
     batch_wait_ms: float = Field(2.0, ge=0.0, description="Wait to coalesce requests")
     request_timeout_s: float = Field(120.0, gt=0.0)
+    max_call_tokens: int = Field(
+        131072,
+        ge=1,
+        description="Estimated prompt tokens one backend call takes; larger requests are "
+        "scored in pieces of this size, taking turns with the other queued requests",
+    )
+    max_queue_tokens: int = Field(
+        4_194_304, ge=1, description="Estimated prompt tokens queued before 429"
+    )
+    max_queue_chars: int = Field(
+        32 * 1024 * 1024, ge=1, description="Characters of text held by queued requests before 429"
+    )
 
 
 class RerankSection(BaseModel):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 import re
 import threading
 import time
@@ -33,7 +34,7 @@ from reranker.errors import BackendDead, InvalidRequest, Overloaded, RerankerErr
 from reranker.protocol import RerankBackend, ScoreRequest, rank_order
 from reranker.service.health import BackendSupervisor, public_model_name
 from reranker.service.metrics import ServiceMetrics
-from reranker.service.scheduler import BatchScheduler
+from reranker.service.scheduler import BatchScheduler, RequestExpired
 from reranker.service.schemas import RerankBody, ScoreBody, ScoreWithMetaBody
 
 logger = logging.getLogger("reranker.service")
@@ -174,7 +175,13 @@ class ServiceState:
             max_queue_docs=self.server.max_queue_docs,
             batch_wait_ms=self.server.batch_wait_ms,
             on_batch=self.metrics.observe_batch,
+            max_call_tokens=self.server.max_call_tokens,
+            max_queue_tokens=self.server.max_queue_tokens,
+            max_queue_chars=self.server.max_queue_chars,
+            on_drop=self.metrics.observe_drop,
+            on_isolate=self.metrics.isolation_retries.inc,
         )
+        self.metrics.bind_scheduler(self.scheduler)
 
 
 def create_app(
@@ -320,7 +327,12 @@ def create_app(
         )
         return response
 
-    async def run(request: ScoreRequest) -> tuple[list[float], dict[str, Any]]:
+    async def run(
+        request: ScoreRequest, http: Request | None = None
+    ) -> tuple[list[float], dict[str, Any]]:
+        """Score ``request`` through the scheduler. The request is dropped unscored (and
+        its queued work cancelled) when its deadline passes or the client of ``http``
+        disconnects; a task cancelled while waiting cancels it too."""
         unavailable = supervisor.unavailable()  # loading, restarting, dead: 503
         if unavailable is not None:
             raise ServiceUnavailable(unavailable)
@@ -328,17 +340,34 @@ def create_app(
             if state.load_error is not None:
                 raise ServiceUnavailable(f"backend failed to load: {state.load_error}")
             raise ServiceUnavailable("the model is still loading; retry shortly")
-        state.metrics.queue_depth.set(state.scheduler.queued_docs)
-        future = state.scheduler.submit(request)
+        timeout = state.server.request_timeout_s
+        future = state.scheduler.submit(request, timeout_s=timeout)
+        answer = asyncio.wrap_future(future)
+        gone = asyncio.ensure_future(client_gone(http)) if http is not None else None
+        waiting: list[asyncio.Future[Any]] = [answer] if gone is None else [answer, gone]
+        reason = "cancelled"
         try:
-            scores, meta = await asyncio.wait_for(
-                asyncio.wrap_future(future), state.server.request_timeout_s
+            done, _ = await asyncio.wait(
+                waiting,
+                timeout=timeout,
+                return_when=asyncio.FIRST_COMPLETED,
             )
-        except TimeoutError:
-            future.cancel()
-            raise ScoringTimeout(
-                f"scoring took longer than {state.server.request_timeout_s} s"
-            ) from None
+            if answer not in done:
+                reason = "disconnected" if gone in done else "expired"
+                if reason == "disconnected":
+                    raise ClientDisconnected("the client closed the connection")
+                raise ScoringTimeout(f"scoring took longer than {timeout} s")
+            try:
+                scores, meta = answer.result()
+            except RequestExpired:
+                raise ScoringTimeout(f"scoring took longer than {timeout} s") from None
+        finally:
+            if not future.done():
+                future.cancel_for(reason)  # the scheduler drops it unscored
+            if not answer.done():
+                answer.cancel()
+            if gone is not None and not gone.done():
+                gone.cancel()
         state.metrics.documents.inc(meta["usable_docs"])
         state.metrics.tokens.inc(meta["scored_tokens"])
         state.metrics.dedup_ratio.observe(meta["dedup_ratio"])
@@ -373,7 +402,7 @@ def create_app(
                 429,
                 str(exc),
                 "rate_limit_error",
-                headers={"Retry-After": str(max(1, round(exc.retry_after)))},
+                headers={"Retry-After": str(max(1, math.ceil(exc.retry_after)))},
             )
         if isinstance(exc, ServiceUnavailable):
             return json_error(503, str(exc), "service_unavailable", headers={"Retry-After": "5"})
@@ -381,6 +410,8 @@ def create_app(
             return await backend_dead(request, exc)
         if isinstance(exc, ScoringTimeout):
             return json_error(504, str(exc), "timeout_error")
+        if isinstance(exc, ClientDisconnected):  # nobody reads it: logged and counted as 499
+            return json_error(499, str(exc), "client_closed_request")
         return await on_unexpected(request, exc)
 
     async def backend_dead(request: Request, exc: Exception) -> JSONResponse:
@@ -403,7 +434,8 @@ def create_app(
         texts = body.texts()
         check_limits(body.query, len(texts), body.instruction)
         scores, meta = await run(
-            ScoreRequest(body.query, texts, True, body.instruction, body.max_tokens_per_doc)
+            ScoreRequest(body.query, texts, True, body.instruction, body.max_tokens_per_doc),
+            request,
         )
         order = rank_order(scores, texts)
         if body.top_n is not None:
@@ -438,12 +470,18 @@ def create_app(
         groups: dict[str, list[int]] = {}
         for i, q in enumerate(queries):
             groups.setdefault(q, []).append(i)
-        results = await asyncio.gather(
-            *(
-                run(ScoreRequest(q, [docs[i] for i in idx], True, body.instruction))
-                for q, idx in groups.items()
+        runs = [
+            asyncio.ensure_future(
+                run(ScoreRequest(q, [docs[i] for i in idx], True, body.instruction), request)
             )
-        )
+            for q, idx in groups.items()
+        ]
+        try:
+            results = await asyncio.gather(*runs)
+        except BaseException:  # one query failed: the others' work is not needed either
+            for pending in runs:
+                pending.cancel()
+            raise
         data: list[dict[str, Any]] = [{}] * len(docs)
         tokens = 0
         for idx, (scores, meta) in zip(groups.values(), results, strict=True):
@@ -463,12 +501,13 @@ def create_app(
         app.post(path, summary="Score query/document pairs (vLLM shape)")(score)
 
     @app.post("/v1/score_with_meta", summary="The protocol call: scores in input order + meta")
-    async def score_with_meta(body: ScoreWithMetaBody) -> dict[str, Any]:
+    async def score_with_meta(body: ScoreWithMetaBody, request: Request) -> dict[str, Any]:
         check_limits(body.query, len(body.docs), body.instruction)
         scores, meta = await run(
             ScoreRequest(
                 body.query, body.docs, body.normalize, body.instruction, body.max_doc_tokens
-            )
+            ),
+            request,
         )
         return {"scores": scores, "meta": meta}
 
@@ -555,6 +594,19 @@ class ServiceUnavailable(RerankerError):
 
 class ScoringTimeout(RerankerError):
     """A request waited longer than ``request_timeout_s``."""
+
+
+class ClientDisconnected(RerankerError):
+    """The client closed the connection before its scores were ready (answered 499)."""
+
+
+async def client_gone(http: Request) -> None:
+    """Return once the client of ``http`` (whose body has been read) has disconnected."""
+    while True:
+        message = await http.receive()
+        if message["type"] == "http.disconnect":
+            return
+        await asyncio.sleep(0.05)  # not expected once the body is read; never spin
 
 
 __all__ = ["create_app"]

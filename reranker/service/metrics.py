@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
@@ -47,6 +49,52 @@ class ServiceMetrics:
         self.overloaded = Counter(
             "reranker_overloaded_total", "Requests refused with 429", registry=r
         )
+        self.dropped = Counter(
+            "reranker_dropped_requests_total",
+            "Requests dropped before all of them was scored: the client disconnected, the "
+            "deadline passed, or the caller cancelled",
+            ["reason"],
+            registry=r,
+        )
+        self.dropped_documents = Counter(
+            "reranker_dropped_documents_total",
+            "Documents of dropped requests that were never scored",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("disconnected", "expired", "cancelled"):
+            self.dropped.labels(reason)
+            self.dropped_documents.labels(reason)
+        self.isolation_retries = Counter(
+            "reranker_isolation_retries_total",
+            "Failed backend calls re-scored in halves to find the failing request",
+            registry=r,
+        )
+        self.queue_tokens = Gauge(
+            "reranker_queue_tokens", "Estimated prompt tokens waiting for the backend", registry=r
+        )
+        self.queue_chars = Gauge(
+            "reranker_queue_chars",
+            "Characters of text held by requests not yet answered",
+            registry=r,
+        )
+        self.backend_rate = Gauge(
+            "reranker_backend_tokens_per_second",
+            "The backend's measured rate in estimated tokens a second (recent calls)",
+            registry=r,
+        )
+
+    def bind_scheduler(self, scheduler: Any) -> None:
+        """Read the queue gauges and the measured rate from ``scheduler`` at each scrape."""
+        self.queue_depth.set_function(lambda: scheduler.queued_docs)
+        self.queue_tokens.set_function(lambda: scheduler.queued_tokens)
+        self.queue_chars.set_function(lambda: scheduler.queued_chars)
+        self.backend_rate.set_function(lambda: scheduler.tokens_per_second or 0.0)
+
+    def observe_drop(self, reason: str, docs: int) -> None:
+        """Record a request dropped before it was all scored."""
+        self.dropped.labels(reason).inc()
+        self.dropped_documents.labels(reason).inc(docs)
 
     def observe_batch(self, requests: int, docs: int, seconds: float) -> None:
         """Record one coalesced backend run."""

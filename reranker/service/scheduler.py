@@ -1,42 +1,236 @@
-"""One worker thread owns the backend; concurrent requests share its batches.
+"""One worker thread owns the backend; concurrent requests share its calls, fairly.
 
-Requests queue up; the worker takes everything queued (up to a document cap), waits a
-moment for more to arrive, and scores them in one ``backend.score_requests`` call, whose
-documents go into shared length-sorted batches. The queue is bounded by documents: past
-the bound, :class:`Overloaded` (HTTP 429) instead of unbounded memory.
+Every request is costed when it arrives, in **estimated tokens** (characters / 3 per
+prompt, each capped at ``max_model_len``: no tokenizer needed). A request costing more
+than ``max_call_tokens`` is cut into **pieces** of at most that cost (its unique
+documents, shortest first, so each piece batches well); a smaller one is one piece.
+
+The worker loop:
+
+- drops every queued request whose caller has gone (its future was cancelled: client
+  disconnected, timed out) or whose deadline has passed, before any of it is scored;
+- takes **one piece from each waiting request**, in turn (round-robin: a request that
+  still has pieces goes to the back of the line after its call), up to
+  ``max_call_tokens`` a call, and scores them in one ``backend.score_requests`` call
+  (their documents share batches). A two-document request queued behind a huge one waits
+  for at most the call in flight, not for the huge one;
+- when a call raises (anything but a per-request :class:`InvalidRequest`), it re-scores
+  the call's requests in halves until the failing one is found: only that request gets
+  the error, every other one its scores;
+- puts a split request's pieces back together (scores in input order, counts summed).
+
+Admission (:meth:`BatchScheduler.submit`) knows what the queue costs and how fast the
+backend goes (estimated tokens a second, an average over recent calls): a request is
+refused with :class:`Overloaded` (HTTP 429) when the queue already holds too many
+estimated tokens, characters or documents, or when its estimated wait exceeds its
+timeout, with ``retry_after`` = the estimated seconds until it would be admitted.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from concurrent.futures import Future
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
 from typing import Any
 
-from reranker.errors import InvalidRequest, Overloaded
-from reranker.protocol import RerankBackend, ScoreRequest
+from reranker.errors import BackendDead, InvalidRequest, Overloaded, RerankerError
+from reranker.protocol import RerankBackend, ScoreRequest, document_text
 
 logger = logging.getLogger(__name__)
 
 Result = tuple[list[float], dict[str, Any]]
 
+CHARS_PER_TOKEN = 3.0
+"""Characters per token assumed when costing a prompt before it is tokenized (Qwen3's
+tokenizer averages ~4 on English prose, fewer on code and other scripts: 3 errs high)."""
+PROMPT_CHARS = 300
+"""Characters of the prompt around query, instruction and document (system message, turn
+markers, the ``<Instruct>``/``<Query>``/``<Document>`` labels, the assistant suffix)."""
 
-@dataclass
-class _Item:
+# Meta fields a split request's pieces add up; every other field is the same in each.
+_SUMMED_META = (
+    "input_docs",
+    "usable_docs",
+    "unique_docs",
+    "inference_batches",
+    "scored_tokens",
+    "truncated_docs",
+)
+_DOC_INDEX = re.compile(r"\b(docs|documents)\[(\d+)\]")
+
+
+class RequestExpired(RerankerError):
+    """The request's deadline passed before it was scored; it was dropped."""
+
+
+class Ticket(Future[Result]):
+    """The future :meth:`BatchScheduler.submit` returns; ``cancel_for`` says why."""
+
+    drop_reason: str | None = None
+
+    def cancel_for(self, reason: str) -> bool:
+        """Cancel, naming the reason the drop metrics count (``disconnected``, ...)."""
+        if self.drop_reason is None:
+            self.drop_reason = reason
+        return self.cancel()
+
+
+@dataclass(eq=False)
+class _Piece:
     request: ScoreRequest
+    positions: list[int] | None  # the input positions of its docs; None: the whole request
+    cost: int
     docs: int
-    future: Future[Result]
-    enqueued: float
+
+
+@dataclass(eq=False)
+class _Item:
+    future: Ticket
+    pieces: deque[_Piece]
+    input_docs: int
+    chars: int
+    deadline: float | None
+    cost_left: int = 0
+    docs_left: int = 0
+    done: list[tuple[_Piece, Result]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.cost_left = sum(p.cost for p in self.pieces)
+        self.docs_left = sum(p.docs for p in self.pieces)
+
+
+def _text_chars(value: Any) -> int:
+    return len(value) if isinstance(value, str | bytes | bytearray) else 0
+
+
+def plan_pieces(
+    request: ScoreRequest,
+    max_call_tokens: int,
+    max_model_len: int,
+    default_instruction: str = "",
+    sort_by_length: bool = True,
+) -> tuple[list[_Piece], int]:
+    """Cut ``request`` into pieces of at most ``max_call_tokens`` estimated tokens.
+
+    Returns the pieces and the characters the request holds. Duplicate documents go to one
+    piece together (they are scored once, as unsplit); unusable ones (None, blank) go to
+    the first piece. A request within the budget is one piece: the request itself.
+    """
+    docs = request.docs
+    query_chars = _text_chars(request.query)
+    instruction = request.instruction if request.instruction is not None else default_instruction
+    fixed = query_chars + _text_chars(instruction) + PROMPT_CHARS
+    if isinstance(docs, str | bytes) or not isinstance(docs, Sequence):
+        # Not a list: the backend refuses it (InvalidRequest) or scores nothing.
+        return [_Piece(request, None, 1, 1)], fixed
+    doc_list = list(docs)
+    query_ok = document_text(request.query) is not None
+    cap = max_model_len
+    if request.max_doc_tokens is not None and request.max_doc_tokens > 0:
+        cap = min(cap, math.ceil(fixed / CHARS_PER_TOKEN) + request.max_doc_tokens)
+    groups: dict[str, list[int]] = {}
+    unusable: list[int] = []
+    chars = fixed
+    for i, doc in enumerate(doc_list):
+        chars += _text_chars(doc)
+        key = document_text(doc) if query_ok else None
+        if key is None:
+            unusable.append(i)
+        else:
+            groups.setdefault(key, []).append(i)
+    costs = {
+        key: max(1, min(cap, math.ceil((fixed + len(key)) / CHARS_PER_TOKEN))) for key in groups
+    }
+    total = sum(costs.values())
+    if total <= max_call_tokens or len(groups) <= 1:
+        return [_Piece(request, None, max(1, total), max(1, len(doc_list)))], chars
+    keys = list(groups)
+    if sort_by_length:
+        keys.sort(key=costs.__getitem__)
+    pieces: list[_Piece] = []
+    positions: list[int] = list(unusable)
+    cost = 0
+    for key in keys:
+        if positions and cost and cost + costs[key] > max_call_tokens:
+            pieces.append(_make_piece(request, doc_list, positions, cost))
+            positions, cost = [], 0
+        positions.extend(groups[key])
+        cost += costs[key]
+    pieces.append(_make_piece(request, doc_list, positions, cost))
+    return pieces, chars
+
+
+def _make_piece(request: ScoreRequest, docs: list[Any], positions: list[int], cost: int) -> _Piece:
+    positions = sorted(positions)
+    part = ScoreRequest(
+        request.query,
+        [docs[i] for i in positions],
+        request.normalize,
+        request.instruction,
+        request.max_doc_tokens,
+    )
+    return _Piece(part, positions, cost, len(positions))
+
+
+def _merge(input_docs: int, done: list[tuple[_Piece, Result]]) -> Result:
+    """One request's result from its pieces' results."""
+    if len(done) == 1 and done[0][0].positions is None:
+        return done[0][1]
+    scores = [0.0] * input_docs
+    meta: dict[str, Any] = dict(done[0][1][1])
+    for name in _SUMMED_META:
+        meta[name] = sum(m.get(name, 0) for _, (_, m) in done)
+    meta["elapsed_ms"] = round(sum(m.get("elapsed_ms", 0.0) for _, (_, m) in done), 3)
+    unique, usable = meta["unique_docs"], meta["usable_docs"]
+    meta["dedup_ratio"] = round(1.0 - unique / usable, 4) if unique else 0.0
+    for piece, (piece_scores, _) in done:
+        for position, score in zip(piece.positions or (), piece_scores, strict=True):
+            scores[position] = score
+    return scores, meta
+
+
+def _renumber(exc: InvalidRequest, piece: _Piece) -> InvalidRequest:
+    """A piece's input error, naming documents by their place in the whole request."""
+    positions = piece.positions
+    if positions is None:
+        return exc
+
+    def fix(text: str) -> str:
+        def sub(m: re.Match[str]) -> str:
+            i = int(m.group(2))
+            return f"{m.group(1)}[{positions[i] if i < len(positions) else i}]"
+
+        return _DOC_INDEX.sub(sub, text)
+
+    fixed = InvalidRequest(fix(str(exc)), param=fix(exc.param) if exc.param else exc.param)
+    fixed.__cause__ = exc
+    return fixed
+
+
+def _settle(future: Future[Result], result: Any = None, error: BaseException | None = None) -> None:
+    """Resolve ``future`` unless its caller has cancelled it meanwhile."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass
 
 
 class BatchScheduler:
     """Queue + worker thread in front of one backend.
 
-    ``on_batch(requests, docs, seconds)`` is called after each coalesced run (metrics).
+    ``on_batch(requests, docs, seconds)`` is called after each backend call (metrics);
+    ``on_drop(reason, docs)`` when a request is dropped before all of it was scored
+    (``reason``: ``disconnected``, ``expired``, ``cancelled``; ``docs``: the documents
+    left unscored); ``on_isolate()`` when a failed call is re-run in halves.
     """
 
     def __init__(
@@ -46,88 +240,326 @@ class BatchScheduler:
         batch_wait_ms: float = 2.0,
         max_batch_docs: int | None = None,
         on_batch: Callable[[int, int, float], None] | None = None,
+        *,
+        max_call_tokens: int = 131072,
+        max_queue_tokens: int = 4_194_304,
+        max_queue_chars: int = 32 * 1024 * 1024,
+        on_drop: Callable[[str, int], None] | None = None,
+        on_isolate: Callable[[], None] | None = None,
     ) -> None:
         self.backend = backend
         self.max_queue_docs = max_queue_docs
         self.batch_wait_s = batch_wait_ms / 1000.0
-        self.max_batch_docs = max_batch_docs or max_queue_docs
+        self.max_batch_docs = max_batch_docs
+        self.max_call_tokens = max_call_tokens
+        self.max_queue_tokens = max_queue_tokens
+        self.max_queue_chars = max_queue_chars
         self._on_batch = on_batch
-        self._queue: deque[_Item] = deque()
-        self._queued_docs = 0
+        self._on_drop = on_drop
+        self._on_isolate = on_isolate
+        options = getattr(backend, "options", None)
+        self._max_model_len = int(getattr(options, "max_model_len", None) or 4096)
+        self._instruction = str(getattr(options, "instruction", "") or "")
+        self._sort = bool(getattr(options, "sort_by_doc_length", True))
+        self._waiting: deque[_Item] = deque()  # items with pieces left, not in the running call
+        self._running: list[_Item] = []
+        self._call_cost = 0
+        self._call_start = 0.0
+        self._queued_docs = 0  # unscored documents of every request not yet answered
+        self._queued_tokens = 0  # their estimated tokens (the running call's excluded)
+        self._held_chars = 0  # characters held by every item not yet answered
+        self._ewma_tokens = 0.0
+        self._ewma_seconds = 0.0
+        self._calls = 0
         self._cond = threading.Condition()
         self._closing = False
         self._worker = threading.Thread(target=self._run, name="rerank-scheduler", daemon=True)
         self._worker.start()
 
+    # -- what the queue holds ---------------------------------------------------------
+
     @property
     def queued_docs(self) -> int:
-        """Documents waiting in the queue (not yet taken by the worker)."""
+        """Documents waiting for the backend (not in the call now running)."""
         return self._queued_docs
 
     @property
-    def queued_requests(self) -> int:
-        """Requests waiting in the queue."""
-        return len(self._queue)
+    def queued_tokens(self) -> int:
+        """Estimated prompt tokens waiting for the backend."""
+        return self._queued_tokens
 
-    def submit(self, request: ScoreRequest) -> Future[Result]:
-        """Queue a request; the future resolves to ``(scores, meta)`` or raises."""
-        docs = max(1, len(request.docs or []))
-        future: Future[Result] = Future()
+    @property
+    def queued_chars(self) -> int:
+        """Characters of text held by requests not yet answered."""
+        return self._held_chars
+
+    @property
+    def queued_requests(self) -> int:
+        """Requests waiting (a split request counts once, until its last piece is taken)."""
+        return len(self._waiting)
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        """The backend's measured rate, in estimated tokens a second (None before a call)."""
+        if self._ewma_seconds <= 0:
+            return None
+        return self._ewma_tokens / self._ewma_seconds
+
+    # -- admission --------------------------------------------------------------------
+
+    def submit(self, request: ScoreRequest, timeout_s: float | None = None) -> Ticket:
+        """Queue a request; the future resolves to ``(scores, meta)`` or raises.
+
+        ``timeout_s``: the caller's deadline. A request still queued then is dropped
+        (:class:`RequestExpired`); one whose estimated wait exceeds it is refused now.
+        Raises :class:`Overloaded` when the queue is full or too slow for it.
+        """
+        pieces, chars = plan_pieces(
+            request, self.max_call_tokens, self._max_model_len, self._instruction, self._sort
+        )
+        now = time.perf_counter()
+        future = Ticket()
+        item = _Item(
+            future,
+            deque(pieces),
+            len(request.docs) if isinstance(request.docs, Sequence) else 0,
+            chars,
+            None if timeout_s is None else now + timeout_s,
+        )
         with self._cond:
             if self._closing:
                 raise Overloaded("the service is shutting down", retry_after=5.0)
-            if self._queued_docs + docs > self.max_queue_docs and self._queue:
-                raise Overloaded(
-                    f"queue full ({self._queued_docs} documents waiting, limit "
-                    f"{self.max_queue_docs}); retry shortly",
-                    retry_after=1.0,
-                )
-            self._queue.append(_Item(request, docs, future, time.perf_counter()))
-            self._queued_docs += docs
+            if self._waiting or self._running:
+                self._admit(item, timeout_s, now)
+            self._waiting.append(item)
+            self._queued_docs += item.docs_left
+            self._queued_tokens += item.cost_left
+            self._held_chars += item.chars
             self._cond.notify()
         return future
 
-    def _take(self) -> list[_Item] | None:
+    def _admit(self, item: _Item, timeout_s: float | None, now: float) -> None:
+        """Raise :class:`Overloaded` when ``item`` must not join the queue (lock held)."""
+        rate = self.tokens_per_second
+        queued = self._queued_tokens
+
+        def drain_s(share: float) -> float:
+            # Seconds until ``share`` of the queued work is done, at the measured rate.
+            return share * queued / rate if rate else 1.0
+
+        limits = (
+            ("documents", self._queued_docs, item.docs_left, self.max_queue_docs),
+            ("estimated tokens", queued, item.cost_left, self.max_queue_tokens),
+            ("characters", self._held_chars, item.chars, self.max_queue_chars),
+        )
+        for what, held, adding, limit in limits:
+            if held + adding > limit:
+                excess = (held + adding - limit) / max(held, 1)
+                raise Overloaded(
+                    f"queue full ({held} {what} waiting, limit {limit}); retry later",
+                    retry_after=max(1.0, drain_s(min(1.0, excess))),
+                )
+        if rate and timeout_s is not None:
+            wait = self._estimated_wait(item, rate, now)
+            if wait > timeout_s:
+                raise Overloaded(
+                    f"the queue would take about {wait:.0f} s to score this request, longer "
+                    f"than the {timeout_s:g} s timeout; retry later",
+                    retry_after=max(1.0, wait - timeout_s),
+                )
+
+    def _estimated_wait(self, item: _Item, rate: float, now: float) -> float:
+        """Seconds until ``item`` would be scored: the call in flight, then round-robin
+        turns in which every waiting request gets as much work done as ``item`` needs."""
+        share = len(item.pieces) * self.max_call_tokens
+        ahead = sum(min(other.cost_left, share) for other in (*self._waiting, *self._running))
+        in_flight = (
+            max(0.0, self._call_cost / rate - (now - self._call_start)) if self._running else 0.0
+        )
+        return in_flight + (ahead + item.cost_left) / rate
+
+    # -- the worker -------------------------------------------------------------------
+
+    def _next_call(self) -> list[tuple[_Item, _Piece]] | None:
+        """Wait for work; drop the abandoned; take one piece per request up to the budget."""
         with self._cond:
-            while not self._queue and not self._closing:
+            idle = not self._waiting
+            while not self._waiting and not self._closing:
                 self._cond.wait()
-            if not self._queue:
+            if not self._waiting:
                 return None
-        if self.batch_wait_s:
-            time.sleep(self.batch_wait_s)  # let concurrent requests join this run
+        if idle and self.batch_wait_s:
+            time.sleep(self.batch_wait_s)  # let concurrent requests join this call
         with self._cond:
-            taken: list[_Item] = []
-            docs = 0
-            while self._queue and (not taken or docs + self._queue[0].docs <= self.max_batch_docs):
-                item = self._queue.popleft()
-                taken.append(item)
-                docs += item.docs
+            now = time.perf_counter()
+            for item in [i for i in self._waiting if self._abandoned(i, now)]:
+                self._waiting.remove(item)
+                self._drop(item, now)
+            taken: list[tuple[_Item, _Piece]] = []
+            cost = docs = 0
+            while self._waiting:
+                piece = self._waiting[0].pieces[0]
+                if taken and (
+                    cost + piece.cost > self.max_call_tokens
+                    or (self.max_batch_docs and docs + piece.docs > self.max_batch_docs)
+                ):
+                    break
+                item = self._waiting.popleft()
+                item.pieces.popleft()
+                item.cost_left -= piece.cost
+                item.docs_left -= piece.docs
+                taken.append((item, piece))
+                cost += piece.cost
+                docs += piece.docs
             self._queued_docs -= docs
+            self._queued_tokens -= cost
+            self._running = [item for item, _ in taken]
+            self._call_cost = cost
+            self._call_start = now
             return taken
+
+    @staticmethod
+    def _abandoned(item: _Item, now: float) -> bool:
+        return item.future.cancelled() or (item.deadline is not None and now >= item.deadline)
+
+    def _forget(self, item: _Item) -> None:
+        """Take an item that will not be scored further out of the queue's sums."""
+        self._queued_docs -= item.docs_left
+        self._queued_tokens -= item.cost_left
+        self._held_chars -= item.chars
+
+    def _drop(self, item: _Item, now: float) -> None:
+        """Forget an abandoned item (lock held): its caller has gone or its time is up."""
+        self._forget(item)
+        expired = item.deadline is not None and now >= item.deadline
+        if item.future.cancelled():
+            reason = item.future.drop_reason or ("expired" if expired else "cancelled")
+        else:
+            reason = "expired"
+            _settle(item.future, error=RequestExpired("the request's deadline passed"))
+        if self._on_drop:
+            self._on_drop(reason, item.docs_left)
 
     def _run(self) -> None:
         while True:
-            items = self._take()
-            if items is None:
+            call = self._next_call()
+            if call is None:
                 return
-            live = [i for i in items if i.future.set_running_or_notify_cancel()]
-            if not live:
-                continue
-            start = time.perf_counter()
             try:
-                results = self.backend.score_requests([i.request for i in live])
-            except Exception as exc:  # backend failure: every request of this run gets it
-                logger.exception("backend failed on a batch of %d requests", len(live))
-                for item in live:
-                    item.future.set_exception(exc)
-                continue
-            for item, result in zip(live, results, strict=True):
-                if isinstance(result, InvalidRequest):
-                    item.future.set_exception(result)
+                outcomes = self._score(call)
+            except BaseException as exc:  # a bug here must not leave callers waiting
+                logger.exception("scheduler failed on a call of %d requests", len(call))
+                outcomes = [exc] * len(call)
+            with self._cond:
+                now = time.perf_counter()
+                self._running = []
+                for (item, piece), outcome in zip(call, outcomes, strict=True):
+                    self._after(item, piece, outcome, now)
+
+    def _after(self, item: _Item, piece: _Piece, outcome: Any, now: float) -> None:
+        """Record a piece's outcome; answer, requeue or drop its item (lock held)."""
+        if isinstance(outcome, BaseException):
+            error = _renumber(outcome, piece) if isinstance(outcome, InvalidRequest) else outcome
+            self._finish(item, error=error)
+        elif outcome is None:  # cancelled while its call was being retried
+            self._requeue_or_drop(item, now)
+        else:
+            item.done.append((piece, outcome))
+            if not item.pieces:
+                try:
+                    result = _merge(item.input_docs, item.done)
+                except Exception as exc:
+                    logger.exception("could not merge the pieces of a request")
+                    self._finish(item, error=exc)
                 else:
-                    item.future.set_result(result)
-            if self._on_batch:
-                self._on_batch(len(live), sum(i.docs for i in live), time.perf_counter() - start)
+                    self._finish(item, result=result)
+            else:
+                self._requeue_or_drop(item, now)
+
+    def _requeue_or_drop(self, item: _Item, now: float) -> None:
+        if self._abandoned(item, now) or not item.pieces:
+            self._drop(item, now)
+            return
+        self._waiting.append(item)  # behind every request that arrived meanwhile
+
+    def _finish(self, item: _Item, result: Any = None, error: BaseException | None = None) -> None:
+        self._forget(item)  # after an error part-way, its other pieces are never scored
+        item.pieces.clear()
+        _settle(item.future, result, error)
+
+    def _score(self, call: list[tuple[_Item, _Piece]]) -> list[Any]:
+        """One backend call; when it raises, the same pieces in halves, so that only the
+        piece that fails gets the error. Returns a result, an exception or None (the
+        caller has gone; not retried) per piece."""
+        start = time.perf_counter()
+        failure: Exception | None = None
+        try:
+            results = self.backend.score_requests([piece.request for _, piece in call])
+        except Exception as exc:
+            failure = exc
+        if failure is not None:  # handled out here: retries do not chain onto it
+            return self._isolate(call, failure)
+        seconds = time.perf_counter() - start
+        if len(results) != len(call):
+            error = RuntimeError(f"backend returned {len(results)} results for {len(call)}")
+            return [error] * len(call)
+        self._observe(sum(piece.cost for _, piece in call), seconds)
+        if self._on_batch:
+            self._on_batch(len(call), sum(piece.docs for _, piece in call), seconds)
+        return list(results)
+
+    def _isolate(self, call: list[tuple[_Item, _Piece]], exc: Exception) -> list[Any]:
+        """The outcomes of a call that raised ``exc``: its pieces re-scored in halves."""
+        if len(call) == 1:  # the caller's 500 logs the traceback, with the request's id
+            logger.warning("backend failed on a request: %r", exc)
+            return [exc]
+        dead = str(exc) if isinstance(exc, BackendDead) else self._backend_dead()
+        if dead:  # nobody's request is to blame: every one gets the error
+            logger.error("backend failed on a call of %d requests: %s", len(call), dead)
+            return [exc] * len(call)
+        logger.warning(
+            "backend failed on a call of %d requests (%r); re-scoring them in halves "
+            "so that only the failing one gets the error",
+            len(call),
+            exc,
+        )
+        if self._on_isolate:
+            self._on_isolate()
+        outcomes: list[Any] = []
+        half = len(call) // 2
+        for part in (call[:half], call[half:]):
+            live = [k for k, (item, _) in enumerate(part) if not item.future.cancelled()]
+            redone: list[Any] = [None] * len(part)  # None: its caller has gone
+            if live:
+                for k, outcome in zip(live, self._score([part[k] for k in live]), strict=True):
+                    redone[k] = outcome
+            outcomes.extend(redone)
+        return outcomes
+
+    def _backend_dead(self) -> str | None:
+        """Why the backend cannot score any more (its ``health()``), or None."""
+        health = getattr(self.backend, "health", None)
+        if not callable(health):
+            return None
+        try:
+            reason = health()
+        except Exception as exc:
+            return f"its health check failed: {exc!r}"
+        return str(reason) if reason else None
+
+    def _observe(self, tokens: int, seconds: float, weight: float = 0.3) -> None:
+        """Fold one call into the measured rate (averages of tokens and of seconds, so
+        that large calls weigh more than small ones). The first call is left out: it
+        pays the backend's warm-up (lazy initialisation, first kernels)."""
+        with self._cond:
+            self._calls += 1
+            if self._calls == 1:
+                return
+            if self._ewma_seconds <= 0:
+                self._ewma_tokens, self._ewma_seconds = float(tokens), seconds
+            else:
+                self._ewma_tokens += weight * (tokens - self._ewma_tokens)
+                self._ewma_seconds += weight * (seconds - self._ewma_seconds)
 
     def close(self, timeout: float | None = None) -> None:
         """Stop taking requests, finish the queued ones, stop the worker."""

@@ -1,0 +1,272 @@
+"""Fair scheduling under load, on a real server (127.0.0.1) with the real tiny model:
+a failing request fails alone, abandoned requests are not scored, large requests are
+scored in pieces that small ones overtake, and a burst beyond capacity gets 429 with a
+Retry-After instead of timeouts."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import ClassVar
+
+import httpx
+import pytest
+from fake_reranker_plugin import LengthBackend
+from server_helpers import running_server
+
+pytest.importorskip("transformers")
+
+from reranker.backends.qwen3_transformers import Qwen3TransformersBackend  # noqa: E402
+from reranker.protocol import ScoreRequest  # noqa: E402
+from reranker.service.scheduler import plan_pieces  # noqa: E402
+
+MAX_CALL_TOKENS = 2048  # ~180 pieces for the large requests below
+
+
+class MarkedBackend(Qwen3TransformersBackend):
+    """The real backend, with markers in the query: ``__poison__`` makes the shared call
+    raise (as a tokenizer error on bad text would); ``__gate__`` holds the call until
+    ``gate`` is set. Records every query its calls scored."""
+
+    gate = threading.Event()
+    scored_queries: list[str] = []
+
+    def _score_jobs(self, jobs):
+        queries = [job.query for job in jobs]
+        type(self).scored_queries.extend(queries)
+        if "__gate__" in queries:
+            assert self.gate.wait(60)
+        if "__poison__" in queries:
+            raise TypeError("the tokenizer choked on this text")
+        return super()._score_jobs(jobs)
+
+
+@contextmanager
+def server(tiny_model_dir, **settings) -> Iterator[str]:
+    def load():
+        return MarkedBackend({"model_name": str(tiny_model_dir), "max_model_len": 512})
+
+    options = {
+        "max_call_tokens": MAX_CALL_TOKENS,
+        "max_docs_per_request": 1000,
+        "max_request_bytes": 2_000_000,
+        "batch_wait_ms": 5,
+        **settings,
+    }
+    with running_server(load, **options) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def base(tiny_model_dir) -> Iterator[str]:
+    """A server cutting backend calls at MAX_CALL_TOKENS, warmed up."""
+    with server(tiny_model_dir) as url:
+        score(url, "warm up", ["a"])
+        yield url
+
+
+@pytest.fixture(autouse=True)
+def closed_gate():
+    MarkedBackend.gate.clear()
+    MarkedBackend.scored_queries = []
+    yield
+    MarkedBackend.gate.set()
+
+
+def metric(base: str, name: str) -> float:
+    """A sample's value from /metrics: ``name`` with its labels, or the sum over them."""
+    total = 0.0
+    for line in httpx.get(f"{base}/metrics").text.splitlines():
+        sample = line.split(" ")[0]
+        if sample == name or ("{" not in name and sample.split("{")[0] == name):
+            total += float(line.split()[-1])
+    return total
+
+
+def wait_for(condition, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def large(tag: str) -> list[str]:
+    """1000 documents of ~370 estimated tokens: ~180 pieces, 2-3 s of an idle CPU."""
+    return docs_of(1000, tag, 150)
+
+
+def docs_of(n: int, tag: str, words: int = 40) -> list[str]:
+    return [f"{tag} document {i}: " + "lorem ipsum dolor " * (words // 3 + i % 7) for i in range(n)]
+
+
+def score(base: str, query: str, docs: list, timeout: float = 60) -> httpx.Response:
+    return httpx.post(
+        f"{base}/v1/score_with_meta", json={"query": query, "docs": docs}, timeout=timeout
+    )
+
+
+def test_a_failing_request_fails_alone(tiny_model_dir):
+    """20 innocent requests share a backend call with one that makes it raise: 20 x 200
+    with their own scores, 1 x 500."""
+    with server(tiny_model_dir, max_call_tokens=100_000) as base:
+        innocents = [(f"query {i} about cities", docs_of(3, f"c{i}")) for i in range(20)]
+        with cf.ThreadPoolExecutor(22) as pool:
+            expected = [
+                r.json()["scores"] for r in pool.map(lambda qd: score(base, *qd), innocents)
+            ]
+            gate = pool.submit(score, base, "__gate__", ["held"])
+            assert wait_for(lambda: "__gate__" in MarkedBackend.scored_queries)
+            sent = [pool.submit(score, base, q, d) for q, d in innocents[:10]]
+            poison = pool.submit(score, base, "__poison__", ["a", "b"])
+            sent += [pool.submit(score, base, q, d) for q, d in innocents[10:]]
+            assert wait_for(lambda: metric(base, "reranker_queue_documents") >= 62)
+            MarkedBackend.gate.set()
+            responses = [f.result() for f in sent]
+            bad = poison.result()
+            assert gate.result().status_code == 200
+        assert [r.status_code for r in responses] == [200] * 20
+        for r, scores in zip(responses, expected, strict=True):
+            assert r.json()["scores"] == pytest.approx(scores, abs=1e-5)
+        assert bad.status_code == 500 and bad.json()["error"]["type"] == "server_error"
+        # They shared one call, then were re-scored in halves: ~2 log2(21) calls, not 21.
+        assert metric(base, "reranker_isolation_retries_total") >= 4
+
+
+def test_abandoned_requests_are_never_scored(tiny_model_dir):
+    """A client that disconnects, and a request whose deadline passes, while queued behind
+    a running call: neither is scored, and /metrics counts both drops."""
+    with server(tiny_model_dir, request_timeout_s=1.5) as base:
+        with cf.ThreadPoolExecutor(2) as pool:
+            gate = pool.submit(score, base, "__gate__", ["held"])
+            assert wait_for(lambda: "__gate__" in MarkedBackend.scored_queries)
+            with pytest.raises(httpx.TimeoutException):
+                score(base, "__gone__", docs_of(5, "gone"), timeout=0.3)  # hangs up
+            late = score(base, "__late__", docs_of(5, "late"))  # waits its 1.5 s out
+            assert late.status_code == 504
+            MarkedBackend.gate.set()
+            gate.result()
+        assert wait_for(lambda: metric(base, "reranker_dropped_requests_total") > 0)
+        assert wait_for(
+            lambda: (
+                metric(base, 'reranker_dropped_requests_total{reason="disconnected"}') == 1
+                and metric(base, 'reranker_dropped_requests_total{reason="expired"}') == 1
+            )
+        )
+        assert metric(base, 'reranker_dropped_documents_total{reason="disconnected"}') == 5
+        assert "__gone__" not in MarkedBackend.scored_queries
+        assert "__late__" not in MarkedBackend.scored_queries
+        assert metric(base, "reranker_queue_chars") == 0
+        assert score(base, "still works", ["a"]).status_code == 200
+
+
+def test_a_disconnected_large_request_stops_within_a_piece(base):
+    """A client hangs up on a ~180-piece request: it is dropped at the end of the piece
+    being scored, and no later call scores any of it."""
+    calls = metric(base, "reranker_batch_requests_count")
+    with pytest.raises(httpx.TimeoutException):
+        score(base, "a large request", large("gone"), timeout=0.5)
+    assert wait_for(
+        lambda: metric(base, 'reranker_dropped_requests_total{reason="disconnected"}') == 1
+    )
+    made = metric(base, "reranker_batch_requests_count") - calls
+    time.sleep(0.5)
+    assert metric(base, "reranker_batch_requests_count") - calls == made  # nothing since
+    left = metric(base, 'reranker_dropped_documents_total{reason="disconnected"}')
+    assert made < 150 and left >= 300  # most of it was never scored
+
+
+def test_small_request_is_not_stuck_behind_a_large_one(base):
+    """A 2-document request sent while a ~180-piece request is being scored is answered
+    in about one piece's time, long before the large one."""
+    with cf.ThreadPoolExecutor(1) as pool:
+        start = time.perf_counter()
+        calls = metric(base, "reranker_batch_requests_count")
+        big = pool.submit(lambda: (score(base, "large", large("big")), time.perf_counter()))
+        assert wait_for(lambda: metric(base, "reranker_batch_requests_count") >= calls + 3)
+        sent = time.perf_counter()
+        small = score(base, "small", ["two documents", "only"])
+        small_done = time.perf_counter()
+        big_response, big_done = big.result()
+    assert small.status_code == 200 and big_response.status_code == 200
+    assert small_done < big_done
+    assert small_done - sent < 3.0  # ~0.2 s on an idle CPU
+    assert small_done - sent < (big_done - start) / 3
+    meta = big_response.json()["meta"]  # scored in pieces, put back together
+    assert meta["input_docs"] == 1000 and meta["usable_docs"] == 1000
+
+
+def test_large_request_in_pieces_scores_as_one_call(base, tiny_model_dir):
+    """Cut into pieces, a request gets the scores and meta of one unsplit call."""
+    docs = docs_of(150, "p") + [None, "", "p document 3: " + "lorem ipsum dolor " * 16]
+    direct = Qwen3TransformersBackend({"model_name": str(tiny_model_dir), "max_model_len": 512})
+    scores, meta = direct.score_with_meta("same query", docs)
+    calls = metric(base, "reranker_batch_requests_count")
+    r = score(base, "same query", docs)
+    assert metric(base, "reranker_batch_requests_count") - calls >= 8
+    assert r.json()["scores"] == pytest.approx(scores, abs=1e-5)
+    for key in ("input_docs", "usable_docs", "unique_docs", "dedup_ratio", "scored_tokens"):
+        assert r.json()["meta"][key] == meta[key], key
+
+
+class SteadyBackend(LengthBackend):
+    """Takes 3 ms a document, whatever else runs on the machine (it sleeps)."""
+
+    name: ClassVar[str] = "fake_steady"
+
+    def score_requests(self, requests):
+        time.sleep(0.003 * sum(len(r.docs or []) for r in requests))
+        return super().score_requests(requests)
+
+
+def burst(base: str, n_docs: int, words: int = 40, clients: int = 12) -> list[httpx.Response]:
+    with cf.ThreadPoolExecutor(clients) as pool:
+        return list(
+            pool.map(
+                lambda i: score(base, f"burst {i}", docs_of(n_docs, f"b{i}", words)),
+                range(clients),
+            )
+        )
+
+
+def test_burst_beyond_capacity_gets_429_with_retry_after_not_timeouts():
+    """12 requests of ~2.8 s of work each against a 4 s timeout: one fits; the rest are
+    refused at once, instead of timing out, with the seconds until they would fit
+    (~5.6 s of work - 4 s: Retry-After 2)."""
+    load = lambda: SteadyBackend({"model_name": "steady"})  # noqa: E731
+    with running_server(load, request_timeout_s=4.0, max_call_tokens=8192) as base:
+        score(base, "warm up", ["a"])  # the first call is not timed
+        score(base, "measure", docs_of(200, "w"))
+        responses = burst(base, 930)
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200] + [429] * 11, [
+        (r.status_code, r.elapsed.total_seconds(), r.headers.get("retry-after")) for r in responses
+    ]
+    refused = [r for r in responses if r.status_code == 429]
+    assert all(int(r.headers["retry-after"]) >= 2 for r in refused)
+    assert all("longer than the 4 s timeout" in r.json()["error"]["message"] for r in refused)
+    assert all(r.elapsed.total_seconds() < 1.0 for r in refused)  # refused at once
+
+
+def test_burst_on_the_real_model_is_refused_rather_than_timed_out(tiny_model_dir):
+    """The same with the tiny model: 12 requests of ~3.6 s of work (at the measured rate)
+    against a 6 s timeout. A shared CPU's speed varies from call to call, so an admitted
+    request may still time out; the rest are refused at once."""
+    with server(tiny_model_dir, request_timeout_s=6.0) as base:
+        score(base, "warm up", ["a"])  # the first call pays the warm-up and is not timed
+        for k in range(3):
+            score(base, "measure", docs_of(60, f"w{k}"))
+        rate = metric(base, "reranker_backend_tokens_per_second")
+        assert rate > 0
+        instruction = Qwen3TransformersBackend.Options.model_validate({}).instruction
+        request = ScoreRequest("burst 0", docs_of(100, "b", 150))
+        per_doc = sum(p.cost for p in plan_pieces(request, 10**9, 512, instruction)[0]) / 100
+        responses = burst(base, min(1000, int(3.6 * rate / per_doc)), 150)
+    statuses = [r.status_code for r in responses]
+    assert statuses.count(429) >= 8 and statuses.count(504) <= 2
+    retry_after = [int(r.headers["retry-after"]) for r in responses if r.status_code == 429]
+    assert min(retry_after) >= 1 and max(retry_after) >= 2
