@@ -58,6 +58,22 @@ class ServerSettings(BaseModel):
         gt=0.0,
         description="After SIGTERM: how long in-flight requests may take to finish",
     )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0.0,
+        description="A request head (request line and headers) not complete this long after "
+        "the connection opened, or after its first byte on a kept-alive connection: 408, "
+        "connection closed",
+    )
+    body_timeout_s: float = Field(
+        60.0,
+        gt=0.0,
+        description="A request body not fully received this long after its head: 408, "
+        "connection closed",
+    )
+    keep_alive_timeout_s: float = Field(
+        5.0, gt=0.0, description="An idle kept-alive connection is closed after this long"
+    )
     max_docs_per_request: int = Field(1000, ge=1)
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     max_query_chars: int = Field(32768, ge=1)

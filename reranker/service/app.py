@@ -9,6 +9,7 @@ The API pages (``/docs``, ``/redoc``) load their scripts and styles from this se
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import math
@@ -19,7 +20,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import fastapi_offline
 from fastapi import FastAPI, Request
@@ -28,6 +29,7 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Message, Receive, Scope, Send
 
 from reranker.config import ServerSettings
 from reranker.errors import BackendDead, InvalidRequest, Overloaded, RerankerError
@@ -93,65 +95,210 @@ def error_body(message: str, type_: str, param: str | None = None, **extra: Any)
     return {"error": {"message": message, "type": type_, "param": param, **extra}}
 
 
-class BodyLimitMiddleware:
-    """Refuses bodies over ``limit`` bytes with 413, by header and while streaming."""
+_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
 
-    def __init__(self, app: Any, limit: int) -> None:
+
+def client_request_id(value: bytes | None) -> str | None:
+    """A client's ``x-request-id``, if it is 1 to 128 printable ASCII characters (no
+    spaces); anything else is replaced by a generated id."""
+    text = (value or b"").decode("latin-1")
+    return text if _REQUEST_ID.fullmatch(text) else None
+
+
+def log_safe(text: str) -> str:
+    """``text`` for a log line: control and other unprintable characters (and ``\\``)
+    escaped as ``\\xNN`` / ``\\uNNNN``, so that a client cannot forge or split log lines."""
+    if text.isprintable() and "\\" not in text:
+        return text
+    out = []
+    for ch in text:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+    return "".join(out)
+
+
+def route_label(path: str, known_routes: set[str]) -> str:
+    """The metrics label of ``path``: the route's path, one label for all API-page assets,
+    ``other`` for every unknown path (a label per path asked would grow without bound)."""
+    if path.startswith(DOCS_ASSETS + "/"):
+        return DOCS_ASSETS
+    return path if path in known_routes else "other"
+
+
+def record_response(
+    state: ServiceState,
+    label: str,
+    method: str,
+    path: str,
+    status: int,
+    seconds: float,
+    request_id: str,
+) -> None:
+    """Count and log one response: the metrics' count and latency, one access-log line."""
+    state.metrics.requests.labels(label, str(status)).inc()
+    state.metrics.latency.labels(label).observe(seconds)
+    logger.info("%s %s %d %.1fms id=%s", method, log_safe(path), status, seconds * 1000, request_id)
+
+
+def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
+
+
+class Refusal(NamedTuple):
+    """An answer :class:`ServiceMiddleware` gives instead of the app's."""
+
+    status: int
+    message: str
+    type: str
+    headers: dict[str, str] | None = None
+
+
+class ServiceMiddleware:
+    """The outermost layer: whatever answers a request (a route, an error handler, this
+    middleware's own refusals), the response gets ``x-request-id``, one access-log line
+    and one metrics count with the status the client got.
+
+    It also refuses, before the app sees the request: a missing or wrong API key (401), a
+    body declared over ``max_request_bytes`` (413); and while the app reads the body: a
+    body growing over ``max_request_bytes`` (413), a body not complete within
+    ``body_timeout_s`` of the head (408, connection closed). For those two the app is told
+    that the client disconnected and its own answer is dropped. An exception no handler
+    took becomes a 500 naming the request's id (``on_unexpected``).
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        state: ServiceState,
+        known_routes: set[str],
+        on_unexpected: Callable[[Request, Exception], Any],
+    ) -> None:
         self.app = app
-        self.limit = limit
+        self.state = state
+        self.known_routes = known_routes
+        self.on_unexpected = on_unexpected
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+    def _refuse_at_once(self, path: str, headers: dict[bytes, bytes]) -> Refusal | None:
+        server = self.state.server
+        if server.api_key and not is_open(path):
+            given = headers.get(b"authorization", b"").decode("latin-1")
+            token = given[7:] if given.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(token.encode(), server.api_key.encode()):
+                return Refusal(
+                    401,
+                    "missing or wrong API key (Authorization: Bearer <key>)",
+                    "authentication_error",
+                    {"www-authenticate": "Bearer"},
+                )
+        declared = headers.get(b"content-length", b"").strip()
+        if declared.isdigit() and int(declared) > server.max_request_bytes:
+            return self._too_big()
+        return None
+
+    def _too_big(self) -> Refusal:
+        limit = self.state.server.max_request_bytes
+        return Refusal(413, f"request body exceeds {limit} bytes", "invalid_request_error")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._refuse(send)
-            return
+        start = time.perf_counter()
+        server = self.state.server
+        header_list = list(scope.get("headers") or [])
+        headers = dict(header_list)
+        request_id = client_request_id(headers.get(b"x-request-id")) or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id  # request.state.request_id
+        path = scope.get("path", "")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + server.body_timeout_s
+        body_done = not _has_body(header_list)
         seen = 0
-        too_big = False
+        status = 0  # of the response started, 0 before
+        disconnected = False
+        refusal: Refusal | None = None  # this middleware's answer, in place of the app's
 
-        async def limited_receive() -> dict:
-            nonlocal seen, too_big
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    too_big = True
-                    return {"type": "http.disconnect"}
-            return message
-
-        sent = False
-
-        async def tracking_send(message: dict) -> None:
-            nonlocal sent
-            if too_big:
-                return
-            sent = True
+        async def answer(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                extra = [(b"x-request-id", request_id.encode())]
+                if refusal is not None and refusal.status == 408:
+                    extra.append((b"connection", b"close"))
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 
-        await self.app(scope, limited_receive, tracking_send)
-        if too_big and not sent:
-            await self._refuse(send)
+        async def app_send(message: Message) -> None:
+            if refusal is None:  # once refused, the app's own answer is dropped
+                await answer(message)
 
-    async def _refuse(self, send: Callable) -> None:
-        import json
+        async def app_receive() -> Message:
+            nonlocal body_done, seen, disconnected, refusal
+            if refusal is not None:
+                return {"type": "http.disconnect"}
+            if body_done:
+                message = await receive()
+            else:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        message = await receive()
+                except TimeoutError:
+                    if not status:
+                        refusal = Refusal(
+                            408,
+                            f"request body not received within {server.body_timeout_s:g} s",
+                            "timeout_error",
+                        )
+                    return {"type": "http.disconnect"}
+                if message["type"] == "http.request":
+                    seen += len(message.get("body", b""))
+                    if seen > server.max_request_bytes:
+                        if not status:
+                            refusal = self._too_big()
+                        return {"type": "http.disconnect"}
+                    body_done = not message.get("more_body", False)
+            if message["type"] == "http.disconnect":
+                disconnected = True
+            return message
 
-        body = json.dumps(
-            error_body(f"request body exceeds {self.limit} bytes", "invalid_request_error")
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        try:
+            refusal = self._refuse_at_once(path, headers)
+            if refusal is None:
+                try:
+                    await self.app(scope, app_receive, app_send)
+                except Exception as exc:
+                    if status:
+                        raise  # the response has begun: uvicorn cuts the connection
+                    if refusal is None:
+                        response = await self.on_unexpected(Request(scope, receive), exc)
+                        await response(scope, receive, answer)
+            if refusal is not None and not status:
+                body = error_body(refusal.message, refusal.type)
+                await JSONResponse(body, refusal.status, headers=refusal.headers)(
+                    scope, receive, answer
+                )
+            elif not status and not disconnected:
+                logger.error("%s returned no response (id %s)", log_safe(path), request_id)
+                body = error_body(f"internal server error (id {request_id})", "server_error")
+                await JSONResponse(body, 500)(scope, receive, answer)
+        finally:
+            record_response(
+                self.state,
+                route_label(path, self.known_routes),
+                scope.get("method", "-"),
+                path,
+                status or 499,  # no response: the client went away first
+                time.perf_counter() - start,
+                request_id,
+            )
 
 
 class ServiceState:
@@ -281,51 +428,10 @@ def create_app(
             return await backend_dead(request, exc)
         # The request's id (x-request-id, the access log's id=): one id to look up.
         error_id = getattr(request.state, "request_id", None) or uuid.uuid4().hex
-        logger.exception("internal error %s on %s", error_id, request.url.path)
+        logger.exception("internal error %s on %s", error_id, log_safe(request.url.path))
         return json_error(
             500, f"internal server error (id {error_id})", "server_error", id=error_id
         )
-
-    @app.middleware("http")
-    async def access(request: Request, call_next: Callable) -> Response:
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        request.state.request_id = request_id
-        start = time.perf_counter()
-        route = request.url.path
-        if route.startswith(DOCS_ASSETS + "/"):
-            known = DOCS_ASSETS  # one label for all asset files, whatever path was asked
-        else:
-            known = route if route in known_routes else "other"
-        key = state.server.api_key
-        if key and not is_open(route):
-            given = request.headers.get("authorization", "")
-            token = given[7:] if given.lower().startswith("bearer ") else ""
-            if not hmac.compare_digest(token.encode(), key.encode()):
-                response: Response = json_error(
-                    401,
-                    "missing or wrong API key (Authorization: Bearer <key>)",
-                    "authentication_error",
-                )
-                response.headers["x-request-id"] = request_id
-                state.metrics.requests.labels(known, "401").inc()
-                return response
-        try:
-            response = await call_next(request)
-        except Exception as exc:  # a backend failure: 500 with an id, the server lives on
-            response = await on_unexpected(request, exc)
-        seconds = time.perf_counter() - start
-        response.headers["x-request-id"] = request_id
-        state.metrics.requests.labels(known, str(response.status_code)).inc()
-        state.metrics.latency.labels(known).observe(seconds)
-        logger.info(
-            "%s %s %d %.1fms id=%s",
-            request.method,
-            route,
-            response.status_code,
-            seconds * 1000,
-            request_id,
-        )
-        return response
 
     async def run(
         request: ScoreRequest, http: Request | None = None
@@ -421,7 +527,7 @@ def create_app(
         logger.warning(
             "request %s on %s: the backend died under it: %s",
             getattr(request.state, "request_id", "-"),
-            request.url.path,
+            log_safe(request.url.path),
             exc,
         )
         message = supervisor.unavailable() or f"the backend failed under this request: {exc}"
@@ -584,7 +690,11 @@ def create_app(
         )
 
     known_routes.update(r.path for r in app.routes if hasattr(r, "path"))
-    app.add_middleware(BodyLimitMiddleware, limit=state.server.max_request_bytes)
+    app.add_middleware(
+        ServiceMiddleware, state=state, known_routes=known_routes, on_unexpected=on_unexpected
+    )
+    # For what answers outside the app (reranker.service.server: a request head too slow).
+    app.state.record_response = functools.partial(record_response, state)
     return app
 
 

@@ -7,15 +7,18 @@ backend's first load fails, 4 when the backend died while serving and was not re
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import logging
 import math
 import os
 import sys
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from reranker.config import load_settings, resolve_backend_options
+from reranker.config import ServerSettings, load_settings, resolve_backend_options
 from reranker.errors import RerankerError
 from reranker.registry import load_backend
 
@@ -23,6 +26,150 @@ logger = logging.getLogger("reranker.service")
 
 EXIT_LOAD_FAILED = 2
 EXIT_BACKEND_DIED = 4
+
+
+def timed_http_protocol(
+    settings: ServerSettings, on_head_timeout: Callable[[str, float], None] | None = None
+) -> type[asyncio.Protocol]:
+    """uvicorn's h11 protocol with the timeouts it lacks, on every connection:
+
+    - a request head (request line and headers) not complete ``header_timeout_s`` after
+      the connection opened (its first request) or after its first byte (a later request
+      on a kept-alive connection) gets a 408 JSON error, the connection closed (a
+      connection that sent nothing is just closed); ``on_head_timeout(request_id,
+      seconds)`` records it;
+    - an idle kept-alive connection is closed after ``keep_alive_timeout_s``;
+    - a request body still arriving after its response was sent (a 401, 404 or 413 sent
+      before the body was read) is read and dropped for at most ``body_timeout_s``, then
+      the connection is closed.
+
+    A body the app is reading has ``body_timeout_s`` too: the app's middleware answers 408.
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    from reranker.service.app import error_body
+
+    head_s = settings.header_timeout_s
+
+    class TimedH11Protocol(H11Protocol):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.timeout_keep_alive = settings.keep_alive_timeout_s  # type: ignore[assignment]
+            self.fresh = True  # no request head received yet
+            self.head_timer: asyncio.TimerHandle | None = None
+            self.head_since = 0.0
+            self.drain_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self.arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            self.arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self.arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            super().connection_lost(exc)
+            self.disarm()
+
+        def disarm(self) -> None:
+            for timer in (self.head_timer, self.drain_timer):
+                if timer is not None:
+                    timer.cancel()
+            self.head_timer = self.drain_timer = None
+
+        def arm(self) -> None:
+            """Start or stop the head and drain timers for the connection's state."""
+            if self.transport.is_closing():
+                self.disarm()
+                return
+            theirs, ours = self.conn.their_state, self.conn.our_state
+            if theirs is not h11.IDLE:
+                self.fresh = False
+            awaiting = theirs is h11.IDLE and ours is h11.IDLE
+            partial = awaiting and bool(self.conn.trailing_data[0])
+            if awaiting and (partial or self.fresh):
+                if self.head_timer is None:
+                    self.head_since = self.loop.time()
+                    self.head_timer = self.loop.call_later(head_s, self.head_timed_out)
+            else:
+                if self.head_timer is not None:
+                    self.head_timer.cancel()
+                    self.head_timer = None
+                if awaiting and self.timeout_keep_alive_task is None:
+                    # Idle between requests (also after a dropped body, whose bytes
+                    # stopped uvicorn's keep-alive timer): uvicorn's keep-alive timeout.
+                    self.timeout_keep_alive_task = self.loop.call_later(
+                        self.timeout_keep_alive, self.timeout_keep_alive_handler
+                    )
+            draining = theirs is h11.SEND_BODY and ours in (h11.DONE, h11.MUST_CLOSE)
+            if draining and self.drain_timer is None:
+                self.drain_timer = self.loop.call_later(
+                    settings.body_timeout_s, self.transport.close
+                )
+            elif not draining and self.drain_timer is not None:
+                self.drain_timer.cancel()
+                self.drain_timer = None
+
+        def head_timed_out(self) -> None:
+            self.head_timer = None
+            if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+                return
+            if self.conn.trailing_data[0]:  # part of a head came: say why it is closed
+                request_id = uuid.uuid4().hex
+                message = f"request head not received within {head_s:g} s"
+                body = json.dumps(error_body(message, "timeout_error")).encode()
+                head = [
+                    b"HTTP/1.1 408 Request Timeout",
+                    *(b"%s: %s" % header for header in self.server_state.default_headers),
+                    b"content-type: application/json",
+                    b"content-length: %d" % len(body),
+                    b"connection: close",
+                    b"x-request-id: " + request_id.encode(),
+                ]
+                self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+                if on_head_timeout is not None:
+                    on_head_timeout(request_id, self.loop.time() - self.head_since)
+            with contextlib.suppress(h11.LocalProtocolError):
+                self.conn.send(h11.ConnectionClosed())
+            self.transport.close()
+
+    return TimedH11Protocol
+
+
+def uvicorn_config(
+    app: Any,
+    settings: ServerSettings,
+    host: str | None = None,
+    port: int | None = None,
+    log_level: str = "info",
+) -> Any:
+    """The ``uvicorn.Config`` that ``reranker serve`` runs ``app`` with (and the tests):
+    its timeouts (:func:`timed_http_protocol`), drain on shutdown, no uvicorn access log
+    (the app logs each response)."""
+    import uvicorn
+
+    record = getattr(getattr(app, "state", None), "record_response", None)
+
+    def on_head_timeout(request_id: str, seconds: float) -> None:
+        if record is not None:
+            record("other", "-", "-", 408, seconds, request_id)
+
+    return uvicorn.Config(
+        app,
+        host=host or settings.host,
+        port=settings.port if port is None else port,
+        log_level=log_level,
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s),
+        timeout_keep_alive=math.ceil(settings.keep_alive_timeout_s),
+        access_log=False,
+        http=timed_http_protocol(settings, on_head_timeout),
+    )
 
 
 def _uvicorn_server(config: Any) -> Any:
@@ -56,8 +203,6 @@ def serve(
     status 2 and one clear message; a backend that dies while serving, with status 4
     (unless ``on_backend_failure: restart`` brings it back).
     """
-    import uvicorn
-
     from reranker.service.app import create_app
 
     env = dict(os.environ)
@@ -89,15 +234,7 @@ def serve(
         on_load_error,
         on_backend_failure,
     )
-    uv_config = uvicorn.Config(
-        app,
-        host=host or server_settings.host,
-        port=server_settings.port if port is None else port,
-        log_level="info",
-        timeout_graceful_shutdown=math.ceil(server_settings.shutdown_timeout_s),
-        access_log=False,
-    )
-    server = _uvicorn_server(uv_config)
+    server = _uvicorn_server(uvicorn_config(app, server_settings, host, port))
     server.run()
     if failure:
         exc = failure[0]

@@ -40,13 +40,13 @@ def running_server(load: Callable, **server_options) -> Iterator[str]:
 
     from reranker.config import ServerSettings
     from reranker.service.app import create_app
+    from reranker.service.server import uvicorn_config
 
     settings = ServerSettings(**server_options)
     app = create_app(load, settings, backend_name="test", model="test-model")
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-    )
+    # The same uvicorn configuration as ``reranker serve`` (its protocol and timeouts).
+    server = uvicorn.Server(uvicorn_config(app, settings, "127.0.0.1", port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
