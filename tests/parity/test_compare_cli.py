@@ -36,10 +36,13 @@ def test_backend_against_itself_agrees_perfectly(tmp_path, tiny_model_dir):
     q = report["quality"]["mean"]["ndcg@10"]
     assert q["a"] == q["b"]
     assert report["speed"]["a"]["pairs_per_s"] > 0 and report["speed"]["a"]["p95_ms"] > 0
-    assert (tmp_path / "report" / "report.md").read_text().startswith("# Reranker comparison")
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert md.startswith("# Reranker comparison")
     png = (tmp_path / "report" / "scatter.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len(report["disagreements"]) == 5
+    # the same backend twice ranks every query alike: nothing to list as a disagreement
+    assert report["disagreements"] == [] and "rank every query alike" in md
+    assert report["a"]["device"] == "cpu" and report["b"]["dtype"] == "float32"
 
 
 def test_thresholds_make_the_exit_status_non_zero(tmp_path, tiny_model_dir):
@@ -53,6 +56,8 @@ def test_thresholds_make_the_exit_status_non_zero(tmp_path, tiny_model_dir):
     assert code == 1, out
     assert report["overall"]["spearman"] < 0.999
     assert "threshold failed: mean spearman" in out
+    assert all(w["spearman"] < 1.0 for w in report["disagreements"])
+    assert 0 < len(report["disagreements"]) <= 5
 
 
 def test_unknown_backend_is_a_clear_error(tmp_path):
