@@ -87,7 +87,7 @@ class ServerSettings(BaseModel):
         131072,
         ge=1,
         description="Estimated prompt tokens one backend call takes; larger requests are "
-        "scored in pieces of this size, taking turns with the other queued requests",
+        "scored in pieces of this size, sharing the backend fairly with the other requests",
     )
     max_queue_tokens: int = Field(
         4_194_304, ge=1, description="Estimated prompt tokens queued before 429"

@@ -9,11 +9,13 @@ The worker loop:
 
 - drops every queued request whose caller has gone (its future was cancelled: client
   disconnected, timed out) or whose deadline has passed, before any of it is scored;
-- takes **one piece from each waiting request**, in turn (round-robin: a request that
-  still has pieces goes to the back of the line after its call), up to
-  ``max_call_tokens`` a call, and scores them in one ``backend.score_requests`` call
-  (their documents share batches). A two-document request queued behind a huge one waits
-  for at most the call in flight, not for the huge one;
+- takes pieces in **fair-queuing** order (weighted fair queuing with equal weights:
+  each piece is tagged with the virtual time at which an equal share of the backend
+  would have finished it, and the lowest tags go first), at most one piece a request,
+  up to ``max_call_tokens`` a call, and scores them in one ``backend.score_requests``
+  call (their documents share batches). Every waiting request progresses at the same
+  rate, so a two-document request queued behind huge ones, or behind many medium ones,
+  waits for about the call in flight, while a huge one is never starved;
 - when a call raises (anything but a per-request :class:`InvalidRequest`), it re-scores
   the call's requests in halves until the failing one is found: only that request gets
   the error, every other one its scores;
@@ -99,6 +101,7 @@ class _Item:
     cost_left: int = 0
     docs_left: int = 0
     done: list[tuple[_Piece, Result]] = field(default_factory=list)
+    tag: float = 0.0  # virtual finish time of its next piece (fair queuing)
 
     def __post_init__(self) -> None:
         self.cost_left = sum(p.cost for p in self.pieces)
@@ -271,6 +274,7 @@ class BatchScheduler:
         self._ewma_tokens = 0.0
         self._ewma_seconds = 0.0
         self._calls = 0
+        self._vtime = 0.0  # virtual time: work done per waiting request (fair queuing)
         self._cond = threading.Condition()
         self._closing = False
         self._worker = threading.Thread(target=self._run, name="rerank-scheduler", daemon=True)
@@ -329,6 +333,7 @@ class BatchScheduler:
         with self._cond:
             if self._closing:
                 raise Overloaded("the service is shutting down", retry_after=5.0)
+            item.tag = self._vtime + item.pieces[0].cost
             if self._waiting or self._running:
                 self._admit(item, timeout_s, now)
             self._waiting.append(item)
@@ -369,10 +374,21 @@ class BatchScheduler:
                 )
 
     def _estimated_wait(self, item: _Item, rate: float, now: float) -> float:
-        """Seconds until ``item`` would be scored: the call in flight, then round-robin
-        turns in which every waiting request gets as much work done as ``item`` needs."""
-        share = len(item.pieces) * self.max_call_tokens
-        ahead = sum(min(other.cost_left, share) for other in (*self._waiting, *self._running))
+        """Seconds until ``item`` would be scored: the call in flight, then every queued
+        piece tagged to go before its last one (fair queuing), then its own pieces."""
+        last_tag = self._vtime + item.cost_left
+        ahead = 0
+        running = {id(other) for other in self._running}
+        for other in (*self._waiting, *self._running):
+            tag = other.tag
+            if id(other) in running:  # its tag is that of the piece being scored
+                tag += other.pieces[0].cost if other.pieces else 0
+            for k, piece in enumerate(other.pieces):
+                if k:
+                    tag += piece.cost
+                if tag > last_tag:
+                    break
+                ahead += piece.cost
         in_flight = (
             max(0.0, self._call_cost / rate - (now - self._call_start)) if self._running else 0.0
         )
@@ -381,7 +397,8 @@ class BatchScheduler:
     # -- the worker -------------------------------------------------------------------
 
     def _next_call(self) -> list[tuple[_Item, _Piece]] | None:
-        """Wait for work; drop the abandoned; take one piece per request up to the budget."""
+        """Wait for work; drop the abandoned; take the pieces of lowest tag (one a request)
+        up to the budget; advance the virtual time by the call's share per request."""
         with self._cond:
             idle = not self._waiting
             while not self._waiting and not self._closing:
@@ -397,20 +414,25 @@ class BatchScheduler:
                 self._drop(item, now)
             taken: list[tuple[_Item, _Piece]] = []
             cost = docs = 0
-            while self._waiting:
-                piece = self._waiting[0].pieces[0]
+            waiting = len(self._waiting)
+            for item in sorted(self._waiting, key=lambda i: i.tag):  # ties: first come
+                piece = item.pieces[0]
                 if taken and (
                     cost + piece.cost > self.max_call_tokens
                     or (self.max_batch_docs and docs + piece.docs > self.max_batch_docs)
                 ):
-                    break
-                item = self._waiting.popleft()
+                    continue  # a smaller piece further on may fit
                 item.pieces.popleft()
                 item.cost_left -= piece.cost
                 item.docs_left -= piece.docs
                 taken.append((item, piece))
                 cost += piece.cost
                 docs += piece.docs
+                if cost >= self.max_call_tokens:
+                    break
+            chosen = {id(item) for item, _ in taken}
+            self._waiting = deque(i for i in self._waiting if id(i) not in chosen)
+            self._vtime += cost / max(1, waiting)
             self._queued_docs -= docs
             self._queued_tokens -= cost
             self._running = [item for item, _ in taken]
@@ -480,7 +502,8 @@ class BatchScheduler:
         if self._abandoned(item, now) or not item.pieces:
             self._drop(item, now)
             return
-        self._waiting.append(item)  # behind every request that arrived meanwhile
+        item.tag = max(self._vtime, item.tag) + item.pieces[0].cost
+        self._waiting.append(item)
 
     def _finish(self, item: _Item, result: Any = None, error: BaseException | None = None) -> None:
         self._forget(item)  # after an error part-way, its other pieces are never scored

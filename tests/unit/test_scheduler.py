@@ -214,6 +214,34 @@ def test_small_request_takes_turns_with_a_large_one():
     assert first_small <= calls_then + 1  # behind at most the piece in flight
 
 
+def test_small_request_goes_before_many_medium_ones_queued_earlier():
+    """16 one-piece requests queued, then a 2-document one: fair queuing scores it next,
+    not after the 15 still waiting."""
+    backend = RecordingBackend(seconds_per_doc=0.002)
+    s = scheduler(backend, max_call_tokens=3000)
+    try:
+        medium = [f"document number {i} " * 20 for i in range(12)]  # ~2,500 tokens
+        futures = [s.submit(ScoreRequest(f"m{k}", medium)) for k in range(16)]
+        time.sleep(0.01)
+        calls_then = len(backend.call_log)
+        s.submit(ScoreRequest("small", ["a", "b"])).result(10)
+        first_small = next(k for k, call in enumerate(backend.call_log) if "small" in call)
+        assert first_small <= calls_then + 1
+        assert sum(not f.done() for f in futures) >= 10
+        for f in futures:
+            f.result(10)
+        # A large request is not starved by a stream of small ones.
+        big = s.submit(ScoreRequest("big", [f"d{i} " + "x" * 900 for i in range(40)]))
+        smalls = []
+        while not big.done():
+            smalls.append(s.submit(ScoreRequest("s", [f"{len(smalls)}"])))
+            time.sleep(0.002)
+            assert len(smalls) < 5000
+        big.result(1)
+    finally:
+        s.close(5)
+
+
 def test_queue_is_bounded_by_estimated_tokens_and_by_characters():
     backend = RecordingBackend()
     s = scheduler(backend, max_queue_tokens=5000, max_queue_chars=200_000)
