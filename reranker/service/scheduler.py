@@ -467,6 +467,8 @@ class BatchScheduler:
             call = self._next_call()
             if call is None:
                 return
+            if not call:  # every waiting request had been abandoned
+                continue
             try:
                 outcomes = self._score(call)
             except BaseException as exc:  # a bug here must not leave callers waiting

@@ -179,6 +179,21 @@ def test_cancelled_and_expired_requests_are_never_scored():
     assert (s.queued_docs, s.queued_tokens, s.queued_chars) == (0, 0, 0)
 
 
+def test_no_call_is_made_when_every_waiting_request_was_abandoned():
+    backend = RecordingBackend()
+    s = scheduler(backend)
+    try:
+        blocker = s.submit(ScoreRequest("__gate__", ["x"]))
+        time.sleep(0.1)
+        s.submit(ScoreRequest("gone", ["a"])).cancel_for("disconnected")
+        backend.gate.set()
+        blocker.result(10)
+        time.sleep(0.1)
+    finally:
+        s.close(5)
+    assert backend.call_log == [["__gate__"]]
+
+
 def test_abandoned_large_request_stops_within_one_piece():
     backend = RecordingBackend(seconds_per_doc=0.01)
     drops = []
