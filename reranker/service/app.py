@@ -237,7 +237,9 @@ class ServiceMiddleware:
             await send(message)
 
         async def app_send(message: Message) -> None:
-            if refusal is None:  # once refused, the app's own answer is dropped
+            # Once refused, the app's own answer is dropped; so is the one to a client gone
+            # before its body arrived (nobody receives it: counted as 499, not 400).
+            if refusal is None and not (disconnected and not body_done):
                 await answer(message)
 
         async def app_receive() -> Message:

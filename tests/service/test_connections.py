@@ -199,6 +199,18 @@ def test_a_body_shorter_than_its_content_length_gets_408_and_is_closed(base, cap
     assert len(lines) == 1 and "POST /rerank 408 " in lines[0], lines
 
 
+def test_a_client_gone_before_its_body_arrived_is_counted_as_499_not_400(base, caplog):
+    """Nobody receives an answer: logged and counted as 499, like any client gone first."""
+    before_499, before_400 = metric(base, "/rerank", 499), metric(base, "/rerank", 400)
+    with connect(base) as sock:
+        sock.sendall(post_head("/rerank", 100, "x-request-id: gone-mid-body\r\n") + b'{"q')
+        time.sleep(0.2)
+    lines = logged(caplog, "gone-mid-body")
+    assert len(lines) == 1 and "POST /rerank 499 " in lines[0], lines
+    assert metric(base, "/rerank", 499) == before_499 + 1
+    assert metric(base, "/rerank", 400) == before_400
+
+
 def test_a_body_sent_a_byte_at_a_time_gets_408(base):
     with connect(base) as sock:
         sock.sendall(post_head("/v1/score_with_meta", 200))
