@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -30,13 +31,19 @@ def base() -> Iterator[str]:
 def test_500_id_is_the_request_id(base, path, body, caplog):
     with caplog.at_level(logging.INFO, logger="reranker.service"):
         r = httpx.post(f"{base}{path}", json=body)  # no x-request-id sent
-    assert r.status_code == 500, r.text
-    err = r.json()["error"]
-    request_id = r.headers["x-request-id"]
-    assert err["type"] == "server_error"
-    assert err["id"] == request_id and request_id in err["message"]
-    logged = [rec.getMessage() for rec in caplog.records if rec.name == "reranker.service"]
-    assert any(f"{path} 500" in line and f"id={request_id}" in line for line in logged), logged
+        assert r.status_code == 500, r.text
+        err = r.json()["error"]
+        request_id = r.headers["x-request-id"]
+        assert err["type"] == "server_error"
+        assert err["id"] == request_id and request_id in err["message"]
+        # The access line is written once the response has gone out: allow it a moment.
+        deadline = time.monotonic() + 5.0
+        while True:
+            logged = [e.getMessage() for e in caplog.records if e.name == "reranker.service"]
+            if any(f"{path} 500" in m and f"id={request_id}" in m for m in logged):
+                break
+            assert time.monotonic() < deadline, logged
+            time.sleep(0.05)
     assert any(f"internal error {request_id}" in line for line in logged), logged
 
 
