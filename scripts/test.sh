@@ -40,7 +40,7 @@ if [ "$which" = gpu ]; then
   exit 0
 fi
 
-bash scripts/setup_reranker_venv.sh qwen3_transformers --dev
+bash scripts/setup_reranker_venv.sh qwen3_transformers --dev --with ray
 wanted=$("$tf_venv/bin/python" -c 'from reranker.testing.tiny_qwen3 import BUILDER_VERSION as v; print(v)')
 if ! grep -q "\"builder_version\": $wanted" "$RERANK_TEST_MODEL/reranker_test_model.json" 2>/dev/null; then
   rm -rf "$RERANK_TEST_MODEL"

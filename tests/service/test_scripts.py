@@ -88,3 +88,38 @@ def test_setup_script_rejects_unknown_backends():
         timeout=30,
     )
     assert usage.returncode == 2 and "usage" in usage.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["qwen3_transformers", "--bogus"], "unknown option '--bogus'"),
+        (["qwen3_transformers", "--with", "ray", "--bogus", "--dev"], "unknown option '--bogus'"),
+        (["qwen3_transformers", "--dev", "--with", "spark"], "only 'ray' can be added"),
+        (["qwen3_transformers", "--with"], "--with needs a value"),
+        (["--dev", "qwen3_transformers"], "the backend name comes first"),
+    ],
+)
+def test_setup_script_refuses_bad_options_before_installing(tmp_path, args, message):
+    proc = subprocess.run(
+        ["bash", "scripts/setup_reranker_venv.sh", *args],
+        cwd=REPO,
+        env=dict(os.environ, RERANK_VENV_ROOT=str(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "usage:" in proc.stderr and "--with ray" in proc.stderr
+    assert not list(tmp_path.iterdir())  # refused before any venv was made
+
+
+def test_setup_script_help_lists_its_options():
+    proc = subprocess.run(
+        ["bash", "scripts/setup_reranker_venv.sh", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0 and "[--dev] [--with ray]" in proc.stdout
