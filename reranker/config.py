@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from reranker.errors import ConfigError
@@ -97,6 +97,87 @@ class ServerSettings(BaseModel):
     )
 
 
+class ScaleSettings(BaseModel):
+    """``services.rerank.scale``: run the service as a Ray Serve application, one backend
+    per replica, over every GPU of a host or of a Ray cluster (docs/scaling.md).
+
+    Without this section the service is one process and needs no Ray.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    engine: Literal["ray"] = Field("ray", description="The scale-out engine: Ray Serve")
+    address: str | None = Field(
+        None,
+        description="The Ray cluster to join: 'auto' (the cluster started on this host "
+        "with `ray start`), 'HOST:PORT' or 'ray://HOST:10001'; unset starts a local Ray "
+        "instance that ends with the service",
+    )
+    replicas: int | Literal["auto"] | None = Field(
+        None,
+        description="Backend replicas: N, 'auto' (Ray Serve autoscaling between "
+        "min_replicas and max_replicas on load), or unset: one per gpus_per_replica GPUs "
+        "of the cluster (one replica on a cluster without GPUs)",
+    )
+    gpus_per_replica: float | None = Field(
+        None,
+        ge=0.0,
+        description="GPUs each replica reserves (a fraction packs several on one GPU; set "
+        "it to tensor_parallel_size x data_parallel_size for a vLLM engine over several "
+        "GPUs); unset: 1 on a cluster with GPUs, else 0",
+    )
+    cpus_per_replica: float = Field(1.0, ge=0.0, description="CPUs each replica reserves")
+    min_replicas: int = Field(1, ge=0, description="replicas: auto: the fewest replicas")
+    max_replicas: int | None = Field(
+        None,
+        ge=1,
+        description="replicas: auto: the most replicas; unset: as many as the cluster's "
+        "GPUs hold (gpus_per_replica each)",
+    )
+    target_ongoing_requests: float = Field(
+        16.0,
+        gt=0.0,
+        description="replicas: auto: the requests in flight per replica the autoscaler "
+        "aims at (each replica batches its requests together)",
+    )
+    max_ongoing_requests: int = Field(
+        256,
+        ge=1,
+        description="Requests one replica holds at once (its scheduler queues and batches "
+        "them); more wait in Ray's router",
+    )
+    ingress_replicas: int = Field(
+        1, ge=1, description="Replicas of the HTTP front (validation, auth, routing; no model)"
+    )
+    retries: int = Field(
+        2,
+        ge=0,
+        description="A request whose replica died under it is sent to another replica up "
+        "to this many times, then answered 503 with Retry-After",
+    )
+    replica_start_timeout_s: float = Field(
+        900.0, gt=0.0, description="How long the service waits for its replicas at start"
+    )
+    health_check_period_s: float = Field(
+        2.0, gt=0.0, description="How often Ray checks each replica's backend"
+    )
+    app_name: str = Field(
+        "reranker",
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="The Ray Serve application's name (one per service on a cluster)",
+    )
+
+    @model_validator(mode="after")
+    def _replica_bounds(self) -> ScaleSettings:
+        if isinstance(self.replicas, int) and self.replicas < 1:
+            raise ValueError("replicas must be at least 1 (or 'auto')")
+        if self.max_replicas is not None and self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"max_replicas ({self.max_replicas}) is below min_replicas ({self.min_replicas})"
+            )
+        return self
+
+
 class RerankSection(BaseModel):
     """``services.rerank``."""
 
@@ -105,6 +186,9 @@ class RerankSection(BaseModel):
     backend: str = DEFAULT_BACKEND
     backends: dict[str, dict[str, Any]] = Field(default_factory=dict)
     server: ServerSettings = Field(default_factory=lambda: ServerSettings())
+    scale: ScaleSettings | None = Field(
+        None, description="Serve on Ray Serve replicas (docs/scaling.md); unset: one process"
+    )
 
 
 class ServicesSection(BaseModel):

@@ -36,7 +36,8 @@ from reranker.errors import BackendDead, InvalidRequest, Overloaded, RerankerErr
 from reranker.protocol import RerankBackend, ScoreRequest, rank_order
 from reranker.service.health import BackendSupervisor, public_model_name
 from reranker.service.metrics import ServiceMetrics
-from reranker.service.scheduler import BatchScheduler, RequestExpired
+from reranker.service.pool import ScoringPool
+from reranker.service.scheduler import BatchScheduler, RequestExpired, Ticket
 from reranker.service.schemas import RerankBody, ScoreBody, ScoreWithMetaBody
 
 logger = logging.getLogger("reranker.service")
@@ -172,6 +173,10 @@ class ServiceMiddleware:
     ``body_timeout_s`` of the head (408, connection closed). For those two the app is told
     that the client disconnected and its own answer is dropped. An exception no handler
     took becomes a 500 naming the request's id (``on_unexpected``).
+
+    Behind a proxy that gives every request an ``x-request-id`` and puts it on the
+    response itself (Ray Serve's), ``behind_id_proxy`` keeps that id and adds no second
+    header.
     """
 
     def __init__(
@@ -180,11 +185,13 @@ class ServiceMiddleware:
         state: ServiceState,
         known_routes: set[str],
         on_unexpected: Callable[[Request, Exception], Any],
+        behind_id_proxy: bool = False,
     ) -> None:
         self.app = app
         self.state = state
         self.known_routes = known_routes
         self.on_unexpected = on_unexpected
+        self.behind_id_proxy = behind_id_proxy
 
     def _refuse_at_once(self, path: str, headers: dict[bytes, bytes]) -> Refusal | None:
         server = self.state.server
@@ -215,7 +222,11 @@ class ServiceMiddleware:
         server = self.state.server
         header_list = list(scope.get("headers") or [])
         headers = dict(header_list)
-        request_id = client_request_id(headers.get(b"x-request-id")) or uuid.uuid4().hex
+        given = headers.get(b"x-request-id")
+        if self.behind_id_proxy and given:
+            request_id = given.decode("latin-1")
+        else:
+            request_id = client_request_id(given) or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id  # request.state.request_id
         path = scope.get("path", "")
         loop = asyncio.get_running_loop()
@@ -230,7 +241,7 @@ class ServiceMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                extra = [(b"x-request-id", request_id.encode())]
+                extra = [] if self.behind_id_proxy else [(b"x-request-id", request_id.encode())]
                 if refusal is not None and refusal.status == 408:
                     extra.append((b"connection", b"close"))
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
@@ -334,23 +345,32 @@ class ServiceState:
 
 
 def create_app(
-    load_backend: Callable[[], RerankBackend],
+    load_backend: Callable[[], RerankBackend] | None,
     server: ServerSettings | None = None,
     backend_name: str = "",
     model: str = "",
     on_load_error: Callable[[BaseException], None] | None = None,
     on_backend_failure: Callable[[str], None] | None = None,
+    pool: ScoringPool | None = None,
 ) -> FastAPI:
     """Build the FastAPI app. ``load_backend`` runs in a thread at startup.
 
     ``on_load_error(exc)`` is called when the first load fails, ``on_backend_failure(reason)``
     when a backend that died while serving is not restarted (``on_backend_failure: exit``,
     or its restarts are spent): the server should stop then (``reranker serve`` does).
+
+    With a ``pool`` (and no ``load_backend``) the app loads nothing: it scores through the
+    pool's backends (Ray Serve replicas), and ``/health`` and ``/ready`` report theirs.
     """
+    if (load_backend is None) == (pool is None):
+        raise ValueError("create_app takes load_backend or pool, one of the two")
     state = ServiceState(server or ServerSettings(), backend_name, model)
-    supervisor = BackendSupervisor(state, load_backend, on_backend_failure)
+    supervisor = BackendSupervisor(state, load_backend or _no_backend, on_backend_failure)
+    if pool is not None:
+        pool.bind_metrics(state.metrics)
 
     def load() -> None:
+        assert load_backend is not None
         try:
             state.attach(load_backend())
             logger.info("backend %s ready (model %s)", state.backend_name, state.model)
@@ -362,6 +382,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if pool is not None:
+            yield
+            await pool.close()
+            return
         threading.Thread(target=load, name="backend-loader", daemon=True).start()
         supervisor.start()
         yield
@@ -441,16 +465,20 @@ def create_app(
         """Score ``request`` through the scheduler. The request is dropped unscored (and
         its queued work cancelled) when its deadline passes or the client of ``http``
         disconnects; a task cancelled while waiting cancels it too."""
-        unavailable = supervisor.unavailable()  # loading, restarting, dead: 503
-        if unavailable is not None:
-            raise ServiceUnavailable(unavailable)
-        if state.scheduler is None:
-            if state.load_error is not None:
-                raise ServiceUnavailable(f"backend failed to load: {state.load_error}")
-            raise ServiceUnavailable("the model is still loading; retry shortly")
         timeout = state.server.request_timeout_s
-        future = state.scheduler.submit(request, timeout_s=timeout)
-        answer = asyncio.wrap_future(future)
+        future: Ticket | None = None
+        if pool is not None:
+            answer: asyncio.Future[Any] = asyncio.ensure_future(pool.score(request, timeout))
+        else:
+            unavailable = supervisor.unavailable()  # loading, restarting, dead: 503
+            if unavailable is not None:
+                raise ServiceUnavailable(unavailable)
+            if state.scheduler is None:
+                if state.load_error is not None:
+                    raise ServiceUnavailable(f"backend failed to load: {state.load_error}")
+                raise ServiceUnavailable("the model is still loading; retry shortly")
+            future = state.scheduler.submit(request, timeout_s=timeout)
+            answer = asyncio.wrap_future(future)
         gone = asyncio.ensure_future(client_gone(http)) if http is not None else None
         waiting: list[asyncio.Future[Any]] = [answer] if gone is None else [answer, gone]
         reason = "cancelled"
@@ -470,7 +498,7 @@ def create_app(
             except RequestExpired:
                 raise ScoringTimeout(f"scoring took longer than {timeout} s") from None
         finally:
-            if not future.done():
+            if future is not None and not future.done():
                 future.cancel_for(reason)  # the scheduler drops it unscored
             if not answer.done():
                 answer.cancel()
@@ -623,24 +651,38 @@ def create_app(
     async def health() -> Response:
         """``{"status": "ok" | "loading" | "dead", "reason"}``: 200 while the process is
         serving or loading, 503 once its backend is dead (the process restarts it or exits)."""
-        await supervisor.refresh()
-        status, reason = supervisor.status()
-        body = {"status": status, "reason": reason, "backend": state.backend_name}
+        details: dict[str, Any] = {}
+        if pool is not None:
+            status, reason, details = await pool.status()
+        else:
+            await supervisor.refresh()
+            status, reason = supervisor.status()
+        body = {"status": status, "reason": reason, "backend": state.backend_name, **details}
         return JSONResponse(body, 503 if status == "dead" else 200)
 
     @app.get("/ready", summary="Readiness: the backend can score (503 otherwise)")
     async def ready() -> Response:
-        await supervisor.refresh()
-        unavailable = supervisor.unavailable()
+        unavailable, details = await not_ready()
         if unavailable is None:
             return JSONResponse(
                 {
                     "status": "ready",
                     "backend": state.backend_name,
                     "model": public_model_name(state.model),
+                    **details,
                 }
             )
-        return json_error(503, unavailable, "service_unavailable", headers={"Retry-After": "5"})
+        return json_error(
+            503, unavailable, "service_unavailable", headers={"Retry-After": "5"}, **details
+        )
+
+    async def not_ready() -> tuple[str | None, dict[str, Any]]:
+        """Why the service cannot score now (None: it can), and details to report."""
+        if pool is not None:
+            status, reason, details = await pool.status()
+            return (None if status == "ok" else reason or status), details
+        await supervisor.refresh()
+        return supervisor.unavailable(), {}
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics() -> Response:
@@ -660,7 +702,7 @@ def create_app(
                     "object": "model",
                     "owned_by": "reranker",
                     "backend": state.backend_name,
-                    "ready": supervisor.unavailable() is None,
+                    "ready": (await not_ready())[0] is None,
                 }
             ],
         }
@@ -693,7 +735,11 @@ def create_app(
 
     known_routes.update(r.path for r in app.routes if hasattr(r, "path"))
     app.add_middleware(
-        ServiceMiddleware, state=state, known_routes=known_routes, on_unexpected=on_unexpected
+        ServiceMiddleware,
+        state=state,
+        known_routes=known_routes,
+        on_unexpected=on_unexpected,
+        behind_id_proxy=pool is not None,
     )
     # For what answers outside the app (reranker.service.server: a request head too slow).
     app.state.record_response = functools.partial(record_response, state)
@@ -701,7 +747,11 @@ def create_app(
 
 
 class ServiceUnavailable(RerankerError):
-    """The backend is not loaded (yet, or it failed)."""
+    """The backend is not loaded (yet, or it failed), or no replica could score."""
+
+
+def _no_backend() -> RerankBackend:
+    raise RuntimeError("this app scores through its pool; it loads no backend")
 
 
 class ScoringTimeout(RerankerError):

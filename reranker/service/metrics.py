@@ -84,6 +84,20 @@ class ServiceMetrics:
             registry=r,
         )
 
+        # Filled by a scaled-out service only (reranker.scale): which replica answered.
+        self.replica_requests = Counter(
+            "reranker_replica_requests_total",
+            "Requests answered by each backend replica (Ray Serve), by replica and node",
+            ["replica", "node"],
+            registry=r,
+        )
+        self.replica_retries = Counter(
+            "reranker_replica_retries_total",
+            "Requests sent to another replica because theirs died or could not take them",
+            ["reason"],
+            registry=r,
+        )
+
     def bind_scheduler(self, scheduler: Any) -> None:
         """Read the queue gauges and the measured rate from ``scheduler`` at each scrape."""
         self.queue_depth.set_function(lambda: scheduler.queued_docs)

@@ -214,6 +214,10 @@ def serve(
     cls, options = resolve_backend_options(settings, env=env)
     # A model that cannot be found stops here, in seconds, before the server starts.
     cls.check_model(options)
+    if settings.rerank.scale is not None:
+        from reranker.scale.runner import serve_on_ray
+
+        return serve_on_ray(settings, cls.name, options, host, port)
     server_settings = settings.rerank.server
     failure: list[BaseException] = []
     died: list[str] = []

@@ -1,0 +1,239 @@
+"""``reranker serve`` with a ``scale`` section: deploy the service on Ray Serve, wait for
+SIGTERM / SIGINT, drain, stop.
+
+Exit status as the single-process service: 0 after a drained stop, 2 when Ray cannot be
+reached or the replicas cannot start.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from reranker.config import ScaleSettings, Settings
+from reranker.options import BackendOptions
+from reranker.scale.pool import BACKEND_DEPLOYMENT
+
+logger = logging.getLogger("reranker.scale")
+
+HTTP_DEPLOYMENT = "http"
+EXIT_OK = 0
+EXIT_START_FAILED = 2
+
+
+def replica_count(scale: ScaleSettings, cluster: dict[str, float]) -> tuple[int, float]:
+    """``(replicas, gpus_per_replica)`` for a fixed-size deployment on a cluster with
+    ``cluster`` resources (``ray.cluster_resources()``): unset values fill every GPU."""
+    gpus = float(cluster.get("GPU", 0.0))
+    per_replica = scale.gpus_per_replica
+    if per_replica is None:
+        per_replica = 1.0 if gpus >= 1 else 0.0
+    if isinstance(scale.replicas, int):
+        return scale.replicas, per_replica
+    if per_replica > 0:
+        return max(1, math.floor(gpus / per_replica + 1e-9)), per_replica
+    return 1, per_replica
+
+
+def deployment_options(scale: ScaleSettings, server_shutdown_s: float, cluster: dict) -> dict:
+    """The Ray Serve options of the backend deployment (replicas or autoscaling,
+    resources, health checks, graceful shutdown)."""
+    count, per_replica = replica_count(scale, cluster)
+    options: dict[str, Any] = {
+        "name": BACKEND_DEPLOYMENT,
+        "ray_actor_options": {"num_gpus": per_replica, "num_cpus": scale.cpus_per_replica},
+        "max_ongoing_requests": scale.max_ongoing_requests,
+        "health_check_period_s": scale.health_check_period_s,
+        "health_check_timeout_s": max(10.0, 5 * scale.health_check_period_s),
+        "graceful_shutdown_timeout_s": server_shutdown_s,
+        "graceful_shutdown_wait_loop_s": 0.5,
+    }
+    if scale.replicas == "auto":
+        most = scale.max_replicas or max(count, scale.min_replicas, 1)
+        options["autoscaling_config"] = {
+            "min_replicas": scale.min_replicas,
+            "initial_replicas": max(scale.min_replicas, 1),
+            "max_replicas": most,
+            "target_ongoing_requests": scale.target_ongoing_requests,
+        }
+    else:
+        options["num_replicas"] = count
+    return options
+
+
+def build_application(
+    settings: Settings, backend_name: str, options: BackendOptions, cluster: dict
+) -> Any:
+    """The Ray Serve application: the HTTP front bound to the backend replicas."""
+    from ray import serve
+
+    from reranker.scale.replica import BackendReplica, HTTPFront
+
+    section = settings.rerank
+    scale = section.scale
+    assert scale is not None
+    server = section.server.model_dump(mode="json")
+    deployment: Any = serve.deployment
+    backend = deployment(BackendReplica).options(
+        **deployment_options(scale, section.server.shutdown_timeout_s, cluster)
+    )
+    front = deployment(serve.ingress()(HTTPFront)).options(
+        name=HTTP_DEPLOYMENT,
+        num_replicas=scale.ingress_replicas,
+        ray_actor_options={"num_cpus": 0},
+        max_ongoing_requests=max(1024, scale.max_ongoing_requests * 4),
+        graceful_shutdown_timeout_s=section.server.shutdown_timeout_s,
+        graceful_shutdown_wait_loop_s=0.5,
+    )
+    return front.bind(
+        backend.bind(backend_name, options.model_dump(mode="json"), server),
+        backend_name,
+        options.model_name,
+        server,
+        scale.model_dump(mode="json"),
+    )
+
+
+def serve_on_ray(
+    settings: Settings,
+    backend_name: str,
+    options: BackendOptions,
+    host: str | None = None,
+    port: int | None = None,
+) -> int:
+    """Deploy, serve until SIGTERM / SIGINT, drain; returns the exit status."""
+    try:
+        import ray
+        from ray import serve
+    except ImportError as exc:
+        print(
+            f"error: services.rerank.scale needs Ray Serve, which this venv lacks ({exc}); "
+            f"install it with: scripts/setup_reranker_venv.sh {backend_name} --with ray",
+            file=sys.stderr,
+        )
+        return EXIT_START_FAILED
+
+    scale = settings.rerank.scale
+    assert scale is not None
+    server = settings.rerank.server
+    stop = threading.Event()
+    caught: list[int] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        caught.append(signum)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    # Unset: RAY_ADDRESS if set (Ray's own convention), else a new local instance, never
+    # a cluster that happens to run on this host.
+    address = scale.address or os.environ.get("RAY_ADDRESS") or "local"
+    started_here = address == "local"
+    try:
+        try:
+            context = ray.init(
+                address=address,
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                log_to_driver=True,
+            )
+        except Exception as exc:
+            where = "a new local instance" if started_here else address
+            print(f"error: cannot start or reach Ray ({where}): {exc}", file=sys.stderr)
+            return EXIT_START_FAILED
+        # ray.init installs its own SIGTERM handler (exit at once): drain instead.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, on_signal)
+        gcs = getattr(context, "address_info", {}).get
+        cluster = ray.cluster_resources()
+        application = build_application(settings, backend_name, options, cluster)
+        count, per_replica = replica_count(scale, cluster)
+        print(
+            f"[scale] Ray at {gcs('gcs_address')}: "
+            f"{cluster.get('GPU', 0):g} GPU(s), {cluster.get('CPU', 0):g} CPU(s); "
+            f"replicas: {scale.replicas if scale.replicas == 'auto' else count} "
+            f"({per_replica:g} GPU each); HTTP on {host or server.host}:"
+            f"{server.port if port is None else port}",
+            flush=True,
+        )
+        serve.start(
+            http_options={
+                "host": host or server.host,
+                "port": server.port if port is None else port,
+                "keep_alive_timeout_s": math.ceil(server.keep_alive_timeout_s),
+            }
+        )
+        deployed = threading.Thread(
+            target=_deploy, args=(application, scale, stop), name="deploy", daemon=True
+        )
+        failure: list[BaseException] = []
+        deployed.run = _capture(deployed.run, failure)  # type: ignore[method-assign]
+        deployed.start()
+        deadline = time.monotonic() + scale.replica_start_timeout_s
+        while deployed.is_alive() and not stop.is_set():
+            deployed.join(0.2)
+            if time.monotonic() > deadline:
+                failure.append(
+                    TimeoutError(f"replicas not running after {scale.replica_start_timeout_s:g} s")
+                )
+                break
+        if failure:
+            print(f"error: the service could not start on Ray: {failure[0]}", file=sys.stderr)
+            return EXIT_START_FAILED
+        if not stop.is_set():
+            print(f"[scale] application '{scale.app_name}' running", flush=True)
+        while not stop.wait(1.0):
+            pass
+        print(
+            "[scale] stopping: draining in-flight requests "
+            f"({server.shutdown_timeout_s:g} s at most)",
+            flush=True,
+        )
+        return EXIT_OK
+    finally:
+        _stop(scale, started_here)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _deploy(application: Any, scale: ScaleSettings, stop: threading.Event) -> None:
+    from ray import serve
+
+    # The HTTP front logs one access line per request itself (as the single-process
+    # service does); Ray's per-call lines would double them.
+    serve.run(
+        application,
+        name=scale.app_name,
+        route_prefix="/",
+        logging_config={"enable_access_log": False},
+    )
+
+
+def _capture(run: Any, failure: list[BaseException]) -> Any:
+    def wrapped() -> None:
+        try:
+            run()
+        except BaseException as exc:
+            failure.append(exc)
+
+    return wrapped
+
+
+def _stop(scale: ScaleSettings, started_here: bool) -> None:
+    import ray
+    from ray import serve
+
+    if not ray.is_initialized():
+        return
+    try:
+        serve.delete(scale.app_name)  # replicas finish their in-flight requests first
+        if started_here:
+            serve.shutdown()
+    except Exception as exc:
+        logger.warning("stopping the application: %s", exc)
+    ray.shutdown()
