@@ -149,7 +149,16 @@ class TransformersOptions(BackendOptions):
 class VLLMOptions(BackendOptions):
     """Options of the vLLM backends."""
 
-    tensor_parallel_size: int = Field(1, ge=1)
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="GPUs one engine splits the model over (tensor parallelism)"
+    )
+    data_parallel_size: int = Field(
+        1,
+        ge=1,
+        description="engines, each with the whole model on tensor_parallel_size GPUs of "
+        "its own, that share every call's prompts (data parallelism); needs "
+        "data_parallel_size x tensor_parallel_size CUDA GPUs on this host",
+    )
     gpu_memory_utilization: float = Field(0.4, gt=0.0, le=1.0)
     enable_prefix_caching: bool = True
     enforce_eager: bool = False

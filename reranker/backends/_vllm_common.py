@@ -1,4 +1,5 @@
-"""What both vLLM backends share: engine arguments, attention choice, engine shutdown."""
+"""What both vLLM backends share: engine arguments, attention choice, data-parallel
+engines, engine shutdown."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 from reranker.backends._hf_loading import HFTextTokenizer, check_hub_model, load_or_explain
 from reranker.backends._jobs import FlatPrompts
 from reranker.backends._runtime import resolve_device, resolve_dtype
-from reranker.errors import BackendDead, InvalidRequest
+from reranker.errors import BackendDead, ConfigError, InvalidRequest
 from reranker.model_source import check_model_source
 from reranker.options import VLLMOptions
 from reranker.prompts.qwen3 import Qwen3PromptEncoder
@@ -70,7 +74,12 @@ def attention_backend(options: VLLMOptions) -> str | None:
 
 
 def engine_kwargs(options: VLLMOptions, runner: str, **extra: Any) -> dict[str, Any]:
-    """Keyword arguments of ``vllm.LLM`` for these options."""
+    """Keyword arguments of ``vllm.LLM`` for these options (of each engine).
+
+    ``data_parallel_size`` is not among them: ``vllm.LLM`` refuses it (a ValueError
+    pointing to its one-process-per-rank example, vLLM 0.21 to 0.32 at least), so each
+    data-parallel rank is an engine of its own (:func:`engine_gpus`).
+    """
     kwargs: dict[str, Any] = {
         "model": options.model_name,
         "tokenizer": options.model_name,
@@ -99,6 +108,70 @@ def engine_kwargs(options: VLLMOptions, runner: str, **extra: Any) -> dict[str, 
     return kwargs
 
 
+def visible_gpus() -> list[str]:
+    """The CUDA devices this process may use, as ``CUDA_VISIBLE_DEVICES`` names them
+    (indices or UUIDs); empty without CUDA (vLLM's CPU build)."""
+    if cuda_capability() is None:
+        return []
+    import torch
+
+    count = torch.cuda.device_count()
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        return [str(i) for i in range(count)]
+    return [d.strip() for d in listed.split(",") if d.strip()][:count]
+
+
+def engine_gpus(options: VLLMOptions, visible: list[str] | None = None) -> list[str | None]:
+    """The ``CUDA_VISIBLE_DEVICES`` of each engine: ``[None]`` for one engine (vLLM
+    picks its GPUs, as always); for ``data_parallel_size`` N, N disjoint sets of
+    ``tensor_parallel_size`` GPUs, in order, from ``visible`` (default:
+    :func:`visible_gpus`). Too few GPUs, or none, is a :class:`ConfigError`.
+    """
+    dp, tp = options.data_parallel_size, options.tensor_parallel_size
+    if dp == 1:
+        return [None]
+    gpus = visible_gpus() if visible is None else visible
+    need = dp * tp
+    if not gpus:
+        raise ConfigError(
+            f"data_parallel_size {dp}: {dp} engines need {need} CUDA GPUs "
+            f"(data_parallel_size x tensor_parallel_size); this host has none (vLLM's CPU "
+            "build runs one engine). Set data_parallel_size 1, or run several copies of the "
+            "service with Ray Serve replicas (services.rerank.scale)"
+        )
+    if len(gpus) < need:
+        raise ConfigError(
+            f"data_parallel_size {dp} x tensor_parallel_size {tp} needs {need} CUDA GPUs; "
+            f"{len(gpus)} visible ({','.join(gpus)}). Lower data_parallel_size, or spread "
+            "the service over hosts with Ray Serve replicas (services.rerank.scale)"
+        )
+    return [",".join(gpus[i * tp : (i + 1) * tp]) for i in range(dp)]
+
+
+_PINNING = threading.Lock()
+
+
+@contextmanager
+def pinned_gpus(devices: str | None) -> Iterator[None]:
+    """``CUDA_VISIBLE_DEVICES=devices`` while an engine starts: the engine-core process
+    (and its tensor-parallel workers) inherit it and see only those GPUs, as vLLM's own
+    data-parallel ranks do (``set_device_control_env_var``). ``None``: unchanged."""
+    if devices is None:
+        yield
+        return
+    with _PINNING:
+        before = os.environ.get("CUDA_VISIBLE_DEVICES")
+        os.environ["CUDA_VISIBLE_DEVICES"] = devices
+        try:
+            yield
+        finally:
+            if before is None:
+                del os.environ["CUDA_VISIBLE_DEVICES"]
+            else:
+                os.environ["CUDA_VISIBLE_DEVICES"] = before
+
+
 def quiet_engine_logs() -> None:
     """vLLM and torch's C++ side log at ERROR unless the user set their own level.
 
@@ -122,6 +195,27 @@ def start_engine(options: VLLMOptions, kwargs: dict[str, Any]) -> Any:
     llm = load_or_explain(options.model_name, "vLLM engine", lambda: LLM(**kwargs))
     watch_engine(llm)
     return llm
+
+
+def start_engines(
+    options: VLLMOptions, kwargs: dict[str, Any], gpus: list[str | None] | None = None
+) -> list[Any]:
+    """One engine per data-parallel rank, each on its own GPUs (``gpus``, default
+    :func:`engine_gpus`), started one after the other; if one fails, those already
+    started are shut down."""
+    gpus = engine_gpus(options) if gpus is None else gpus
+    engines: list[Any] = []
+    try:
+        for devices in gpus:
+            if devices is not None:
+                logger.info("vLLM engine %d of %d on GPUs %s", len(engines) + 1, len(gpus), devices)
+            with pinned_gpus(devices):
+                engines.append(start_engine(options, kwargs))
+    except BaseException:
+        for llm in engines:
+            stop_engine(llm)
+        raise
+    return engines
 
 
 ENGINE_FAILED = "the vLLM engine core failed (EngineDeadError; its log above says why)"
@@ -189,6 +283,22 @@ def engine_health(llm: Any, dying: bool = False, settle_s: float = 0.5) -> str |
         if exited is not None:
             return exited
     return ENGINE_FAILED
+
+
+def engines_health(engines: list[Any], dying: bool = False, settle_s: float = 0.5) -> str | None:
+    """:func:`engine_health` of several engines: None while all can score, else why the
+    first that cannot cannot. ``dying`` (a call raised ``EngineDeadError``): an engine's
+    failure is awaited for up to ``settle_s``; none seen by then is ``ENGINE_FAILED``."""
+    if len(engines) <= 1:
+        return engine_health(engines[0] if engines else None, dying, settle_s)
+    deadline = time.monotonic() + (settle_s if dying else 0.0)
+    while True:
+        failed = next((llm for llm in engines if engine_health(llm, settle_s=0.0)), None)
+        if failed is not None:
+            return engine_health(failed, dying=True, settle_s=settle_s)
+        if time.monotonic() >= deadline:
+            return ENGINE_FAILED if dying else None
+        time.sleep(0.05)
 
 
 def watch_engine(llm: Any, poll_s: float = 1.0) -> threading.Thread | None:
@@ -260,8 +370,9 @@ def stop_engine(llm: Any) -> None:
 
 class VLLMBackendBase(RerankBackend):
     """Shared by ``qwen3_vllm`` and ``qwen3_vllm_score``: options, env names, tokenizer,
-    one engine call per set of jobs (token-id prompts, shortest first), shutdown.
-    Subclasses start ``self._llm`` and implement :meth:`_engine_logits`.
+    one engine call per set of jobs (token-id prompts, shortest first) on each engine,
+    shutdown. Subclasses start their engines with :meth:`_start_engines` and implement
+    :meth:`_logits_on`.
     """
 
     requires: ClassVar[tuple[str, ...]] = ("vllm", "transformers")
@@ -273,13 +384,15 @@ class VLLMBackendBase(RerankBackend):
         "RERANK_VLLM_ATTENTION_BACKEND": "vllm_attention_backend",
     }
     options: VLLMOptions
-    _llm: Any = None
+    _llm: Any = None  # the first engine
+    _engines: tuple[Any, ...] = ()  # one per data-parallel rank
     _dead: str | None = None  # why the engine can no longer score, once it cannot
 
     check_model = staticmethod(check_hub_model)
 
     def __init__(self, options: Any = None) -> None:
         super().__init__(options)
+        self._gpus = engine_gpus(self.options)  # too few GPUs: an error before any loading
         quiet_engine_logs()
         from transformers import AutoTokenizer
 
@@ -295,9 +408,30 @@ class VLLMBackendBase(RerankBackend):
         )
         self._lock = threading.Lock()
 
-    def _engine_logits(self, prompts: list[Any]) -> list[float]:
-        """logit(yes) - logit(no) of each ``TokensPrompt``, from one engine call."""
+    def _start_engines(self, kwargs: dict[str, Any]) -> None:
+        """Start one engine per data-parallel rank with these ``vllm.LLM`` arguments."""
+        self._engines = tuple(start_engines(self.options, kwargs, self._gpus))
+        self._llm = self._engines[0]
+
+    def _logits_on(self, llm: Any, prompts: list[Any]) -> list[float]:
+        """logit(yes) - logit(no) of each ``TokensPrompt``, from one call of ``llm``."""
         raise NotImplementedError
+
+    def _engine_logits(self, prompts: list[Any]) -> list[float]:
+        """logit(yes) - logit(no) of each ``TokensPrompt``: one call on each engine, at
+        once; with N engines engine i takes prompts i, i+N, i+2N, ... (an even share of
+        the call's prompts, of every length)."""
+        engines = self._engines or (self._llm,)
+        n = len(engines)
+        if n == 1 or len(prompts) <= 1:
+            return self._logits_on(engines[0], prompts)
+        shares = [prompts[i::n] for i in range(min(n, len(prompts)))]
+        with ThreadPoolExecutor(len(shares), thread_name_prefix="reranker-vllm-dp") as pool:
+            parts = list(pool.map(self._logits_on, engines, shares))
+        values = [0.0] * len(prompts)
+        for i, part in enumerate(parts):
+            values[i::n] = part
+        return values
 
     def meta_extra(self) -> dict[str, Any]:
         """The device and dtype the engine runs its model in."""
@@ -325,7 +459,7 @@ class VLLMBackendBase(RerankBackend):
                 try:
                     values = self._engine_logits(prompts)
                 except Exception as exc:
-                    dead = engine_health(self._llm, dying=is_engine_death(exc))
+                    dead = engines_health(list(self._engines), dying=is_engine_death(exc))
                     if dead is None:
                         raise
                     self._dead = dead
@@ -336,9 +470,10 @@ class VLLMBackendBase(RerankBackend):
 
     def health(self) -> str | None:
         """None while the engine can score; else why not (see :func:`engine_health`)."""
-        return engine_health(self._llm) or self._dead
+        return engines_health(list(self._engines)) or self._dead
 
     def close(self) -> None:
-        """Shut the engine down and free its memory."""
-        stop_engine(self._llm)
-        self._llm = None
+        """Shut the engines down and free their memory."""
+        engines, self._engines, self._llm = self._engines, (), None
+        for llm in engines:
+            stop_engine(llm)

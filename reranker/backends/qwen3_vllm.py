@@ -18,7 +18,6 @@ from reranker.backends._vllm_common import (
     VLLMBackendBase,
     engine_kwargs,
     has_field,
-    start_engine,
 )
 from reranker.prompts.qwen3 import NO_TOKEN_ID, YES_TOKEN_ID
 
@@ -57,7 +56,7 @@ class Qwen3VLLMBackend(VLLMBackendBase):
             # the model (max_tokens=1), so its position is never computed: the checkpoint
             # may claim one more, and prompts keep the same limit as on every backend.
             extra["hf_overrides"] = {"max_position_embeddings": opts.max_model_len + 1}
-        self._llm = start_engine(opts, engine_kwargs(opts, "generate", **extra))
+        self._start_engines(engine_kwargs(opts, "generate", **extra))
 
     def _checkpoint_positions(self) -> int | None:
         """The checkpoint's ``max_position_embeddings`` (None where it has none)."""
@@ -79,9 +78,9 @@ class Qwen3VLLMBackend(VLLMBackendBase):
             "logprob_method": "logprob_token_ids" if self._explicit_ids else "allowed_token_ids",
         }
 
-    def _engine_logits(self, prompts: list[Any]) -> list[float]:
+    def _logits_on(self, llm: Any, prompts: list[Any]) -> list[float]:
         """lp(yes) - lp(no) at the first generated position of each prompt."""
-        outputs = self._llm.generate(prompts, self._params, use_tqdm=False)
+        outputs = llm.generate(prompts, self._params, use_tqdm=False)
         return [yes_minus_no(out.outputs[0].logprobs[0]) for out in outputs]
 
 

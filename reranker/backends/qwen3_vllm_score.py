@@ -20,7 +20,6 @@ from reranker.backends._vllm_common import (
     VLLMBackendBase,
     engine_kwargs,
     has_field,
-    start_engine,
 )
 
 logger = logging.getLogger(__name__)
@@ -40,15 +39,15 @@ class Qwen3VLLMScoreBackend(VLLMBackendBase):
         kwargs = engine_kwargs(opts, "pooling", hf_overrides=dict(overrides))
         if not kwargs["hf_overrides"]:
             del kwargs["hf_overrides"]
-        self._llm = start_engine(opts, kwargs)
+        self._start_engines(kwargs)
         # Ask for the raw logit; where this vLLM has no switch, invert its sigmoid.
         switches = ("use_activation", "activation")
         self._raw = next((f for f in switches if has_field(PoolingParams, f)), None)
         self._pooling = PoolingParams(**{self._raw: False}) if self._raw else None
 
-    def _engine_logits(self, prompts: list[Any]) -> list[float]:
+    def _logits_on(self, llm: Any, prompts: list[Any]) -> list[float]:
         """The classifier's logit(yes) - logit(no) for each prompt."""
-        outputs = self._llm.classify(prompts, use_tqdm=False, pooling_params=self._pooling)
+        outputs = llm.classify(prompts, use_tqdm=False, pooling_params=self._pooling)
         values = [float(out.outputs.probs[0]) for out in outputs]
         return values if self._raw else [_logit(v) for v in values]
 

@@ -18,6 +18,13 @@ logger = logging.getLogger("reranker.scale")
 BACKEND_DEPLOYMENT = "backend"
 """The deployment name of the backend replicas (the HTTP front's is ``http``)."""
 STATUS_CACHE_S = 1.0
+DRAIN_POLL_S = 0.25
+KV_NAMESPACE = "reranker"
+
+
+def drain_key(app_name: str) -> str:
+    """The Ray KV key that tells an application's HTTP fronts to stop taking requests."""
+    return f"drain/{app_name}"
 
 
 class RayPool:
@@ -27,13 +34,40 @@ class RayPool:
     died is sent again to another replica, up to ``scale.retries`` times; after that the
     app answers 503 with ``Retry-After``. Other errors are the replica's own, raised here
     as the same typed errors the single-process service raises.
+
+    Once the service is stopping (``reranker serve`` got SIGTERM and set the drain key),
+    new requests get 503 with ``Retry-After`` and ``/ready`` 503, while the requests in
+    flight finish (:attr:`in_flight` counts them).
     """
 
     def __init__(self, handle: Any, scale: ScaleSettings) -> None:
         self.handle = handle
         self.scale = scale
         self.metrics: Any = None
+        self.in_flight = 0
+        self.draining = False
         self._status: tuple[float, tuple[PoolStatus, str | None, dict[str, Any]]] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Watch the drain key (every 0.25 s)."""
+        self._watcher = asyncio.create_task(self._watch_drain())
+
+    async def _watch_drain(self) -> None:
+        from ray.experimental.internal_kv import _internal_kv_get
+
+        key = drain_key(self.scale.app_name)
+        while not self.draining:
+            try:
+                flag = await asyncio.to_thread(_internal_kv_get, key, namespace=KV_NAMESPACE)
+            except Exception as exc:  # the GCS restarting: look again
+                logger.debug("reading the drain key: %s", exc)
+                flag = None
+            if flag:
+                self.draining = True
+                logger.info("stopping: new requests are refused, %d in flight", self.in_flight)
+                return
+            await asyncio.sleep(DRAIN_POLL_S)
 
     def bind_metrics(self, metrics: Any) -> None:
         """Count answers per replica and retries in the app's metrics."""
@@ -43,6 +77,19 @@ class RayPool:
         self, request: ScoreRequest, timeout_s: float
     ) -> tuple[list[float], dict[str, Any]]:
         """``(scores, meta)`` from one replica; see the class docstring for failures."""
+        from reranker.service.app import ServiceUnavailable
+
+        if self.draining:
+            raise ServiceUnavailable("the service is shutting down; retry on another instance")
+        self.in_flight += 1
+        try:
+            return await self._score(request, timeout_s)
+        finally:
+            self.in_flight -= 1
+
+    async def _score(
+        self, request: ScoreRequest, timeout_s: float
+    ) -> tuple[list[float], dict[str, Any]]:
         from ray.exceptions import RayActorError, RayTaskError
         from ray.serve.exceptions import ReplicaUnavailableError
 
@@ -84,7 +131,10 @@ class RayPool:
 
     async def status(self) -> tuple[PoolStatus, str | None, dict[str, Any]]:
         """``ok`` while at least one backend replica is running (Ray Serve's view, at most
-        a second old), else ``loading`` with the deployment's message."""
+        a second old), else ``loading`` with the deployment's message; ``draining`` once
+        the service is stopping."""
+        if self.draining:
+            return "draining", "the service is shutting down", {}
         now = time.monotonic()
         if self._status is not None and now - self._status[0] < STATUS_CACHE_S:
             return self._status[1]
@@ -112,4 +162,6 @@ class RayPool:
         return "loading", f"no backend replica is running: {message}", details
 
     async def close(self) -> None:
-        """Nothing to release: Ray Serve owns the replicas."""
+        """Stop watching the drain key (Ray Serve owns the replicas)."""
+        if self._watcher is not None:
+            self._watcher.cancel()

@@ -105,11 +105,17 @@ class HTTPFront:
 
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         scale = ScaleSettings.model_validate(self.scale)
-        pool = RayPool(self.replicas, scale)
+        self.pool = RayPool(self.replicas, scale)
         return create_app(
             None,
             ServerSettings.model_validate(self.server),
             self.backend_name,
             self.model,
-            pool=pool,
+            pool=self.pool,
         )
+
+    def drain_state(self) -> tuple[bool, int]:
+        """``(draining, requests in flight)`` of this front (``reranker serve`` waits for
+        every front to drain before it removes the application)."""
+        pool = getattr(self, "pool", None)
+        return (pool.draining, pool.in_flight) if pool is not None else (True, 0)

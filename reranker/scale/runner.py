@@ -18,7 +18,7 @@ from typing import Any
 
 from reranker.config import ScaleSettings, Settings
 from reranker.options import BackendOptions
-from reranker.scale.pool import BACKEND_DEPLOYMENT
+from reranker.scale.pool import BACKEND_DEPLOYMENT, KV_NAMESPACE, drain_key
 
 logger = logging.getLogger("reranker.scale")
 
@@ -161,6 +161,7 @@ def serve_on_ray(
             f"{server.port if port is None else port}",
             flush=True,
         )
+        _set_drain_flag(scale, False)  # left by a service of this name that did not stop
         serve.start(
             http_options={
                 "host": host or server.host,
@@ -194,6 +195,7 @@ def serve_on_ray(
             f"({server.shutdown_timeout_s:g} s at most)",
             flush=True,
         )
+        _drain(scale, server.shutdown_timeout_s)
         return EXIT_OK
     finally:
         _stop(scale, started_here)
@@ -224,6 +226,39 @@ def _capture(run: Any, failure: list[BaseException]) -> Any:
     return wrapped
 
 
+def _set_drain_flag(scale: ScaleSettings, on: bool) -> None:
+    from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_put
+
+    if on:
+        _internal_kv_put(drain_key(scale.app_name), b"1", namespace=KV_NAMESPACE)
+    else:
+        _internal_kv_del(drain_key(scale.app_name), namespace=KV_NAMESPACE)
+
+
+def _drain(scale: ScaleSettings, timeout_s: float) -> None:
+    """Have the HTTP fronts refuse new requests (503 + Retry-After, ``/ready`` 503) and
+    wait, at most ``timeout_s``, until none has a request in flight."""
+    from ray import serve
+
+    _set_drain_flag(scale, True)
+    front = serve.get_deployment_handle(HTTP_DEPLOYMENT, app_name=scale.app_name)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        try:
+            # Each call reaches one front: ask enough times to hear from every one.
+            states = [
+                front.drain_state.remote().result(timeout_s=5)
+                for _ in range(2 * scale.ingress_replicas)
+            ]
+        except Exception as exc:
+            logger.warning("waiting for in-flight requests: %s", exc)
+            return
+        if all(draining and not busy for draining, busy in states):
+            return
+    logger.warning("requests still in flight after %g s: stopping anyway", timeout_s)
+
+
 def _stop(scale: ScaleSettings, started_here: bool) -> None:
     import ray
     from ray import serve
@@ -231,9 +266,11 @@ def _stop(scale: ScaleSettings, started_here: bool) -> None:
     if not ray.is_initialized():
         return
     try:
-        serve.delete(scale.app_name)  # replicas finish their in-flight requests first
         if started_here:
             serve.shutdown()
+        else:
+            serve.delete(scale.app_name)  # other applications on the cluster stay up
+        _set_drain_flag(scale, False)
     except Exception as exc:
         logger.warning("stopping the application: %s", exc)
     ray.shutdown()

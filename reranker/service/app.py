@@ -383,6 +383,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if pool is not None:
+            await pool.start()
             yield
             await pool.close()
             return
@@ -649,8 +650,9 @@ def create_app(
 
     @app.get("/health", summary="Liveness: ok, loading, or dead (503)")
     async def health() -> Response:
-        """``{"status": "ok" | "loading" | "dead", "reason"}``: 200 while the process is
-        serving or loading, 503 once its backend is dead (the process restarts it or exits)."""
+        """``{"status": "ok" | "loading" | "draining" | "dead", "reason"}``: 200 while the
+        process is serving, loading or stopping, 503 once its backend is dead (the process
+        restarts it or exits)."""
         details: dict[str, Any] = {}
         if pool is not None:
             status, reason, details = await pool.status()

@@ -13,7 +13,7 @@ from typing import Any, Literal, Protocol
 
 from reranker.protocol import ScoreRequest
 
-PoolStatus = Literal["ok", "loading", "dead"]
+PoolStatus = Literal["ok", "loading", "draining", "dead"]
 
 
 class ScoringPool(Protocol):
@@ -21,6 +21,9 @@ class ScoringPool(Protocol):
 
     def bind_metrics(self, metrics: Any) -> None:
         """Record per-replica counts in the app's :class:`ServiceMetrics`."""
+
+    async def start(self) -> None:
+        """Start what the pool runs in the background (called at the app's startup)."""
 
     async def score(
         self, request: ScoreRequest, timeout_s: float
