@@ -56,8 +56,8 @@ fi
 
 if [ "$which" = all ] || [ "$which" = vllm ]; then
   # Both vLLM backends need the same packages: one venv serves the two of them here.
-  bash scripts/setup_reranker_venv.sh qwen3_vllm --dev
-  RERANK_REQUIRE_VLLM=1 VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-2}" \
+  bash scripts/setup_reranker_venv.sh qwen3_vllm --dev --with ray
+  RERANK_REQUIRE_VLLM=1 RERANK_REQUIRE_RAY=1 VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-2}" \
     run_pytest "$vllm_venv" tests/vllm
 fi
 echo "scripts/test.sh $which: all suites passed"

@@ -24,12 +24,19 @@ API_KEY = "scale-test-key"
 AUTH = {"authorization": f"Bearer {API_KEY}"}
 
 
-def write_config(path: Path, model: str, scale: dict | None, **server: object) -> Path:
-    """A config file for the transformers backend on ``model``, with ``scale`` if given."""
+def write_config(
+    path: Path,
+    model: str,
+    scale: dict | None,
+    backend: str = "qwen3_transformers",
+    options: dict | None = None,
+    **server: object,
+) -> Path:
+    """A config file for ``backend`` on ``model``, with ``scale`` if given."""
     rerank: dict = {
-        "backend": "qwen3_transformers",
+        "backend": backend,
         "server": {"api_key": API_KEY, **server},
-        "backends": {"qwen3_transformers": {"model_name": model}},
+        "backends": {backend: {"model_name": model, **(options or {})}},
     }
     if scale is not None:
         rerank["scale"] = scale
