@@ -140,6 +140,12 @@ class ScaleSettings(BaseModel):
         description="replicas: auto: the requests in flight per replica the autoscaler "
         "aims at (each replica batches its requests together)",
     )
+    upscale_delay_s: float = Field(
+        30.0, ge=0.0, description="replicas: auto: how long load stays high before adding one"
+    )
+    downscale_delay_s: float = Field(
+        600.0, ge=0.0, description="replicas: auto: how long load stays low before removing one"
+    )
     max_ongoing_requests: int = Field(
         256,
         ge=1,

@@ -61,6 +61,8 @@ def deployment_options(scale: ScaleSettings, server_shutdown_s: float, cluster: 
             "initial_replicas": max(scale.min_replicas, 1),
             "max_replicas": most,
             "target_ongoing_requests": scale.target_ongoing_requests,
+            "upscale_delay_s": scale.upscale_delay_s,
+            "downscale_delay_s": scale.downscale_delay_s,
         }
     else:
         options["num_replicas"] = count

@@ -19,6 +19,7 @@ import httpx
 import pytest
 from scale_helpers import (
     AUTH,
+    Load,
     backend_replica_pids,
     log_tail,
     replica_counts,
@@ -179,55 +180,6 @@ def test_both_replicas_serve(ray_service):
     served = {key: n - before.get(key, 0.0) for key, n in after.items()}
     assert len([n for n in served.values() if n > 0]) == 2, served
     assert sum(served.values()) == 48
-
-
-class Load:
-    """Closed-loop clients on ``/rerank`` until stopped (at most ``limit`` requests)."""
-
-    def __init__(
-        self, base: str, threads: int = 8, limit: int = 600, until_refused: bool = False
-    ) -> None:
-        self.base = base
-        self.until_refused = until_refused  # a client stops at its first 503 / refusal
-        self.retry_after: list[str | None] = []
-        self.docs = [f"{d} ({i})" for i in range(6) for d in DOCS]
-        self.codes: list[int | str] = []
-        self.stopped = False
-        self.limit = limit
-        self.pool = cf.ThreadPoolExecutor(threads)
-        self.workers = [self.pool.submit(self._client, i) for i in range(threads)]
-
-    def _client(self, k: int) -> None:
-        with httpx.Client(timeout=60) as client:
-            while not self.stopped and len(self.codes) < self.limit:
-                try:
-                    r = client.post(
-                        f"{self.base}/rerank",
-                        json={"query": f"{QUERY} {k}", "documents": self.docs},
-                        headers=AUTH,
-                    )
-                    self.codes.append(r.status_code)
-                    if r.status_code == 503:
-                        self.retry_after.append(r.headers.get("retry-after"))
-                        if self.until_refused:
-                            return
-                except httpx.HTTPError as exc:
-                    self.codes.append(type(exc).__name__)
-                    if self.until_refused:
-                        return
-
-    def wait_for_answers(self, n: int, seconds: float = 120) -> None:
-        target = len(self.codes) + n
-        assert wait_for(lambda: len(self.codes) >= target, seconds, 0.05), len(self.codes)
-
-    def stop(self, timeout: float = 0) -> list[int | str]:
-        """Stop the clients (after ``timeout`` s, or when all have stopped by themselves)."""
-        wait_for(lambda: all(w.done() for w in self.workers), timeout, 0.05)
-        self.stopped = True
-        for worker in self.workers:
-            worker.result(timeout=120)
-        self.pool.shutdown()
-        return self.codes
 
 
 def retries(base: str) -> float:

@@ -69,4 +69,6 @@ def test_deployment_options_fixed_and_autoscaled():
         "initial_replicas": 1,
         "max_replicas": 4,  # every GPU of the cluster
         "target_ongoing_requests": 8.0,
+        "upscale_delay_s": 30.0,
+        "downscale_delay_s": 600.0,
     }
