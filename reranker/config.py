@@ -126,7 +126,13 @@ class ScaleSettings(BaseModel):
         "it to tensor_parallel_size x data_parallel_size for a vLLM engine over several "
         "GPUs); unset: 1 on a cluster with GPUs, else 0",
     )
-    cpus_per_replica: float = Field(1.0, ge=0.0, description="CPUs each replica reserves")
+    cpus_per_replica: float | None = Field(
+        None,
+        ge=0.0,
+        description="CPUs each replica reserves; Ray gives the replica as many threads "
+        "(tokenisation, batch packing and CPU inference use them). Unset: the cluster's CPUs "
+        "shared out by GPU (gpus_per_replica x CPUs per GPU), or by replica without GPUs",
+    )
     min_replicas: int = Field(1, ge=0, description="replicas: auto: the fewest replicas")
     max_replicas: int | None = Field(
         None,

@@ -41,13 +41,34 @@ def replica_count(scale: ScaleSettings, cluster: dict[str, float]) -> tuple[int,
     return 1, per_replica
 
 
+def cpus_per_replica(scale: ScaleSettings, cluster: dict[str, float]) -> float:
+    """The CPUs a replica reserves: as set, else the cluster's CPUs shared out by GPU
+    (a replica of one GPU on a host of 32 CPUs and 2 GPUs gets 16), or by replica on a
+    cluster without GPUs. Ray sets a replica's thread count (``OMP_NUM_THREADS``) to its
+    CPUs: one CPU would leave tokenisation and batch packing a single thread."""
+    if scale.cpus_per_replica is not None:
+        return scale.cpus_per_replica
+    cpus = float(cluster.get("CPU", 1.0))
+    gpus = float(cluster.get("GPU", 0.0))
+    count, per_replica = replica_count(scale, cluster)
+    if per_replica > 0 and gpus > 0:
+        share = cpus / gpus * per_replica
+    else:
+        most = scale.max_replicas or scale.min_replicas if scale.replicas == "auto" else count
+        share = cpus / max(1, most)
+    return max(1.0, math.floor(share)) if share >= 1 else share
+
+
 def deployment_options(scale: ScaleSettings, server_shutdown_s: float, cluster: dict) -> dict:
     """The Ray Serve options of the backend deployment (replicas or autoscaling,
     resources, health checks, graceful shutdown)."""
     count, per_replica = replica_count(scale, cluster)
     options: dict[str, Any] = {
         "name": BACKEND_DEPLOYMENT,
-        "ray_actor_options": {"num_gpus": per_replica, "num_cpus": scale.cpus_per_replica},
+        "ray_actor_options": {
+            "num_gpus": per_replica,
+            "num_cpus": cpus_per_replica(scale, cluster),
+        },
         "max_ongoing_requests": scale.max_ongoing_requests,
         "health_check_period_s": scale.health_check_period_s,
         "health_check_timeout_s": max(10.0, 5 * scale.health_check_period_s),

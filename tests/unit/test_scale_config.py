@@ -7,7 +7,7 @@ import pytest
 
 from reranker.config import ScaleSettings, load_settings
 from reranker.errors import ConfigError
-from reranker.scale.runner import deployment_options, replica_count
+from reranker.scale.runner import cpus_per_replica, deployment_options, replica_count
 
 
 def settings_with(tmp_path, scale_yaml: str):
@@ -54,9 +54,9 @@ def test_replica_count_fills_the_cluster_unless_told(scale, cluster, expected):
 
 
 def test_deployment_options_fixed_and_autoscaled():
-    fixed = deployment_options(ScaleSettings(replicas=2), 30.0, {"GPU": 4.0})
+    fixed = deployment_options(ScaleSettings(replicas=2), 30.0, {"CPU": 64.0, "GPU": 4.0})
     assert fixed["num_replicas"] == 2 and "autoscaling_config" not in fixed
-    assert fixed["ray_actor_options"] == {"num_gpus": 1.0, "num_cpus": 1.0}
+    assert fixed["ray_actor_options"] == {"num_gpus": 1.0, "num_cpus": 16.0}
     assert fixed["graceful_shutdown_timeout_s"] == 30.0
     auto = deployment_options(
         ScaleSettings(replicas="auto", min_replicas=1, target_ongoing_requests=8),
@@ -72,3 +72,19 @@ def test_deployment_options_fixed_and_autoscaled():
         "upscale_delay_s": 30.0,
         "downscale_delay_s": 600.0,
     }
+
+
+@pytest.mark.parametrize(
+    ("scale", "cluster", "expected"),
+    [
+        ({}, {"CPU": 32.0, "GPU": 2.0}, 16.0),  # the CPUs of its GPU
+        ({"gpus_per_replica": 0.5}, {"CPU": 32.0, "GPU": 2.0}, 8.0),
+        ({"gpus_per_replica": 2}, {"CPU": 32.0, "GPU": 8.0}, 8.0),
+        ({"replicas": 2}, {"CPU": 2.0}, 1.0),  # no GPU: shared by replica
+        ({"replicas": 4}, {"CPU": 2.0}, 0.5),
+        ({"cpus_per_replica": 0.5}, {"CPU": 32.0, "GPU": 2.0}, 0.5),  # as set
+    ],
+)
+def test_cpus_per_replica_shares_the_host_out(scale, cluster, expected):
+    # Ray gives a replica as many threads as CPUs: one would starve tokenisation.
+    assert cpus_per_replica(ScaleSettings(**scale), cluster) == expected
