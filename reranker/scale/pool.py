@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from reranker.config import ScaleSettings
-from reranker.errors import BackendDead
+from reranker.errors import BackendDead, Overloaded
 from reranker.protocol import ScoreRequest
 from reranker.service.pool import PoolStatus
 
@@ -32,8 +32,9 @@ class RayPool:
 
     A request whose replica dies (its process killed, its node lost) or whose backend
     died is sent again to another replica, up to ``scale.retries`` times; after that the
-    app answers 503 with ``Retry-After``. Other errors are the replica's own, raised here
-    as the same typed errors the single-process service raises.
+    app answers 503 with ``Retry-After``. One refused by a full replica (429) is tried
+    once more, on the replica the router then prefers. Other errors are the replica's
+    own, raised here as the same typed errors the single-process service raises.
 
     Once the service is stopping (``reranker serve`` got SIGTERM and set the drain key),
     new requests get 503 with ``Retry-After`` and ``/ready`` 503, while the requests in
@@ -97,6 +98,7 @@ class RayPool:
 
         deadline = time.monotonic() + timeout_s
         attempt = 0
+        overload_retried = False
         while True:
             remaining = max(0.001, deadline - time.monotonic())
             response = self.handle.score.remote(request, remaining)
@@ -107,6 +109,13 @@ class RayPool:
                 raise
             except RayTaskError as exc:
                 cause = exc.cause
+                if isinstance(cause, Overloaded) and not overload_retried:
+                    # That replica's queue is full: another one's may not be (the router
+                    # prefers the least busy). One more try, then the 429 stands.
+                    overload_retried = True
+                    if self.metrics is not None:
+                        self.metrics.replica_retries.labels("replica_full").inc()
+                    continue
                 if not isinstance(cause, BackendDead):
                     if isinstance(cause, Exception):
                         raise cause from None
