@@ -12,11 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 from reranker.prompts.qwen3 import NO_TOKEN_ID, YES_TOKEN_ID
-from reranker.protocol import RerankBackend
 from reranker.workload import Workload
 
 
-def _prompts(backend: RerankBackend, workload: Workload) -> list[str]:
+def _prompts(backend: Any, workload: Workload) -> list[str]:
     instruction = backend.options.instruction
     return [
         backend.template.prompt_text(q, d, instruction)

@@ -1,7 +1,10 @@
-"""Per-backend option models (pydantic, ``extra="forbid"``): light, no heavy imports.
+"""Option models (pydantic, ``extra="forbid"``): light, no heavy imports, no model family.
 
-Every backend class points at one of these through its ``Options`` attribute; the
-config loader validates ``services.rerank.backends.<name>`` against it at startup.
+:class:`BackendOptions` holds what every backend understands; the engine option models
+add their engine's knobs. A model family's pair format adds its own fields (the Qwen3
+reranker's prompt: :class:`reranker.formats.qwen3.Qwen3PromptOptions`), and a backend's
+``Options`` combines an engine's and a format's. The config loader validates
+``services.rerank.backends.<name>`` against the backend's ``Options`` at startup.
 """
 
 from __future__ import annotations
@@ -10,44 +13,21 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from reranker.prompts.qwen3 import DEFAULT_INSTRUCTION, Qwen3PromptTemplate
-
 DEFAULT_MODEL = "Qwen/Qwen3-Reranker-0.6B"
 
 
 class BackendOptions(BaseModel):
-    """Options every Qwen3 reranker backend understands."""
+    """Options every backend understands, whatever its model family."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     model_name: str = Field(DEFAULT_MODEL, min_length=1, description="Hub id or local directory")
-    instruction: str = Field(DEFAULT_INSTRUCTION, min_length=1)
-    instruction_format: Literal["standard", "compact"] = "standard"
-    prompt_prefix: str | None = None
-    prompt_suffix: str | None = None
-    query_template: str | None = None
-    document_template: str | None = None
     max_model_len: int = Field(4096, ge=64, le=131072, description="Prompt length limit")
     infer_batch_size: int = Field(64, ge=1, description="Most pairs in one forward batch")
     max_batch_tokens: int = Field(
         16384, ge=64, description="Token budget of one batch, padding counted"
     )
     sort_by_doc_length: bool = True
-
-    @model_validator(mode="after")
-    def _templates_are_valid(self) -> BackendOptions:
-        self.prompt_template()
-        return self
-
-    def prompt_template(self) -> Qwen3PromptTemplate:
-        """The validated prompt layout these options describe."""
-        return Qwen3PromptTemplate.build(
-            instruction_format=self.instruction_format,
-            prefix=self.prompt_prefix,
-            suffix=self.prompt_suffix,
-            query_template=self.query_template,
-            document_template=self.document_template,
-        )
 
 
 class TransformersOptions(BackendOptions):

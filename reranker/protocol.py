@@ -1,10 +1,11 @@
 """The reranking protocol and the base class every backend extends.
 
 A backend implements :meth:`RerankBackend._score_pairs` (one query) or
-:meth:`RerankBackend._score_jobs` (several queries sharing batches): raw
-``logit(yes) - logit(no)`` for already cleaned, deduplicated documents. The base class
-does the rest, once for all backends: input cleaning, dedup, normalisation, scattering
-back to input order, meta.
+:meth:`RerankBackend._score_jobs` (several queries sharing batches): one raw relevance
+logit per already cleaned, deduplicated document (its sigmoid is the probability that
+the document is relevant). The base class does the rest, once for all backends and model
+families: input cleaning, instruction handling, dedup, normalisation, scattering back to
+input order, meta.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from reranker.options import BackendOptions
 class PairScores:
     """What a backend returns for one query and its unique documents."""
 
-    logits: list[float]  # logit(yes) - logit(no), one per document
+    logits: list[float]  # the relevance logit of each document (sigmoid: its probability)
     batches: int  # forward batches (engine calls) used
     tokens: int  # prompt tokens scored, padding excluded
     truncated_docs: int = 0
@@ -48,7 +49,7 @@ class ScoreJob:
 
     query: str
     docs: list[str]
-    instruction: str
+    instruction: str | None  # None: the model takes no instruction
     max_doc_tokens: int | None = None
 
 
@@ -64,14 +65,14 @@ class _Prepared:
 
 
 # The raw score of a document that cannot be scored (None, blank, unconvertible, or a blank
-# query): the lowest finite float, below any logit(yes) - logit(no) a model can produce, so
+# query): the lowest finite float, below any relevance logit a model can produce, so
 # an unusable document never outranks a usable one when raw scores are sorted. Its
 # normalised counterpart is 0.0, which is sigmoid(UNUSABLE_LOGIT).
 UNUSABLE_LOGIT = -sys.float_info.max
 
 
 def sigmoid(x: float) -> float:
-    """P(yes) from logit(yes) - logit(no), without overflow at either end."""
+    """The probability of a relevance logit, without overflow at either end."""
     if x >= 0:
         return 1.0 / (1.0 + math.exp(-x))
     z = math.exp(x)
@@ -135,8 +136,10 @@ class RerankBackend:
 
     Class attributes describe a backend before it is built: ``name`` (its entry-point
     name), ``requires`` (modules it imports, probed with ``find_spec`` by the registry),
-    ``Options`` (its pydantic options model) and ``env_prefix`` (option
-    ``x`` is overridden by the environment variable ``<env_prefix>X``).
+    ``Options`` (its pydantic options model), ``env_prefix`` (option
+    ``x`` is overridden by the environment variable ``<env_prefix>X``) and
+    ``takes_instruction`` (whether its model reads a per-request instruction; a request
+    with one sent to a backend whose model takes none is refused, never scored without it).
     """
 
     name: ClassVar[str] = ""
@@ -144,6 +147,7 @@ class RerankBackend:
     Options: ClassVar[type[BackendOptions]] = BackendOptions
     env_prefix: ClassVar[str] = "RERANK_"
     env_aliases: ClassVar[dict[str, str]] = {}
+    takes_instruction: ClassVar[bool] = False
 
     def __init__(self, options: BackendOptions | Mapping[str, Any] | None = None) -> None:
         if isinstance(options, BackendOptions):
@@ -151,17 +155,24 @@ class RerankBackend:
             self.options = self.Options.model_validate(options.model_dump(exclude_unset=True))
         else:
             self.options = self.Options.model_validate(dict(options or {}))
-        self.template = self.options.prompt_template()
 
     @property
     def model_name(self) -> str:
         """The model this backend serves (hub id or path)."""
         return self.options.model_name
 
+    def default_instruction(self) -> str | None:
+        """The instruction of a request that names none (None: the model takes none)."""
+        return None
+
+    def format_meta(self) -> dict[str, Any]:
+        """Meta keys of the model family's pair format (e.g. its instruction format)."""
+        return {}
+
     def _score_pairs(
-        self, query: str, docs: list[str], instruction: str, max_doc_tokens: int | None
+        self, query: str, docs: list[str], instruction: str | None, max_doc_tokens: int | None
     ) -> PairScores:
-        """Raw logit(yes) - logit(no) for each doc; docs are non-empty and unique.
+        """The raw relevance logit of each doc; docs are non-empty and unique.
 
         Implement this, or :meth:`_score_jobs` to share batches across requests.
         """
@@ -222,7 +233,8 @@ class RerankBackend:
     ) -> tuple[list[float], dict[str, Any]]:
         """One score per input doc, in input order, and a meta dict.
 
-        ``normalize=True`` gives P(yes) in [0, 1]; ``False`` the raw logit(yes) - logit(no).
+        ``normalize=True`` gives the probability of relevance in [0, 1]; ``False`` the raw
+        relevance logit (for the Qwen3 reranker, logit(yes) - logit(no)).
         None, blank or unconvertible docs score 0.0 (``UNUSABLE_LOGIT``, the lowest finite
         float, when ``normalize=False``); a blank query scores every doc so.
         Raises :class:`InvalidRequest` for input that cannot be scored, e.g. a query,
@@ -266,6 +278,11 @@ class RerankBackend:
         if isinstance(docs, str | bytes) or (docs is not None and not isinstance(docs, Sequence)):
             raise InvalidRequest("docs must be a list of strings", param="docs")
         instruction = request.instruction
+        if instruction is not None and not self.takes_instruction:
+            raise InvalidRequest(
+                f"the model {self.model_name} takes no instruction; send the request without one",
+                param="instruction",
+            )
         if instruction is not None and not str(instruction).strip():
             raise InvalidRequest("instruction must not be blank", param="instruction")
         if request.max_doc_tokens is not None and request.max_doc_tokens < 1:
@@ -286,7 +303,7 @@ class RerankBackend:
             prepared.job = ScoreJob(
                 query_text,
                 prepared.unique,
-                str(instruction) if instruction else self.options.instruction,
+                str(instruction) if instruction else self.default_instruction(),
                 request.max_doc_tokens,
             )
         return prepared
@@ -320,7 +337,7 @@ class RerankBackend:
             "infer_batch_size": self.options.infer_batch_size,
             "max_batch_tokens": self.options.max_batch_tokens,
             "sort_by_doc_length": self.options.sort_by_doc_length,
-            "instruction_format": self.options.instruction_format,
+            **self.format_meta(),
             "max_model_len": self.options.max_model_len,
             "scored_tokens": result.tokens,
             "truncated_docs": result.truncated_docs,

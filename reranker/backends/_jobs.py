@@ -60,6 +60,8 @@ class FlatPrompts:
         """Encode one more job (an invalid one keeps its error and adds no prompts)."""
         j = len(self.jobs)
         self.jobs.append(job)
+        if job.instruction is None:  # the Qwen3 prompt always has one (a default)
+            raise TypeError("a Qwen3 prompt needs an instruction")
         try:
             enc = encoder.encode(job.query, job.docs, job.instruction, job.max_doc_tokens)
         except InvalidRequest as exc:

@@ -19,6 +19,7 @@ from reranker.backends._hf_loading import HFTextTokenizer, check_hub_model, load
 from reranker.backends._jobs import FlatPrompts
 from reranker.backends._runtime import resolve_device, resolve_dtype
 from reranker.errors import BackendDead, ConfigError, InvalidRequest
+from reranker.formats.qwen3 import Qwen3PromptFormat, Qwen3VLLMOptions
 from reranker.model_source import check_model_source
 from reranker.options import VLLMOptions
 from reranker.prompts.qwen3 import Qwen3PromptEncoder
@@ -368,7 +369,7 @@ def stop_engine(llm: Any) -> None:
         pass
 
 
-class VLLMBackendBase(RerankBackend):
+class VLLMBackendBase(Qwen3PromptFormat, RerankBackend):
     """Shared by ``qwen3_vllm`` and ``qwen3_vllm_score``: options, env names, tokenizer,
     one engine call per set of jobs (token-id prompts, shortest first) on each engine,
     shutdown. Subclasses start their engines with :meth:`_start_engines` and implement
@@ -376,14 +377,14 @@ class VLLMBackendBase(RerankBackend):
     """
 
     requires: ClassVar[tuple[str, ...]] = ("vllm", "transformers")
-    Options = VLLMOptions
+    Options = Qwen3VLLMOptions
     env_prefix: ClassVar[str] = "RERANK_VLLM_"
     # Shorter variable names, also accepted for these two options.
     env_aliases: ClassVar[dict[str, str]] = {
         "RERANK_VLLM_AUTO_TRITON_ATTN": "auto_triton_attn_on_sm_lt_8",
         "RERANK_VLLM_ATTENTION_BACKEND": "vllm_attention_backend",
     }
-    options: VLLMOptions
+    options: Qwen3VLLMOptions
     _llm: Any = None  # the first engine
     _engines: tuple[Any, ...] = ()  # one per data-parallel rank
     _dead: str | None = None  # why the engine can no longer score, once it cannot

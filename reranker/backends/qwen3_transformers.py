@@ -35,8 +35,8 @@ from reranker.backends._packing import (
 from reranker.backends._runtime import resolve_device, resolve_dtype
 from reranker.batching import plan_batches
 from reranker.errors import ConfigError, InvalidRequest
+from reranker.formats.qwen3 import Qwen3PromptFormat, Qwen3TransformersOptions
 from reranker.model_source import check_model_source
-from reranker.options import TransformersOptions
 from reranker.prompts.qwen3 import NO_TOKEN_ID, YES_TOKEN_ID, Qwen3PromptEncoder
 from reranker.protocol import PairScores, RerankBackend, ScoreJob
 
@@ -60,14 +60,14 @@ def _expand_runs(torch: Any, starts: Any, lengths: Any, total: int) -> Any:
     return torch.arange(total, device=starts.device) + shift
 
 
-class Qwen3TransformersBackend(RerankBackend):
+class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
     """Qwen3-Reranker with ``AutoModelForCausalLM``; thread-safe, batches under a token budget."""
 
     name: ClassVar[str] = "qwen3_transformers"
     requires: ClassVar[tuple[str, ...]] = ("torch", "transformers")
-    Options = TransformersOptions
+    Options = Qwen3TransformersOptions
     env_prefix: ClassVar[str] = "RERANK_HF_"
-    options: TransformersOptions
+    options: Qwen3TransformersOptions
 
     check_model = staticmethod(check_hub_model)
 
@@ -148,7 +148,7 @@ class Qwen3TransformersBackend(RerankBackend):
             self._graphs is not None,
         )
 
-    def _choose_batching(self, opts: TransformersOptions, on_cuda: bool) -> None:
+    def _choose_batching(self, opts: Qwen3TransformersOptions, on_cuda: bool) -> None:
         """Resolve how batches are built and run: the ``auto`` layout, prefix sharing, the
         GPU batch defaults, the attention kernel, whether the layers are compiled, and
         whether a call's first documents go ahead on their own (GPU only). Runs before

@@ -262,7 +262,8 @@ class BatchScheduler:
         self._on_isolate = on_isolate
         options = getattr(backend, "options", None)
         self._max_model_len = int(getattr(options, "max_model_len", None) or 4096)
-        self._instruction = str(getattr(options, "instruction", "") or "")
+        default_instruction = getattr(backend, "default_instruction", None)
+        self._instruction = str((default_instruction() if default_instruction else "") or "")
         self._sort = bool(getattr(options, "sort_by_doc_length", True))
         self._waiting: deque[_Item] = deque()  # items with pieces left, not in the running call
         self._running: list[_Item] = []

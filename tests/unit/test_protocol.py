@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "fake_plugin"))
-from fake_reranker_plugin import LengthBackend  # noqa: E402
+from fake_reranker_plugin import LengthBackend, PlainBackend  # noqa: E402
 
 from reranker.errors import InvalidRequest  # noqa: E402
 from reranker.protocol import UNUSABLE_LOGIT, rank_order, sigmoid  # noqa: E402
@@ -25,7 +25,6 @@ SEED_META_KEYS = {
     "normalize",
     "inference_batches",
     "sort_by_doc_length",
-    "instruction_format",
     "infer_batch_size",
     "max_batch_tokens",
     "scored_tokens",
@@ -168,3 +167,29 @@ def test_text_that_is_not_valid_unicode_is_an_invalid_request(backend, request_k
 def test_valid_non_ascii_text_is_scored(backend):
     scores = backend.score("Ünïcödé 中文", ["emoji 🎉", "naïve", "\x00 NUL"], normalize=False)
     assert len(scores) == 3 and all(s != UNUSABLE_LOGIT for s in scores)
+
+
+def test_a_model_without_instruction_refuses_one_and_reports_no_format():
+    plain = PlainBackend({"model_name": "plain-model"})
+    scores, meta = plain.score_with_meta("q", ["aa", "a"])
+    assert scores == [sigmoid(2.0), sigmoid(1.0)]
+    assert "instruction_format" not in meta  # the core names no model family's keys
+    with pytest.raises(InvalidRequest) as exc:
+        plain.score_with_meta("q", ["aa"], instruction="find facts")
+    assert exc.value.param == "instruction"
+    assert "plain-model takes no instruction" in str(exc.value)
+
+
+def test_a_model_with_instruction_gets_its_default_and_its_format_meta(backend):
+    seen = []
+    original = backend._score_pairs
+
+    def spy(query, docs, instruction, max_doc_tokens):
+        seen.append(instruction)
+        return original(query, docs, instruction, max_doc_tokens)
+
+    backend._score_pairs = spy
+    _, meta = backend.score_with_meta("q", ["a"])
+    backend.score_with_meta("q", ["a"], instruction="mine")
+    assert seen == ["fake instruction", "mine"]
+    assert meta["instruction_format"] == "fake"

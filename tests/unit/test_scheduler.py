@@ -105,7 +105,7 @@ def test_input_error_of_a_piece_names_the_document_in_the_whole_request():
             s.submit(ScoreRequest("__bad__", docs)).result(10)
     finally:
         s.close(5)
-    pieces, _ = plan_pieces(ScoreRequest("__bad__", docs), 800, 4096, backend.options.instruction)
+    pieces, _ = plan_pieces(ScoreRequest("__bad__", docs), 800, 4096, backend.default_instruction())
     where = pieces[0].positions[1]  # the piece's docs[1]
     assert where > 1 and err.value.param == f"docs[{where}]"
     assert str(err.value).startswith(f"docs[{where}]:")

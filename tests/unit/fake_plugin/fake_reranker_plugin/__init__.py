@@ -8,9 +8,18 @@ from reranker.protocol import PairScores, RerankBackend
 
 
 class LengthBackend(RerankBackend):
-    """Scores a document by its length relative to the query: deterministic, no model."""
+    """Scores a document by its length relative to the query: deterministic, no model.
+    Its "model" reads an instruction (default ``fake instruction``), as the Qwen3 reranker's
+    does."""
 
     name: ClassVar[str] = "fake_length"
+    takes_instruction: ClassVar[bool] = True
+
+    def default_instruction(self):
+        return "fake instruction"
+
+    def format_meta(self):
+        return {"instruction_format": "fake"}
 
     def _score_pairs(self, query, docs, instruction, max_doc_tokens):
         self.calls = getattr(self, "calls", 0) + 1
@@ -61,3 +70,13 @@ class MortalBackend(LengthBackend):
             self.dead = "the fake engine process was killed"
             raise RuntimeError("the engine died during the call")
         return super()._score_pairs(query, docs, instruction, max_doc_tokens)
+
+
+class PlainBackend(RerankBackend):
+    """A model that takes no instruction (as a cross-encoder): scores by length."""
+
+    name: ClassVar[str] = "fake_plain"
+
+    def _score_pairs(self, query, docs, instruction, max_doc_tokens):
+        assert instruction is None
+        return PairScores([float(len(d)) for d in docs], batches=1, tokens=0)
