@@ -36,4 +36,4 @@ def test_a_full_replica_answers_429_with_retry_after(tiny_model_dir, tmp_path):
                 assert len(answer.json()["results"]) == len(docs)
         metrics = httpx.get(f"{base}/metrics", timeout=10).text
         assert 'reranker_replica_retries_total{reason="replica_full"}' in metrics
-        assert 'reranker_overloaded_total 0.0' not in metrics
+        assert "reranker_overloaded_total 0.0" not in metrics
