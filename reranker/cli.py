@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any
 
-from reranker.errors import RerankerError
+from reranker.errors import ConfigError, RerankerError
 
 
 def _backend_from_args(args: argparse.Namespace) -> Any:
@@ -182,6 +182,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_build_test_model(args: argparse.Namespace) -> int:
+    if args.family != "qwen3":
+        if args.shape != "tiny" or args.dtype != "float32":
+            raise ConfigError("--shape and --dtype apply to the qwen3 family only")
+        from reranker.testing.tiny_cross_encoders import main as build_cross_encoder
+
+        build_cross_encoder([args.out_dir, "--family", args.family])
+        return 0
     from reranker.testing.tiny_qwen3 import main as build
 
     build([args.out_dir, "--shape", args.shape, "--dtype", args.dtype])
@@ -253,8 +260,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.set_defaults(func=_cmd_serve)
-    p = sub.add_parser("build-test-model", help="build the offline tiny Qwen3 reranker")
+    p = sub.add_parser(
+        "build-test-model",
+        help="build an offline tiny reranker (Qwen3, or a BERT / XLM-RoBERTa / ModernBERT "
+        "cross-encoder) with a real tokenizer",
+    )
     p.add_argument("out_dir")
+    p.add_argument(
+        "--family",
+        default="qwen3",
+        choices=["qwen3", "bert", "xlm-roberta", "modernbert"],
+        help="model family (qwen3); the cross-encoders need the test extra's tokenizers",
+    )
     p.add_argument("--shape", default="tiny", choices=["tiny", "0.6b"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.set_defaults(func=_cmd_build_test_model)

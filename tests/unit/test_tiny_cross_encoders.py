@@ -151,3 +151,23 @@ def test_sentence_transformers_cross_encoder_gives_the_same_logit(built) -> None
     encoder = st.CrossEncoder(str(path), device="cpu", local_files_only=True)
     score = encoder.predict([(QUERY, DOC)], activation_fn=torch.nn.Identity())
     assert abs(float(score[0]) - logit[0, 0].item()) < 1e-5
+
+
+def test_the_cli_builds_a_cross_encoder_and_refuses_qwen3_only_flags(tmp_path):
+    import subprocess
+    import sys
+
+    _skip_without_source("bert")
+    cli = [sys.executable, "-m", "reranker.cli", "build-test-model"]
+    built_ok = subprocess.run([*cli, str(tmp_path / "bert"), "--family", "bert"], timeout=120)
+    assert built_ok.returncode == 0
+    marker = json.loads((tmp_path / "bert" / "reranker_test_model.json").read_text())
+    assert marker["family"] == "bert"
+    refused = subprocess.run(
+        [*cli, str(tmp_path / "x"), "--family", "bert", "--shape", "0.6b"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2 and "qwen3 family only" in refused.stderr
+    assert not (tmp_path / "x").exists()
