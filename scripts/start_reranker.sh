@@ -37,9 +37,13 @@ if [ -z "$backend" ]; then
   backend="${backend:-qwen3_transformers}"
 fi
 venv="${RERANK_VENV_ROOT:-$root}/.venv-reranker-${backend}"
-if [ ! -x "$venv/bin/python" ] && [ "$backend" = qwen3_vllm_score ] \
-   && [ -x "${RERANK_VENV_ROOT:-$root}/.venv-reranker-qwen3_vllm/bin/python" ]; then
-  venv="${RERANK_VENV_ROOT:-$root}/.venv-reranker-qwen3_vllm"  # same packages
+# A backend whose requirements file says "# venv: OTHER" needs the same packages as OTHER:
+# OTHER's venv serves it when it has none of its own.
+shared=$(sed -n 's/^# venv: \([A-Za-z0-9_]*\).*/\1/p' \
+  "$root/scripts/requirements_reranker_${backend}.txt" 2>/dev/null | head -n 1)
+if [ ! -x "$venv/bin/python" ] && [ -n "$shared" ] \
+   && [ -x "${RERANK_VENV_ROOT:-$root}/.venv-reranker-$shared/bin/python" ]; then
+  venv="${RERANK_VENV_ROOT:-$root}/.venv-reranker-$shared"
 fi
 if [ ! -x "$venv/bin/python" ]; then
   echo "error: the venv of backend '$backend' is missing ($venv)." >&2

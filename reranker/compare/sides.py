@@ -71,10 +71,24 @@ def parse_spec(text: str) -> SideSpec:
     return spec
 
 
+def shared_venv(backend: str) -> list[str]:
+    """The backend whose venv also serves ``backend`` (its requirements file's
+    ``# venv: OTHER`` line), if any."""
+    requirements = Path(__file__).parents[2] / "scripts" / f"requirements_reranker_{backend}.txt"
+    try:
+        lines = requirements.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        if line.startswith("# venv: ") and line[8:].split():
+            return [line[8:].split()[0]]
+    return []
+
+
 def default_python(backend: str) -> str:
     """The backend's venv interpreter if it exists, else the current one."""
     root = Path(os.environ.get("RERANK_VENV_ROOT", "."))
-    names = [backend] + (["qwen3_vllm"] if backend == "qwen3_vllm_score" else [])
+    names = [backend, *shared_venv(backend)]
     for name in names:
         candidate = root / f".venv-reranker-{name}" / "bin" / "python"
         if candidate.is_file():
