@@ -94,3 +94,13 @@ def test_options_are_validated_on_load():
             print(json.dumps({"raised": type(exc).__name__, "msg": str(exc)}))
     """)
     assert result["raised"] == "ValidationError" and "infer_batch_size" in result["msg"]
+
+
+def test_a_backend_may_share_another_backends_venv():
+    from reranker.compare.sides import shared_venv
+
+    # "# venv: OTHER" in scripts/requirements_reranker_<backend>.txt: same packages.
+    assert shared_venv("qwen3_vllm_score") == ["qwen3_vllm"]
+    assert shared_venv("cross_encoder_transformers") == ["qwen3_transformers"]
+    assert shared_venv("qwen3_transformers") == []
+    assert shared_venv("no_such_backend") == []
