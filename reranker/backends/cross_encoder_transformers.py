@@ -55,7 +55,9 @@ class CrossEncoderTransformersBackend(RerankBackend):
         super().__init__(options)
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # a bar per load in every service log: noise
         opts = self.options
         self.model_info = detect(opts.model_name)
         self.device = torch.device(resolve_device(opts.device))

@@ -85,7 +85,8 @@ def encode_pairs(
             param="query",
         )
     keep = room if max_doc_tokens is None else min(room, max_doc_tokens)
-    alone = tokenizer(docs, add_special_tokens=False, return_offsets_mapping=True)
+    # Whole documents, to find where to cut them: longer than the model takes, by design.
+    alone = tokenizer(docs, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     cut: list[str] = []
     truncated = 0
     for doc, ids, offsets in zip(docs, alone["input_ids"], alone["offset_mapping"], strict=True):
