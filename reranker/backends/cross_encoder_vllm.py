@@ -1,0 +1,260 @@
+"""``cross_encoder_vllm``: a cross-encoder reranker (BERT, XLM-RoBERTa, ModernBERT
+sequence classifiers with one label) on vLLM's pooling runner.
+
+Each (query, document) pair is built as the model's own tokenizer joins a text pair
+(:func:`reranker.formats.cross_encoder.encode_pairs`: the document cut at a token boundary
+when the pair would not fit, the query never cut) and handed to the classifier as token ids
+(``LLM.classify`` on ``TokensPrompt``s). The score is the classifier's raw logit, no
+sigmoid.
+
+Token types: vLLM's BERT-style models read a pair's token type ids from the request's
+``PoolingParams.extra_kwargs["compressed_token_type_ids"]``, the position of the first
+type-1 token (the pair is all zeros, then all ones). That is how vLLM's own ``LLM.score``
+passes them (vLLM 0.10 to 0.32 at least); a ``token_type_ids`` key of a ``TokensPrompt``
+reaches the model only through ``LLM.score``'s pair path, never through ``LLM.classify``.
+This backend sets the compressed form per pair itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ClassVar
+
+from pydantic import Field, field_validator
+
+from reranker.backends._hf_loading import check_hub_model, load_or_explain
+from reranker.backends._runtime import resolve_device
+from reranker.backends._vllm_common import (
+    engine_gpus,
+    engine_kwargs,
+    engines_health,
+    has_field,
+    is_engine_death,
+    quiet_engine_logs,
+    start_engines,
+    stop_engine,
+)
+from reranker.errors import BackendDead, ConfigError, InvalidRequest
+from reranker.formats.cross_encoder import detect, encode_pairs, pair_limit
+from reranker.model_source import check_model_source
+from reranker.options import VLLMOptions
+from reranker.protocol import PairScores, RerankBackend, ScoreJob
+
+logger = logging.getLogger(__name__)
+
+
+class CrossEncoderVLLMOptions(VLLMOptions):
+    """Options of ``cross_encoder_vllm``: vLLM's engine options; the Qwen3-Reranker
+    overrides do not apply to a cross-encoder and stay off."""
+
+    use_original_qwen3_hf_overrides: bool = Field(
+        False, description="Qwen3-Reranker only; must stay false for a cross-encoder"
+    )
+
+    @field_validator("use_original_qwen3_hf_overrides")
+    @classmethod
+    def _no_qwen3_overrides(cls, value: bool) -> bool:
+        if value:
+            raise ValueError(
+                "use_original_qwen3_hf_overrides turns a causal Qwen3-Reranker into a "
+                "classifier; a cross-encoder checkpoint already is one. Leave it false "
+                "(Qwen3-Reranker: the qwen3_vllm_score backend)"
+            )
+        return value
+
+
+def compressed_token_types(types: list[int]) -> int:
+    """The position of the first type-1 token of a pair's ``token_type_ids`` (its length
+    if none): vLLM's compressed form. A pair is all zeros then all ones; anything else is
+    a :class:`RuntimeError` (vLLM could not pass it on)."""
+    first_one = len(types)
+    for i, kind in enumerate(types):
+        if kind == 1 and first_one == len(types):
+            first_one = i
+        elif kind > 1 or (kind == 0 and first_one < i):
+            raise RuntimeError(f"token type ids are not zeros then ones: {types}")
+    return first_one
+
+
+class CrossEncoderVLLMBackend(RerankBackend):
+    """A cross-encoder on vLLM's pooling runner: ``LLM.classify`` on the token ids of each
+    (query, document) pair; one engine call per set of jobs (shortest pairs first) on
+    each data-parallel engine."""
+
+    name: ClassVar[str] = "cross_encoder_vllm"
+    requires: ClassVar[tuple[str, ...]] = ("vllm", "transformers")
+    Options = CrossEncoderVLLMOptions
+    env_prefix: ClassVar[str] = "RERANK_VLLM_"
+    env_aliases: ClassVar[dict[str, str]] = {
+        "RERANK_VLLM_AUTO_TRITON_ATTN": "auto_triton_attn_on_sm_lt_8",
+        "RERANK_VLLM_ATTENTION_BACKEND": "vllm_attention_backend",
+    }
+    options: CrossEncoderVLLMOptions
+    _llm: Any = None  # the first engine
+    _engines: tuple[Any, ...] = ()  # one per data-parallel rank
+    _dead: str | None = None  # why the engine can no longer score, once it cannot
+
+    check_model = staticmethod(check_hub_model)
+
+    def __init__(self, options: Any = None) -> None:
+        super().__init__(options)
+        name = self.options.model_name
+        # Not a cross-encoder (a causal LM, several labels): an error before any loading.
+        self._model = detect(name)
+        gpus = engine_gpus(self.options)
+        quiet_engine_logs()
+        from transformers import AutoTokenizer
+        from vllm import PoolingParams
+
+        cache_only = check_model_source(name) == "cache"
+        self._tokenizer = load_or_explain(
+            name,
+            "tokenizer",
+            lambda: AutoTokenizer.from_pretrained(name, local_files_only=cache_only),
+        )
+        self._max_len = pair_limit(self._tokenizer, self.options.max_model_len)
+        # Ask for the raw logit; where this vLLM has no switch, invert its sigmoid.
+        switches = ("use_activation", "activation")
+        self._raw = next((f for f in switches if has_field(PoolingParams, f)), None)
+        self._pooling = PoolingParams(**{self._raw: False}) if self._raw else PoolingParams()
+        self._typed = has_field(PoolingParams, "extra_kwargs")
+        self._lock = threading.Lock()
+        kwargs = engine_kwargs(
+            self.options,
+            "pooling",
+            max_model_len=self._max_len,
+            # A bidirectional encoder's states of a prefix depend on what follows it.
+            enable_prefix_caching=False,
+        )
+        self._engines = tuple(start_engines(self.options, kwargs, gpus))
+        self._llm = self._engines[0]
+
+    def _params(self, types: list[int] | None) -> Any:
+        """The ``PoolingParams`` of one pair: the raw-logit switch, and its token types."""
+        if types is None or not any(types):
+            return self._pooling
+        if not self._typed:
+            raise ConfigError(
+                f"this vLLM's PoolingParams has no extra_kwargs: it cannot pass the token "
+                f"type ids a {self._model.family} pair needs (use vLLM 0.10 or newer)"
+            )
+        params = self._pooling.clone()
+        params.extra_kwargs = {
+            **(params.extra_kwargs or {}),
+            "compressed_token_type_ids": compressed_token_types(types),
+        }
+        return params
+
+    def _logits_on(self, llm: Any, prompts: list[tuple[Any, Any]]) -> list[float]:
+        """The classifier's raw logit for each ``(TokensPrompt, PoolingParams)``."""
+        outputs = llm.classify(
+            [p for p, _ in prompts], use_tqdm=False, pooling_params=[q for _, q in prompts]
+        )
+        values = [float(out.outputs.probs[0]) for out in outputs]
+        return values if self._raw else [_logit(v) for v in values]
+
+    def _engine_logits(self, prompts: list[tuple[Any, Any]]) -> list[float]:
+        """One call on each engine, at once; with N engines engine i takes prompts i,
+        i+N, i+2N, ... (an even share of the call's prompts, of every length)."""
+        engines = self._engines or (self._llm,)
+        n = len(engines)
+        if n == 1 or len(prompts) <= 1:
+            return self._logits_on(engines[0], prompts)
+        shares = [prompts[i::n] for i in range(min(n, len(prompts)))]
+        with ThreadPoolExecutor(len(shares), thread_name_prefix="reranker-vllm-dp") as pool:
+            parts = list(pool.map(self._logits_on, engines, shares))
+        values = [0.0] * len(prompts)
+        for i, part in enumerate(parts):
+            values[i::n] = part
+        return values
+
+    def _score_jobs(self, jobs: list[ScoreJob]) -> list[PairScores | InvalidRequest]:
+        """All jobs' pairs in one engine call (shortest first when
+        ``sort_by_doc_length``); a job whose query leaves no room is its own error."""
+        from vllm.inputs import TokensPrompt
+
+        encoded: list[tuple[list[list[int]], list[list[int]] | None, int] | InvalidRequest] = []
+        pairs: list[tuple[list[int], list[int] | None]] = []
+        for job in jobs:
+            if job.instruction is not None:  # the protocol refuses one before this
+                encoded.append(InvalidRequest("this model takes no instruction", "instruction"))
+                continue
+            try:
+                ids, types, truncated = encode_pairs(
+                    self._tokenizer, job.query, job.docs, self._max_len, job.max_doc_tokens
+                )
+            except InvalidRequest as exc:
+                encoded.append(exc)
+                continue
+            encoded.append((ids, types, truncated))
+            pairs.extend(zip(ids, types if types is not None else [None] * len(ids), strict=True))
+        order = list(range(len(pairs)))
+        if self.options.sort_by_doc_length:
+            order.sort(key=lambda k: len(pairs[k][0]))
+        prompts = [
+            (TokensPrompt(prompt_token_ids=pairs[k][0]), self._params(pairs[k][1])) for k in order
+        ]
+        logits = [0.0] * len(pairs)
+        if prompts:
+            for k, value in zip(order, self._call(prompts), strict=True):
+                logits[k] = value
+        results: list[PairScores | InvalidRequest] = []
+        start = 0
+        for item in encoded:
+            if isinstance(item, InvalidRequest):
+                results.append(item)
+                continue
+            ids, _, truncated = item
+            results.append(
+                PairScores(
+                    logits=logits[start : start + len(ids)],
+                    batches=1,
+                    tokens=sum(map(len, ids)),
+                    truncated_docs=truncated,
+                )
+            )
+            start += len(ids)
+        return results
+
+    def _call(self, prompts: list[tuple[Any, Any]]) -> list[float]:
+        """The engines' logits of ``prompts``; a dead engine becomes :class:`BackendDead`."""
+        dead = self.health()
+        if dead:
+            raise BackendDead(dead)
+        with self._lock:
+            try:
+                return self._engine_logits(prompts)
+            except Exception as exc:
+                dead = engines_health(list(self._engines), dying=is_engine_death(exc))
+                if dead is None:
+                    raise
+                self._dead = dead
+                raise BackendDead(dead) from exc
+
+    def meta_extra(self) -> dict[str, Any]:
+        """The device and dtype the engine runs its model in, and the model family."""
+        config = getattr(getattr(self._llm, "llm_engine", None), "model_config", None)
+        dtype = getattr(config, "dtype", None)
+        return {
+            "device": resolve_device("auto"),
+            "dtype": str(dtype).removeprefix("torch.") if dtype is not None else None,
+            "family": self._model.family,
+        }
+
+    def health(self) -> str | None:
+        """None while the engine can score; else why not (see ``engine_health``)."""
+        return engines_health(list(self._engines)) or self._dead
+
+    def close(self) -> None:
+        """Shut the engines down and free their memory."""
+        engines, self._engines, self._llm = self._engines, (), None
+        for llm in engines:
+            stop_engine(llm)
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-38), 1.0 - 1e-16)
+    return math.log(p) - math.log1p(-p)
