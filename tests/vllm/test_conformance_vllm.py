@@ -12,13 +12,24 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "conformance"))
 from checks import CHECKS  # noqa: E402
 from engines import vllm_backend  # noqa: E402
 
-CASES = [("qwen3_vllm", "qwen3"), ("qwen3_vllm_score", "qwen3")]
+CASES = [
+    ("qwen3_vllm", "qwen3"),
+    ("qwen3_vllm_score", "qwen3"),
+    ("cross_encoder_vllm", "bert"),  # the other families: tests/vllm/test_cross_encoder_vllm.py
+]
 
 
 @pytest.fixture(scope="module", params=CASES, ids=lambda case: f"{case[0]}-{case[1]}")
-def backend(request, tiny_model_dir):
-    name, _ = request.param
-    loaded = vllm_backend(name, tiny_model_dir)
+def backend(request, tiny_model_dir, tmp_path_factory):
+    name, family = request.param
+    model = tiny_model_dir
+    if family != "qwen3":
+        from reranker.testing import tiny_cross_encoders as tce
+
+        if not tce.tokenizer_source_available(family):
+            pytest.skip(f"{tce.TOKENIZER_SOURCES[family][0]} ({family} tokenizer) is missing")
+        model = tce.build_model(tmp_path_factory.mktemp(family), family)
+    loaded = vllm_backend(name, model)
     yield loaded
     loaded.close()
 
