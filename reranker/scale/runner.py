@@ -11,9 +11,11 @@ import logging
 import math
 import os
 import signal
+import socket
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from reranker.config import ScaleSettings, Settings
@@ -74,6 +76,9 @@ def deployment_options(scale: ScaleSettings, server_shutdown_s: float, cluster: 
         "health_check_timeout_s": max(10.0, 5 * scale.health_check_period_s),
         "graceful_shutdown_timeout_s": server_shutdown_s,
         "graceful_shutdown_wait_loop_s": 0.5,
+        # A replica whose backend cannot load (a model missing on a host, ...) fails the
+        # start after a few tries, with its error, instead of being retried for minutes.
+        "max_constructor_retry_count": 3,
     }
     if scale.replicas == "auto":
         most = scale.max_replicas or max(count, scale.min_replicas, 1)
@@ -145,12 +150,18 @@ def serve_on_ray(
     scale = settings.rerank.scale
     assert scale is not None
     server = settings.rerank.server
-    stop = threading.Event()
+    unreachable = _unreachable(scale.address)
+    if unreachable is not None:
+        print(f"error: cannot reach Ray at {scale.address}: {unreachable}", file=sys.stderr)
+        return EXIT_START_FAILED
+    options = _with_absolute_model_path(options)
+    # A signal handler only appends (no lock: a second signal may arrive inside the first
+    # handler, e.g. Ctrl-C in a terminal plus the one start_reranker.sh forwards).
     caught: list[int] = []
+    stop = _Stop(caught)
 
     def on_signal(signum: int, frame: Any) -> None:
         caught.append(signum)
-        stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     # Unset: RAY_ADDRESS if set (Ray's own convention), else a new local instance, never
@@ -167,7 +178,8 @@ def serve_on_ray(
             )
         except Exception as exc:
             where = "a new local instance" if started_here else address
-            print(f"error: cannot start or reach Ray ({where}): {exc}", file=sys.stderr)
+            hint = "" if started_here else " (services.rerank.scale.address)"
+            print(f"error: cannot start or reach Ray ({where}){hint}: {exc}", file=sys.stderr)
             return EXIT_START_FAILED
         # ray.init installs its own SIGTERM handler (exit at once): drain instead.
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -176,6 +188,14 @@ def serve_on_ray(
         cluster = ray.cluster_resources()
         application = build_application(settings, backend_name, options, cluster)
         count, per_replica = replica_count(scale, cluster)
+        if per_replica > 0 and not cluster.get("GPU"):
+            print(
+                f"error: each replica asks for {per_replica:g} GPU (gpus_per_replica) and the "
+                "Ray cluster has none: set gpus_per_replica: 0 and replicas: N to run the "
+                "replicas on CPUs, or add a host with GPUs",
+                file=sys.stderr,
+            )
+            return EXIT_START_FAILED
         print(
             f"[scale] Ray at {gcs('gcs_address')}: "
             f"{cluster.get('GPU', 0):g} GPU(s), {cluster.get('CPU', 0):g} CPU(s); "
@@ -203,15 +223,22 @@ def serve_on_ray(
             deployed.join(0.2)
             if time.monotonic() > deadline:
                 failure.append(
-                    TimeoutError(f"replicas not running after {scale.replica_start_timeout_s:g} s")
+                    TimeoutError(
+                        f"replicas not running after {scale.replica_start_timeout_s:g} s: "
+                        f"{_backend_status(scale)}"
+                    )
                 )
                 break
         if failure:
-            print(f"error: the service could not start on Ray: {failure[0]}", file=sys.stderr)
+            why = str(failure[0])
+            if not isinstance(failure[0], TimeoutError):  # the replicas' own error, last line
+                lines = [x for x in _backend_status(scale).splitlines() if x.strip()]
+                why = f"{why} {lines[-1].strip() if lines else ''}".strip()
+            print(f"error: the service could not start on Ray: {why}", file=sys.stderr)
             return EXIT_START_FAILED
         if not stop.is_set():
             print(f"[scale] application '{scale.app_name}' running", flush=True)
-        while not stop.wait(1.0):
+        while not stop.wait(0.5):
             pass
         print(
             "[scale] stopping: draining in-flight requests "
@@ -226,7 +253,60 @@ def serve_on_ray(
             signal.signal(sig, handler)
 
 
-def _deploy(application: Any, scale: ScaleSettings, stop: threading.Event) -> None:
+class _Stop:
+    """Whether a stop signal arrived: read from the signal list, with no lock taken."""
+
+    def __init__(self, caught: list[int]) -> None:
+        self.caught = caught
+
+    def is_set(self) -> bool:
+        return bool(self.caught)
+
+    def wait(self, seconds: float) -> bool:
+        time.sleep(seconds)
+        return self.is_set()
+
+
+def _unreachable(address: str | None) -> str | None:
+    """Why a ``HOST:PORT`` or ``ray://HOST:PORT`` address cannot be reached now (one
+    TCP connection, 5 s at most), else None; Ray itself would retry for many minutes."""
+    if not address or address in ("auto", "local"):
+        return None
+    where = address.removeprefix("ray://").rsplit("/", 1)[0]
+    host, _, port = where.rpartition(":")
+    if not host or not port.isdigit():
+        return None  # Ray parses it and says what is wrong
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        return f"nothing answers at {host}:{port} ({exc}); is `ray start --head` running there?"
+    return None
+
+
+def _with_absolute_model_path(options: BackendOptions) -> BackendOptions:
+    """A local model folder named relative to this directory, as an absolute path: the
+    replicas run in other directories (on other hosts, where ``ray start`` ran)."""
+    local = Path(options.model_name).expanduser()
+    if not local.is_absolute() and local.exists():
+        return options.model_copy(update={"model_name": str(local.resolve())})
+    return options
+
+
+def _backend_status(scale: ScaleSettings) -> str:
+    """Ray Serve's word on the backend replicas (why they are not running)."""
+    from ray import serve
+
+    try:
+        app = serve.status().applications.get(scale.app_name)
+        deployment = app.deployments.get(BACKEND_DEPLOYMENT) if app else None
+    except Exception as exc:
+        return f"(Ray Serve's status is unavailable: {exc})"
+    if deployment is None:
+        return "the backend deployment does not exist yet"
+    return deployment.message or str(deployment.status)
+
+
+def _deploy(application: Any, scale: ScaleSettings, stop: _Stop) -> None:
     from ray import serve
 
     # The HTTP front logs one access line per request itself (as the single-process
