@@ -57,10 +57,6 @@ class BackendReplica:
             raise
         return {"scores": scores, "meta": meta, "replica": self.replica, "node": self.node}
 
-    def identity(self) -> dict[str, Any]:
-        """This replica's id, node and process id (for operators and tests)."""
-        return {"replica": self.replica, "node": self.node, "pid": os.getpid()}
-
     def check_health(self) -> None:
         """Ray Serve calls this every ``health_check_period_s``: a backend that can no
         longer score fails it, and Ray replaces the replica."""

@@ -212,11 +212,10 @@ def serve_on_ray(
                 "keep_alive_timeout_s": math.ceil(server.keep_alive_timeout_s),
             }
         )
-        deployed = threading.Thread(
-            target=_deploy, args=(application, scale, stop), name="deploy", daemon=True
-        )
         failure: list[BaseException] = []
-        deployed.run = _capture(deployed.run, failure)  # type: ignore[method-assign]
+        deployed = threading.Thread(
+            target=_deploy, args=(application, scale, failure), name="deploy", daemon=True
+        )
         deployed.start()
         deadline = time.monotonic() + scale.replica_start_timeout_s
         while deployed.is_alive() and not stop.is_set():
@@ -306,27 +305,21 @@ def _backend_status(scale: ScaleSettings) -> str:
     return deployment.message or str(deployment.status)
 
 
-def _deploy(application: Any, scale: ScaleSettings, stop: _Stop) -> None:
+def _deploy(application: Any, scale: ScaleSettings, failure: list[BaseException]) -> None:
+    """``serve.run`` (it returns once every replica runs); its error goes to ``failure``."""
     from ray import serve
 
-    # The HTTP front logs one access line per request itself (as the single-process
-    # service does); Ray's per-call lines would double them.
-    serve.run(
-        application,
-        name=scale.app_name,
-        route_prefix="/",
-        logging_config={"enable_access_log": False},
-    )
-
-
-def _capture(run: Any, failure: list[BaseException]) -> Any:
-    def wrapped() -> None:
-        try:
-            run()
-        except BaseException as exc:
-            failure.append(exc)
-
-    return wrapped
+    try:
+        # The HTTP front logs one access line per request itself (as the single-process
+        # service does); Ray's per-call lines would double them.
+        serve.run(
+            application,
+            name=scale.app_name,
+            route_prefix="/",
+            logging_config={"enable_access_log": False},
+        )
+    except BaseException as exc:
+        failure.append(exc)
 
 
 def _set_drain_flag(scale: ScaleSettings, on: bool) -> None:
