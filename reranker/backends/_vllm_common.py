@@ -10,7 +10,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -369,6 +369,24 @@ def stop_engine(llm: Any) -> None:
         pass
 
 
+def split_over_engines(
+    engines: Sequence[Any], logits_on: Callable[[Any, list[Any]], list[float]], prompts: list[Any]
+) -> list[float]:
+    """``logits_on(engine, share)`` on each engine at once, with engine i taking prompts
+    i, i+N, i+2N, ... (an even share of the call's prompts, of every length); the values
+    back in prompt order."""
+    n = len(engines)
+    if n == 1 or len(prompts) <= 1:
+        return logits_on(engines[0], prompts)
+    shares = [prompts[i::n] for i in range(min(n, len(prompts)))]
+    with ThreadPoolExecutor(len(shares), thread_name_prefix="reranker-vllm-dp") as pool:
+        parts = list(pool.map(logits_on, engines, shares))
+    values = [0.0] * len(prompts)
+    for i, part in enumerate(parts):
+        values[i::n] = part
+    return values
+
+
 class VLLMBackendBase(Qwen3PromptFormat, RerankBackend):
     """Shared by ``qwen3_vllm`` and ``qwen3_vllm_score``: options, env names, tokenizer,
     one engine call per set of jobs (token-id prompts, shortest first) on each engine,
@@ -422,17 +440,7 @@ class VLLMBackendBase(Qwen3PromptFormat, RerankBackend):
         """logit(yes) - logit(no) of each ``TokensPrompt``: one call on each engine, at
         once; with N engines engine i takes prompts i, i+N, i+2N, ... (an even share of
         the call's prompts, of every length)."""
-        engines = self._engines or (self._llm,)
-        n = len(engines)
-        if n == 1 or len(prompts) <= 1:
-            return self._logits_on(engines[0], prompts)
-        shares = [prompts[i::n] for i in range(min(n, len(prompts)))]
-        with ThreadPoolExecutor(len(shares), thread_name_prefix="reranker-vllm-dp") as pool:
-            parts = list(pool.map(self._logits_on, engines, shares))
-        values = [0.0] * len(prompts)
-        for i, part in enumerate(parts):
-            values[i::n] = part
-        return values
+        return split_over_engines(self._engines or (self._llm,), self._logits_on, prompts)
 
     def meta_extra(self) -> dict[str, Any]:
         """The device and dtype the engine runs its model in."""

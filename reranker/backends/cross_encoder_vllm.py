@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
@@ -34,6 +33,7 @@ from reranker.backends._vllm_common import (
     has_field,
     is_engine_death,
     quiet_engine_logs,
+    split_over_engines,
     start_engines,
     stop_engine,
 )
@@ -159,17 +159,7 @@ class CrossEncoderVLLMBackend(RerankBackend):
     def _engine_logits(self, prompts: list[tuple[Any, Any]]) -> list[float]:
         """One call on each engine, at once; with N engines engine i takes prompts i,
         i+N, i+2N, ... (an even share of the call's prompts, of every length)."""
-        engines = self._engines or (self._llm,)
-        n = len(engines)
-        if n == 1 or len(prompts) <= 1:
-            return self._logits_on(engines[0], prompts)
-        shares = [prompts[i::n] for i in range(min(n, len(prompts)))]
-        with ThreadPoolExecutor(len(shares), thread_name_prefix="reranker-vllm-dp") as pool:
-            parts = list(pool.map(self._logits_on, engines, shares))
-        values = [0.0] * len(prompts)
-        for i, part in enumerate(parts):
-            values[i::n] = part
-        return values
+        return split_over_engines(self._engines or (self._llm,), self._logits_on, prompts)
 
     def _score_jobs(self, jobs: list[ScoreJob]) -> list[PairScores | InvalidRequest]:
         """All jobs' pairs in one engine call (shortest first when
