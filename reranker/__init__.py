@@ -1,12 +1,12 @@
 """Qwen3-Reranker scoring behind one protocol and interchangeable backends.
 
 Importing this package is cheap: backends (and torch / vLLM / transformers) are loaded
-only when one is chosen, through :func:`reranker.registry.load_backend`.
+only when one is chosen, through :func:`reranker.core.registry.load_backend`.
 """
 
 from importlib import metadata as _metadata
 
-from reranker.errors import (
+from reranker.core.errors import (
     BackendUnavailable,
     ConfigError,
     InvalidRequest,

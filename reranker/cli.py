@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any
 
-from reranker.errors import ConfigError, RerankerError
+from reranker.core.errors import ConfigError, RerankerError
 
 
 def _backend_from_args(args: argparse.Namespace) -> Any:
@@ -25,13 +25,13 @@ def _backend_from_args(args: argparse.Namespace) -> Any:
     for item in args.option or []:
         key, _, value = item.partition("=")
         setattr(options, key, json.loads(value) if value[:1] in "[{" else value)
-    from reranker.registry import load_backend
+    from reranker.core.registry import load_backend
 
     return load_backend(cls.name, options)
 
 
 def _cmd_backends(args: argparse.Namespace) -> int:
-    from reranker.registry import list_backends
+    from reranker.core.registry import list_backends
 
     for info in list_backends():
         state = "ok" if info.importable else f"unavailable ({info.error or info.missing})"
@@ -48,8 +48,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from reranker.bench import format_result, run_baseline, run_bench
-    from reranker.workload import make_workload
+    from reranker.bench.runner import format_result, run_baseline, run_bench
+    from reranker.bench.workload import make_workload
 
     workload = make_workload(args.queries, args.docs, args.min_words, args.max_words, args.seed)
     results = []

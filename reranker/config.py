@@ -27,8 +27,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from reranker.errors import ConfigError
-from reranker.options import BackendOptions
+from reranker.core.errors import ConfigError
+from reranker.core.options import BackendOptions
 
 DEFAULT_CONFIG_PATH = Path("config/config.yaml")
 DEFAULT_BACKEND = "qwen3_transformers"
@@ -338,7 +338,7 @@ def resolve_backend_options(
     settings: Settings, name: str | None = None, env: Mapping[str, str] | None = None
 ) -> tuple[type[Any], BackendOptions]:
     """The backend class and its validated options (file + env), or a clear error."""
-    from reranker.registry import load_backend_class
+    from reranker.core.registry import load_backend_class
 
     name = name or settings.backend
     cls = load_backend_class(name)

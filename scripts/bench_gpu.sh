@@ -7,7 +7,7 @@
 # depend on weight values) and the real Qwen3 tokenizer, then runs `reranker bench
 # --baseline` per backend, each in its own process, appending JSON records to
 # $OUT/bench.jsonl (OUT defaults to .cache/bench) and printing Markdown tables
-# (python -m reranker.bench_report, also written to $OUT/bench.md).
+# (python -m reranker.bench.report, also written to $OUT/bench.md).
 # Environment: PYTHON (the interpreter of the backends' venv, default python3),
 # BENCH_BACKENDS (default: qwen3_vllm qwen3_vllm_score qwen3_transformers), BENCH_MODEL
 # (where the model is built, default /tmp/qwen3-reranker-0.6b-shape), OUT.
@@ -29,4 +29,4 @@ for backend in ${BENCH_BACKENDS:-qwen3_vllm qwen3_vllm_score qwen3_transformers}
   "$py" -m reranker.cli bench --backend "$backend" --model "$model" --baseline \
     --json-out "$out/bench.jsonl" "$@" 2>&1 | grep -vE "^(INFO|DEBUG|\(EngineCore)" | tail -n 25
 done
-"$py" -m reranker.bench_report "$out/bench.jsonl" | tee "$out/bench.md"
+"$py" -m reranker.bench.report "$out/bench.jsonl" | tee "$out/bench.md"

@@ -78,8 +78,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from reranker.bench.workload import make_workload  # noqa: E402
 from reranker.config import ServerSettings  # noqa: E402
-from reranker.workload import make_workload  # noqa: E402
 
 DEFAULT_SCENARIOS = "single,ray-1,ray-2"
 SCENARIO_RE = re.compile(r"^(single|ray-(\d+)|vllm-dp(\d+))$")

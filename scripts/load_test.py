@@ -26,7 +26,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reranker.workload import make_workload  # noqa: E402
+from reranker.bench.workload import make_workload  # noqa: E402
 
 
 def pct(values: list[float], p: float) -> float:
@@ -40,7 +40,7 @@ def start_service(backend_name: str, model: str) -> tuple[str, object, object]:
     import uvicorn
 
     from reranker.config import ServerSettings
-    from reranker.registry import load_backend
+    from reranker.core.registry import load_backend
     from reranker.service.app import create_app
 
     holder: dict = {}

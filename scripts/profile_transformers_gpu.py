@@ -50,7 +50,7 @@ def _annotate(backend: Any) -> None:
     """Name the host's stages of a call in the profiler's timeline."""
     from torch.profiler import record_function
 
-    from reranker.backends import qwen3_transformers
+    from reranker.backends.transformers import qwen3 as qwen3_transformers
 
     def named(name: str, fn: Any) -> Any:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -149,12 +149,12 @@ def main() -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    from reranker.backends._jobs import FlatPrompts
-    from reranker.backends.qwen3_transformers import Qwen3TransformersBackend
-    from reranker.batching import plan_batches
-    from reranker.bench import fresh_workloads
-    from reranker.protocol import ScoreJob, ScoreRequest
-    from reranker.workload import make_workload
+    from reranker.backends.transformers.jobs import FlatPrompts
+    from reranker.backends.transformers.qwen3 import Qwen3TransformersBackend
+    from reranker.bench.runner import fresh_workloads
+    from reranker.bench.workload import make_workload
+    from reranker.core.batching import plan_batches
+    from reranker.core.protocol import ScoreJob, ScoreRequest
 
     parser = argparse.ArgumentParser()
     parser.add_argument("model")

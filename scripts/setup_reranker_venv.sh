@@ -103,7 +103,7 @@ fi
 
 "$venv/bin/python" - "$backend" <<'PY'
 import sys
-from reranker.registry import list_backends
+from reranker.core.registry import list_backends
 info = {b.name: b for b in list_backends()}[sys.argv[1]]
 if not info.importable:
     sys.exit(f"error: backend {sys.argv[1]} still misses: {info.missing}")

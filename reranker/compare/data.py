@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from reranker.errors import InvalidRequest
+from reranker.core.errors import InvalidRequest
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reranker.errors import (
+from reranker.core.errors import (
     BackendUnavailable,
     ConfigError,
     InvalidRequest,

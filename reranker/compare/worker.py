@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         from reranker.config import load_settings, resolve_backend_options
-        from reranker.registry import load_backend
+        from reranker.core.registry import load_backend
 
         settings = load_settings(args.config)
         cls, options = resolve_backend_options(settings, args.backend)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reranker.errors import ConfigError, InvalidRequest
+from reranker.core.errors import ConfigError, InvalidRequest
 
 FAMILIES = {
     "BertForSequenceClassification": "bert",

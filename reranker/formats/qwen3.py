@@ -2,7 +2,7 @@
 backend mixin that gives a backend the format's template, default instruction and meta.
 
 The prompt itself (layouts, yes/no token ids, truncation) is
-:mod:`reranker.prompts.qwen3`.
+:mod:`reranker.formats.qwen3_prompt`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from reranker.options import BackendOptions, TransformersOptions, VLLMOptions
-from reranker.prompts.qwen3 import DEFAULT_INSTRUCTION, Qwen3PromptTemplate
+from reranker.core.options import BackendOptions, TransformersOptions, VLLMOptions
+from reranker.formats.qwen3_prompt import DEFAULT_INSTRUCTION, Qwen3PromptTemplate
 
 
 class Qwen3PromptOptions(BackendOptions):

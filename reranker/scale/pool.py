@@ -9,8 +9,8 @@ import time
 from typing import Any
 
 from reranker.config import ScaleSettings
-from reranker.errors import BackendDead, Overloaded
-from reranker.protocol import ScoreRequest
+from reranker.core.errors import BackendDead, Overloaded
+from reranker.core.protocol import ScoreRequest
 from reranker.service.pool import PoolStatus
 
 logger = logging.getLogger("reranker.scale")

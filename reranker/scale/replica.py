@@ -11,7 +11,7 @@ import logging
 import os
 from typing import Any
 
-from reranker.protocol import ScoreRequest
+from reranker.core.protocol import ScoreRequest
 
 logger = logging.getLogger("reranker.scale")
 
@@ -26,7 +26,7 @@ class BackendReplica:
         from ray import serve
 
         from reranker.config import ServerSettings
-        from reranker.registry import load_backend, load_backend_class
+        from reranker.core.registry import load_backend, load_backend_class
         from reranker.service.app import ServiceState
 
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

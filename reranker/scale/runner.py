@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from reranker.config import ScaleSettings, Settings
-from reranker.options import BackendOptions
+from reranker.core.options import BackendOptions
 from reranker.scale.pool import BACKEND_DEPLOYMENT, KV_NAMESPACE, drain_key
 
 logger = logging.getLogger("reranker.scale")

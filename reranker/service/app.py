@@ -32,8 +32,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
 
 from reranker.config import ServerSettings
-from reranker.errors import BackendDead, InvalidRequest, Overloaded, RerankerError
-from reranker.protocol import RerankBackend, ScoreRequest, rank_order
+from reranker.core.errors import BackendDead, InvalidRequest, Overloaded, RerankerError
+from reranker.core.protocol import RerankBackend, ScoreRequest, rank_order
 from reranker.service.health import BackendSupervisor, public_model_name
 from reranker.service.metrics import ServiceMetrics
 from reranker.service.pool import ScoringPool

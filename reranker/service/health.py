@@ -1,6 +1,6 @@
 """The backend's health as the service reports it, and what happens when the backend dies.
 
-A :class:`BackendSupervisor` asks the backend :meth:`~reranker.protocol.RerankBackend.health`
+A :class:`BackendSupervisor` asks the backend :meth:`~reranker.core.protocol.RerankBackend.health`
 every ``health_interval_s`` (a watchdog task), whenever ``/health`` or ``/ready`` is asked,
 and at once after a scoring call failed. A backend that cannot score any more (its engine
 process was killed, ran out of memory, crashed) is then, as ``on_backend_failure`` says:
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Literal
 
 from prometheus_client import Counter, Gauge
 
-from reranker.protocol import RerankBackend
+from reranker.core.protocol import RerankBackend
 
 if TYPE_CHECKING:
     from reranker.service.app import ServiceState

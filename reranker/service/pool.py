@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Protocol
 
-from reranker.protocol import ScoreRequest
+from reranker.core.protocol import ScoreRequest
 
 PoolStatus = Literal["ok", "loading", "draining", "dead"]
 
@@ -29,7 +29,7 @@ class ScoringPool(Protocol):
         self, request: ScoreRequest, timeout_s: float
     ) -> tuple[list[float], dict[str, Any]]:
         """``(scores, meta)`` of ``request``, or the typed error a local backend raises
-        (:class:`~reranker.errors.InvalidRequest`, :class:`~reranker.errors.Overloaded`,
+        (:class:`~reranker.core.errors.InvalidRequest`, :class:`~reranker.core.errors.Overloaded`,
         ...). Cancelling the awaiting task drops the request wherever it is queued."""
         ...
 

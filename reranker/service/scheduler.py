@@ -41,8 +41,8 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
-from reranker.errors import BackendDead, InvalidRequest, Overloaded, RerankerError
-from reranker.protocol import RerankBackend, ScoreRequest, document_text
+from reranker.core.errors import BackendDead, InvalidRequest, Overloaded, RerankerError
+from reranker.core.protocol import RerankBackend, ScoreRequest, document_text
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ string ``text``); ``/v1/score_with_meta`` also takes ``null`` (scored 0, the pro
 rule for an unusable document). Numbers and booleans are refused, with a message naming
 the document (``documents[2]: must be ...``), not the union branch pydantic tried. Text
 that is not valid Unicode (a lone surrogate such as ``"\\ud800"``) is refused the same way,
-naming the field, before it is queued (``reranker.protocol.invalid_unicode``).
+naming the field, before it is queued (``reranker.core.protocol.invalid_unicode``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from reranker.protocol import invalid_unicode
+from reranker.core.protocol import invalid_unicode
 
 
 class DocumentObject(BaseModel):

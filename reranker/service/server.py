@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from reranker.config import ServerSettings, load_settings, resolve_backend_options
-from reranker.errors import RerankerError
-from reranker.registry import load_backend
+from reranker.core.errors import RerankerError
+from reranker.core.registry import load_backend
 
 logger = logging.getLogger("reranker.service")
 

@@ -107,7 +107,7 @@ def build_tokenizer() -> Any:
 
 def check_tokenizer(tokenizer: Any) -> None:
     """Raise if the tokenizer is not Qwen3's (ids of the added tokens, yes/no, suffix)."""
-    from reranker.prompts.qwen3 import NO_TOKEN_ID, STANDARD_SUFFIX, YES_TOKEN_ID
+    from reranker.formats.qwen3_prompt import NO_TOKEN_ID, STANDARD_SUFFIX, YES_TOKEN_ID
 
     for offset, (text, _) in enumerate(QWEN3_ADDED_TOKENS):
         got = tokenizer.convert_tokens_to_ids(text)
@@ -173,7 +173,7 @@ def _spread_yes_no(model: Any, tokenizer: Any, target_std: float = 2.0) -> None:
     """
     import torch
 
-    from reranker.prompts.qwen3 import NO_TOKEN_ID, YES_TOKEN_ID, Qwen3PromptTemplate
+    from reranker.formats.qwen3_prompt import NO_TOKEN_ID, YES_TOKEN_ID, Qwen3PromptTemplate
 
     template = Qwen3PromptTemplate.build()
     words = [

@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from reranker.errors import InvalidRequest
-from reranker.protocol import UNUSABLE_LOGIT, ScoreRequest, rank_order, sigmoid
+from reranker.core.errors import InvalidRequest
+from reranker.core.protocol import UNUSABLE_LOGIT, ScoreRequest, rank_order, sigmoid
 
 QUERY = "how do vaccines train the immune system"
 DOCS = [

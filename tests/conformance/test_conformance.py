@@ -8,7 +8,7 @@ from checks import CHECKS
 
 pytest.importorskip("transformers")
 
-from reranker.registry import load_backend  # noqa: E402
+from reranker.core.registry import load_backend  # noqa: E402
 from reranker.testing import tiny_cross_encoders as tce  # noqa: E402
 
 CASES = [

@@ -7,13 +7,13 @@ import pytest
 from pairs import DOCS, MAX_MODEL_LEN, QUERIES
 from parity_check import assert_matches_reference
 
-from reranker.backends._packed_attention import (
+from reranker.backends.transformers.packed_attention import (
     causal_attention,
     flash_attn_3_unavailable,
     packed_attention,
     varlen_kernel,
 )
-from reranker.registry import load_backend
+from reranker.core.registry import load_backend
 
 
 def on_hopper():
@@ -104,7 +104,7 @@ def test_varlen_kernel_with_shared_prefixes_matches_per_sequence_attention(dtype
     causal mask must align the queries with the last keys, as the reference path does."""
     import torch
 
-    from reranker.backends._packing import PromptParts, pack
+    from reranker.backends.transformers.packing import PromptParts, pack
 
     kernel = kernel_or_skip(kernel_name)
     torch.manual_seed(1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pairs import DOCS, QUERIES
 
-from reranker.protocol import UNUSABLE_LOGIT
+from reranker.core.protocol import UNUSABLE_LOGIT
 
 TOLERANCE = 1e-4
 

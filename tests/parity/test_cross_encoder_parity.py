@@ -14,9 +14,9 @@ import pytest
 pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
 
-from reranker.errors import ConfigError, InvalidRequest  # noqa: E402
-from reranker.protocol import UNUSABLE_LOGIT, sigmoid  # noqa: E402
-from reranker.registry import load_backend  # noqa: E402
+from reranker.core.errors import ConfigError, InvalidRequest  # noqa: E402
+from reranker.core.protocol import UNUSABLE_LOGIT, sigmoid  # noqa: E402
+from reranker.core.registry import load_backend  # noqa: E402
 from reranker.testing import tiny_cross_encoders as tce  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "service"))

@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from reranker.backends import _hf_speedups  # noqa: E402
+from reranker.backends.transformers import speedups  # noqa: E402
 
 
 @pytest.fixture()
@@ -25,7 +25,7 @@ def test_fused_rms_norm_covers_every_norm_and_keeps_outputs(model):
         before = model.model(input_ids=ids).last_hidden_state
         layers = len(model.model.layers)
         # four per layer (input, post-attention, q, k) and the final norm
-        assert _hf_speedups.fuse_rms_norms(model) == 4 * layers + 1
+        assert speedups.fuse_rms_norms(model) == 4 * layers + 1
         after = model.model(input_ids=ids).last_hidden_state
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
 
@@ -35,8 +35,8 @@ def test_last_layer_at_rows_returns_exactly_those_rows_of_the_full_forward(model
     rows = torch.tensor([6, 2, 4])
     with torch.inference_mode():
         full = model.model(input_ids=ids).last_hidden_state
-        _hf_speedups.last_layer_at_rows(model.model)
-        _hf_speedups.last_layer_at_rows(model.model)  # idempotent: wrapped once
+        speedups.last_layer_at_rows(model.model)
+        speedups.last_layer_at_rows(model.model)  # idempotent: wrapped once
         assert not hasattr(model.model.layers[-1].layer, "layer")
         picked = model.model(input_ids=ids, last_rows=rows).last_hidden_state
         unchanged = model.model(input_ids=ids).last_hidden_state
@@ -53,9 +53,9 @@ def test_carried_residuals_give_the_same_hidden_states_bit_for_bit(model):
     layers = len(model.model.layers)
     with torch.inference_mode():
         full = model.model(input_ids=ids).last_hidden_state
-        _hf_speedups.last_layer_at_rows(model.model)
-        assert _hf_speedups.carry_residuals(model.model) == layers - 1
-        assert _hf_speedups.carry_residuals(model.model) == 0  # already carried
+        speedups.last_layer_at_rows(model.model)
+        assert speedups.carry_residuals(model.model) == layers - 1
+        assert speedups.carry_residuals(model.model) == 0  # already carried
         handed_on = []
         model.model.layers[0].register_forward_hook(lambda m, a, out: handed_on.append(out))
         carried = model.model(input_ids=ids).last_hidden_state
@@ -75,7 +75,7 @@ def test_failed_compile_warm_up_leaves_layers_eager(model):
             model.model(input_ids=torch.tensor([[vocab + 10]]))  # no such token: IndexError
 
     with pytest.raises(Exception):  # noqa: B017 - whatever the real failure is
-        _hf_speedups.compile_layers(model.model.layers, warm_up)
+        speedups.compile_layers(model.model.layers, warm_up)
     assert all(layer._compiled_call_impl is None for layer in model.model.layers)
     with torch.inference_mode():
         out = model.model(input_ids=torch.tensor([[1, 2, 3]])).last_hidden_state
@@ -85,9 +85,9 @@ def test_failed_compile_warm_up_leaves_layers_eager(model):
 def test_flash_attn_3_asked_for_where_it_cannot_run_is_a_clear_startup_error(tiny_model_dir):
     """FlashAttention-3 needs packed 16-bit batches on a Hopper GPU (and vLLM's build of
     it); asking for it elsewhere names what is missing instead of falling back silently."""
-    from reranker.backends._packed_attention import flash_attn_3_unavailable
-    from reranker.errors import ConfigError
-    from reranker.registry import load_backend
+    from reranker.backends.transformers.packed_attention import flash_attn_3_unavailable
+    from reranker.core.errors import ConfigError
+    from reranker.core.registry import load_backend
 
     assert flash_attn_3_unavailable()  # no CUDA here (and no vllm in this venv)
     options = {"model_name": str(tiny_model_dir), "attention_kernel": "flash_attn_3"}
@@ -99,8 +99,8 @@ def test_flash_attn_3_asked_for_where_it_cannot_run_is_a_clear_startup_error(tin
 
 def test_cpp_wrapper_where_nothing_is_compiled_is_a_clear_startup_error(tiny_model_dir):
     """torch_compile auto compiles only on CUDA: on CPU a C++ wrapper would be ignored."""
-    from reranker.errors import ConfigError
-    from reranker.registry import load_backend
+    from reranker.core.errors import ConfigError
+    from reranker.core.registry import load_backend
 
     options = {"model_name": str(tiny_model_dir), "compile_wrapper": "cpp"}
     with pytest.raises(ConfigError, match="compile_wrapper: cpp applies to compiled layers"):
@@ -110,8 +110,8 @@ def test_cpp_wrapper_where_nothing_is_compiled_is_a_clear_startup_error(tiny_mod
 def test_cuda_graphs_where_they_cannot_run_are_a_clear_startup_error(tiny_model_dir):
     """CUDA graphs need FlashAttention-3 (and so a Hopper GPU): asked for on CPU, the
     backend refuses to start; under auto it runs without them."""
-    from reranker.errors import ConfigError
-    from reranker.registry import load_backend
+    from reranker.core.errors import ConfigError
+    from reranker.core.registry import load_backend
 
     options = {"model_name": str(tiny_model_dir), "batch_layout": "packed"}
     with pytest.raises(ConfigError, match="cuda_graphs: true needs packed batches on Flash"):
@@ -130,8 +130,8 @@ def test_fused_qk_norm_rope_where_it_cannot_run_is_a_clear_startup_error(
     interpreter, which this folder's conftest turns on for CPU tests): asked for on a CPU
     without the interpreter (or the attention kernel with padded batches), the backend
     refuses to start; under auto it runs transformers' code."""
-    from reranker.errors import ConfigError
-    from reranker.registry import load_backend
+    from reranker.core.errors import ConfigError
+    from reranker.core.registry import load_backend
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     options = {"model_name": str(tiny_model_dir), "batch_layout": "packed"}
@@ -154,8 +154,8 @@ def test_fused_swiglu_that_fails_its_self_check_is_a_clear_startup_error(tiny_mo
     """In Triton's interpreter the SwiGLU kernel serves float32 only: asked for in
     bfloat16, the startup self-check (the same one that makes auto fall back on a GPU
     Triton cannot serve) turns it down with the reason."""
-    from reranker.errors import ConfigError
-    from reranker.registry import load_backend
+    from reranker.core.errors import ConfigError
+    from reranker.core.registry import load_backend
 
     if torch.cuda.is_available():
         pytest.skip("the interpreter's limit; a GPU serves bfloat16")
@@ -165,8 +165,8 @@ def test_fused_swiglu_that_fails_its_self_check_is_a_clear_startup_error(tiny_mo
 
 
 def test_runs_expand_on_the_device_as_in_pure_python():
-    from reranker.backends._packing import PromptParts, expand_runs, pack
-    from reranker.backends.qwen3_transformers import _expand_runs
+    from reranker.backends.transformers.packing import PromptParts, expand_runs, pack
+    from reranker.backends.transformers.qwen3 import _expand_runs
 
     prompts = [PromptParts("a", [1, 2, 3], [10, 11]), PromptParts("b", [7], []),
                PromptParts("a", [1, 2, 3], [12, 13, 14])]  # fmt: skip

@@ -1,4 +1,4 @@
-"""The fused q/k-norm + RoPE + key/value gather kernel (``_qk_norm_rope``) against its torch
+"""The fused q/k-norm + RoPE + key/value gather kernel (``qk_norm_rope``) against its torch
 reference and against transformers' own Qwen3 attention code. Without a GPU the kernel
 runs in Triton's interpreter (``TRITON_INTERPRET=1``, set by this folder's conftest): the
 same kernel source, executed on the CPU. The whole model with the kernel in its attention
@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("triton")
 
-from reranker.backends import _qk_norm_rope  # noqa: E402
+from reranker.backends.transformers.kernels import qk_norm_rope  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 HEAD_DIM = 64
@@ -49,12 +49,12 @@ def inputs(dtype, heads=4, kv_heads=2, seed=0):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("gather", [True, False], ids=["shared-prefix", "in-order"])
 def test_kernel_matches_its_reference(dtype, gather):
-    op = _qk_norm_rope.fused_op()
+    op = qk_norm_rope.fused_op()
     assert op is not None
     tensors, key_index = inputs(dtype)
     index = key_index if gather else None
     got = op(*tensors, index, 1e-6)
-    want = _qk_norm_rope.reference(*tensors, index, 1e-6)
+    want = qk_norm_rope.reference(*tensors, index, 1e-6)
     # float32: summation order only; 16-bit: one rounding either side of a tie at most
     tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-2}
     for name, g, w in zip("qkv", got, want, strict=True):
@@ -71,10 +71,10 @@ def test_kernel_matches_its_reference(dtype, gather):
 
 
 def test_an_odd_number_of_heads_is_masked_not_misread():
-    op = _qk_norm_rope.fused_op()
+    op = qk_norm_rope.fused_op()
     tensors, key_index = inputs(torch.float32, heads=3, kv_heads=1, seed=1)
     got = op(*tensors, key_index, 1e-6)
-    want = _qk_norm_rope.reference(*tensors, key_index, 1e-6)
+    want = qk_norm_rope.reference(*tensors, key_index, 1e-6)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
 
@@ -100,7 +100,7 @@ def test_reference_is_qwen3_attention_arithmetic(tiny_model_dir):
         hf_k = attn.k_norm(k.view(shape)).transpose(1, 2)
         hf_q, hf_k = modeling.apply_rotary_pos_emb(hf_q, hf_k, cos, sin)
         index = torch.tensor([0, 1, 2, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11])
-        got = _qk_norm_rope.reference(
+        got = qk_norm_rope.reference(
             q, k, v, attn.q_norm.weight, attn.k_norm.weight, cos[0], sin[0], index,
             attn.q_norm.variance_epsilon,
         )  # fmt: skip
@@ -112,7 +112,7 @@ def test_reference_is_qwen3_attention_arithmetic(tiny_model_dir):
 def test_fusing_covers_every_attention_module_and_keeps_one_copy_of_the_weights(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    from reranker.backends._packed_attention import fuse_qk_norm_rope
+    from reranker.backends.transformers.packed_attention import fuse_qk_norm_rope
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
     weights_bytes = _distinct_storage_bytes(model)
@@ -138,4 +138,4 @@ def _distinct_storage_bytes(model):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_the_startup_self_check_passes_where_the_kernel_runs(dtype):
     """Backends run this before they fuse (a device Triton cannot serve falls back)."""
-    assert _qk_norm_rope.self_check(DEVICE, dtype) is None
+    assert qk_norm_rope.self_check(DEVICE, dtype) is None

@@ -1,4 +1,4 @@
-"""The fused SiLU-gated MLP kernel (``_swiglu``) against its torch reference and against
+"""The fused SiLU-gated MLP kernel (``swiglu``) against its torch reference and against
 transformers' own Qwen3 MLP. Without a GPU the kernel runs in Triton's interpreter
 (``TRITON_INTERPRET=1``, set by this folder's conftest) in float32: the same kernel source,
 executed on the CPU; bfloat16/float16 run on a GPU (``scripts/test.sh gpu``). The whole
@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("triton")
 
-from reranker.backends import _swiglu  # noqa: E402
+from reranker.backends.transformers.kernels import swiglu  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # Triton's interpreter reads 16-bit tiles through TMA descriptors wrongly (float32 only)
@@ -36,12 +36,12 @@ def weights(hidden, intermediate, dtype, seed=0):
     [(256, 128, 256), (333, 128, 200), (70, 80, 96), (1, 128, 256), (0, 128, 256)],
 )
 def test_kernel_matches_its_reference(dtype, rows, hidden, intermediate):
-    op = _swiglu.fused_op()
+    op = swiglu.fused_op()
     assert op is not None
     gate_weight, up_weight = weights(hidden, intermediate, dtype)
     x = torch.randn(rows, hidden, generator=torch.Generator().manual_seed(1)).to(DEVICE, dtype)
     got = op(x, gate_weight, up_weight)
-    want = _swiglu.reference(x, gate_weight, up_weight)
+    want = swiglu.reference(x, gate_weight, up_weight)
     assert got.shape == (rows, intermediate) and got.dtype == dtype
     # float32: summation order only; 16-bit: one rounding either side of a tie at most
     tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-2}
@@ -51,12 +51,12 @@ def test_kernel_matches_its_reference(dtype, rows, hidden, intermediate):
 def test_a_row_strided_input_is_read_as_its_values():
     """A view with a row stride of its own (a slice of a wider tensor) is copied to the
     unit stride TMA reads, not misread."""
-    op = _swiglu.fused_op()
+    op = swiglu.fused_op()
     gate_weight, up_weight = weights(64, 128, torch.float32)
     wide = torch.randn(50, 192, generator=torch.Generator().manual_seed(3)).to(DEVICE)
     x = wide[:, 64:128]
     torch.testing.assert_close(
-        op(x, gate_weight, up_weight), _swiglu.reference(x, gate_weight, up_weight)
+        op(x, gate_weight, up_weight), swiglu.reference(x, gate_weight, up_weight)
     )
 
 
@@ -77,7 +77,7 @@ def test_fused_mlps_compute_what_transformers_mlps_compute(model):
     inputs = [torch.randn(shape, generator=g).to(DEVICE) for shape in ((2, 9, 128), (1, 37, 128))]
     with torch.inference_mode():
         want = [[mlp(x) for x in inputs] for mlp in mlps]
-        assert _swiglu.fuse_mlps(model) == model.config.num_hidden_layers
+        assert swiglu.fuse_mlps(model) == model.config.num_hidden_layers
         got = [[mlp(x) for x in inputs] for mlp in mlps]
     assert [m.gate_proj.weight.data_ptr() for m in mlps] == weights_before
     for got_mlp, want_mlp in zip(got, want, strict=True):
@@ -103,17 +103,17 @@ def test_only_bias_free_silu_gated_mlps_with_aligned_rows_are_fused():
             self.mlps = torch.nn.ModuleList(mlps)
 
     model = Model(MLP(), MLP(bias=True), MLP(act=torch.nn.GELU()), MLP(hidden=66))
-    assert _swiglu.fuse_mlps(model) == 1  # 66 float32 columns: rows of 264 bytes
+    assert swiglu.fuse_mlps(model) == 1  # 66 float32 columns: rows of 264 bytes
     assert "forward" in vars(model.mlps[0]) and "forward" not in vars(model.mlps[1])
-    assert _swiglu.supports(1024, 3072, 2) and not _swiglu.supports(1001, 3072, 2)
+    assert swiglu.supports(1024, 3072, 2) and not swiglu.supports(1001, 3072, 2)
 
 
 @pytest.mark.parametrize("dtype", DTYPES[:2])
 def test_the_startup_self_check_passes_where_the_kernel_runs(dtype):
     """Backends run this before they fuse (a device Triton cannot serve falls back)."""
-    assert _swiglu.self_check(DEVICE, dtype) is None
+    assert swiglu.self_check(DEVICE, dtype) is None
 
 
 @pytest.mark.skipif(DEVICE == "cuda", reason="the interpreter's 16-bit limit, CPU only")
 def test_the_self_check_turns_down_what_the_interpreter_cannot_do():
-    assert "disagree" in _swiglu.self_check("cpu", torch.bfloat16)
+    assert "disagree" in swiglu.self_check("cpu", torch.bfloat16)

@@ -10,7 +10,7 @@ pytest.importorskip("transformers")
 from pairs import DOCS, MAX_MODEL_LEN, QUERIES  # noqa: E402
 from parity_check import assert_matches_reference  # noqa: E402
 
-from reranker.registry import load_backend  # noqa: E402
+from reranker.core.registry import load_backend  # noqa: E402
 
 # Every test runs on each way of batching: padded rows (the CPU default), packed rows
 # (varlen attention; here its per-sequence reference path) with and without each
@@ -138,8 +138,8 @@ def test_first_documents_sent_ahead_change_no_score(backend):
     """On a GPU the first request's first documents go to the device alone while the rest
     is tokenised (HeadSplit), in a thread of its own (read_ahead). Forced on here: same
     scores, one more batch, and a first request that is invalid keeps its own error."""
-    from reranker.errors import InvalidRequest
-    from reranker.protocol import ScoreRequest
+    from reranker.core.errors import InvalidRequest
+    from reranker.core.protocol import ScoreRequest
 
     requests = [ScoreRequest(QUERIES[0], DOCS), ScoreRequest(QUERIES[1], DOCS[:4])]
     usual = backend.score_requests(requests)
@@ -168,8 +168,8 @@ def test_instruction_override_changes_scores(backend):
 
 def test_requests_scored_together_match_one_by_one(backend):
     """Several requests coalesced into shared batches give each its own scores."""
-    from reranker.errors import InvalidRequest
-    from reranker.protocol import ScoreRequest
+    from reranker.core.errors import InvalidRequest
+    from reranker.core.protocol import ScoreRequest
 
     requests = [
         ScoreRequest(QUERIES[0], DOCS),
@@ -203,10 +203,10 @@ def test_batches_padded_to_a_static_shape_score_as_unpadded(packed_backend):
     """CUDA graphs replay batches padded to fixed shapes (``_cuda_graphs``): a dummy
     sequence of pad tokens, empty sequence slots, extra gathered key rows. The real rows
     must come out as without the padding; here on the reference attention path."""
-    from reranker.backends._cuda_graphs import pad_packed, static_shapes
-    from reranker.backends._jobs import FlatPrompts
-    from reranker.backends._packing import device_columns, pack
-    from reranker.protocol import ScoreJob
+    from reranker.backends.transformers.cuda_graphs import pad_packed, static_shapes
+    from reranker.backends.transformers.jobs import FlatPrompts
+    from reranker.backends.transformers.packing import device_columns, pack
+    from reranker.core.protocol import ScoreJob
 
     backend = packed_backend
     docs = [d for d in DOCS if isinstance(d, str) and d.strip()][:6]

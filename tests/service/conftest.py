@@ -17,7 +17,7 @@ from server_helpers import running_server  # noqa: E402
 def transformers_server(tiny_model_dir) -> Iterator[str]:
     """The service with the real transformers backend on the tiny model."""
     pytest.importorskip("transformers")
-    from reranker.registry import load_backend
+    from reranker.core.registry import load_backend
 
     def load():
         return load_backend(

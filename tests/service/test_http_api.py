@@ -25,7 +25,7 @@ def base(transformers_server):
 @pytest.fixture(scope="module")
 def direct(tiny_model_dir):
     """The same backend called in-process: what the HTTP answers must equal."""
-    from reranker.registry import load_backend
+    from reranker.core.registry import load_backend
 
     b = load_backend(
         "qwen3_transformers", {"model_name": str(tiny_model_dir), "max_model_len": 512}

@@ -19,8 +19,8 @@ from server_helpers import running_server
 
 pytest.importorskip("transformers")
 
-from reranker.backends.qwen3_transformers import Qwen3TransformersBackend  # noqa: E402
-from reranker.protocol import ScoreRequest  # noqa: E402
+from reranker.backends.transformers.qwen3 import Qwen3TransformersBackend  # noqa: E402
+from reranker.core.protocol import ScoreRequest  # noqa: E402
 from reranker.service.scheduler import plan_pieces  # noqa: E402
 
 MAX_CALL_TOKENS = 2048  # ~50 pieces for the large requests below

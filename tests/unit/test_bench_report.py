@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from reranker.bench_report import against_baselines, table
+from reranker.bench.report import against_baselines, table
 
 
 def record(backend: str, pairs_per_s: float, **extra):

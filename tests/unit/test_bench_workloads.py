@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from reranker.bench import fresh_workloads
-from reranker.workload import make_workload
+from reranker.bench.runner import fresh_workloads
+from reranker.bench.workload import make_workload
 
 
 def test_each_phase_times_documents_no_earlier_phase_saw():

@@ -13,7 +13,7 @@ from reranker.compare.data import load_items, read_qrels, read_run  # noqa: E402
 from reranker.compare.metrics import agreement, percentile, quality, ranks, top_overlap  # noqa: E402
 from reranker.compare.report import disagreements, threshold_failures, to_markdown  # noqa: E402
 from reranker.compare.sides import parse_spec  # noqa: E402
-from reranker.errors import InvalidRequest  # noqa: E402
+from reranker.core.errors import InvalidRequest  # noqa: E402
 
 
 def test_identical_scores_agree_perfectly():

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from reranker.config import load_settings, resolve_backend_options
-from reranker.errors import ConfigError, UnknownBackend
+from reranker.core.errors import ConfigError, UnknownBackend
 
 REPO = Path(__file__).resolve().parents[2]
 

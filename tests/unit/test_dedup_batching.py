@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from reranker.batching import padded_tokens, plan_batches
-from reranker.dedup import deduplicate_with_positions
+from reranker.core.batching import padded_tokens, plan_batches
+from reranker.core.dedup import deduplicate_with_positions
 
 
 def test_dedup_keeps_first_seen_order_and_positions():

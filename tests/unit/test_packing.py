@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from reranker.backends._packing import PromptParts, pack
+from reranker.backends.transformers.packing import PromptParts, pack
 
 A, B = [1, 2, 3], [7, 8]  # two requests' query parts
 PROMPTS = [

@@ -6,8 +6,8 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from reranker.errors import InvalidRequest  # noqa: E402
-from reranker.prompts.qwen3 import (  # noqa: E402
+from reranker.core.errors import InvalidRequest  # noqa: E402
+from reranker.formats.qwen3_prompt import (  # noqa: E402
     DEFAULT_INSTRUCTION,
     NO_TOKEN_ID,
     STANDARD_SUFFIX,
@@ -20,7 +20,7 @@ from reranker.testing.tiny_qwen3 import EXPECTED_SUFFIX_IDS  # noqa: E402
 
 @pytest.fixture(scope="module")
 def tok(qwen3_tokenizer):
-    from reranker.backends._hf_loading import HFTextTokenizer
+    from reranker.backends.hf_loading import HFTextTokenizer
 
     return HFTextTokenizer(qwen3_tokenizer)
 
@@ -147,8 +147,8 @@ def test_bad_templates_are_rejected(kwargs, message):
 def test_waves_hand_over_consecutive_jobs_once_they_hold_enough_tokens(tok):
     """The transformers backend tokenises wave i+1 while the device runs wave i: every job
     lands in exactly one wave, in order, and a wave closes once it reaches the minimum."""
-    from reranker.backends._jobs import FlatPrompts
-    from reranker.protocol import ScoreJob
+    from reranker.backends.transformers.jobs import FlatPrompts
+    from reranker.core.protocol import ScoreJob
 
     docs = ["short one", "a somewhat longer document about rivers " * 8, "x"]
     jobs = [ScoreJob(f"query {i}", docs, DEFAULT_INSTRUCTION) for i in range(7)]
@@ -167,8 +167,8 @@ def test_waves_hand_over_consecutive_jobs_once_they_hold_enough_tokens(tok):
 def test_head_split_sends_the_first_documents_ahead_in_a_wave_of_their_own(tok):
     """HeadSplit splits only a first job with more than twice the head's documents; the
     head is a wave by itself; join gives one result per original job, halves merged."""
-    from reranker.backends._jobs import FlatPrompts, HeadSplit
-    from reranker.protocol import ScoreJob
+    from reranker.backends.transformers.jobs import FlatPrompts, HeadSplit
+    from reranker.core.protocol import ScoreJob
 
     docs = [f"document number {i} " * (i + 1) for i in range(9)]
     jobs = [ScoreJob("q one", docs, DEFAULT_INSTRUCTION), ScoreJob("q two", docs[:2], "")]
@@ -307,7 +307,7 @@ def test_random_texts_cut_anywhere_keep_their_first_ids(tok):
 def test_truncation_is_the_same_as_tokenising_whole_documents(tok, qwen3_tokenizer, max_doc_tokens):
     """The encoder's result does not depend on whether long documents were tokenised
     whole or only as far as kept."""
-    from reranker.backends._hf_loading import HFTextTokenizer
+    from reranker.backends.hf_loading import HFTextTokenizer
 
     whole_tok = HFTextTokenizer(qwen3_tokenizer)
     whole_tok._cuts_exactly = False  # always tokenise whole texts
@@ -351,7 +351,7 @@ def test_a_huge_document_is_not_tokenised_in_full(tok):
 
 
 def test_cuts_are_never_placed_before_a_character_nfc_joins_backward():
-    from reranker.backends._user_text import safe_cut
+    from reranker.formats.user_text import safe_cut
 
     for joiner in ("\u0301", "\u1161", "\u11a8", "\u0f73", "\u09be"):
         text = "x" * 10 + ("e" + joiner) * 20

@@ -11,8 +11,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent / "fake_plugin"))
 from fake_reranker_plugin import LengthBackend, PlainBackend  # noqa: E402
 
-from reranker.errors import InvalidRequest  # noqa: E402
-from reranker.protocol import UNUSABLE_LOGIT, rank_order, sigmoid  # noqa: E402
+from reranker.core.errors import InvalidRequest  # noqa: E402
+from reranker.core.protocol import UNUSABLE_LOGIT, rank_order, sigmoid  # noqa: E402
 
 SEED_META_KEYS = {
     "input_docs",
@@ -101,7 +101,7 @@ def test_context_manager_closes(backend):
 
 def test_options_passed_as_a_model_keep_what_the_user_left_unset():
     """A backend picks device defaults only for options nobody set (GPU batch budget)."""
-    from reranker.options import BackendOptions
+    from reranker.core.options import BackendOptions
 
     options = BackendOptions(model_name="fake-model", infer_batch_size=8)
     backend = LengthBackend(options)
@@ -145,7 +145,7 @@ def test_unusable_docs_rank_last_even_when_a_usable_score_underflows_to_zero(bac
 def test_text_that_is_not_valid_unicode_is_an_invalid_request(backend, request_kwargs, param):
     """A surrogate code point cannot be encoded as UTF-8 (tokenizers raise TypeError on it):
     the request is refused before it reaches the backend, naming the field."""
-    from reranker.protocol import ScoreRequest
+    from reranker.core.protocol import ScoreRequest
 
     with pytest.raises(InvalidRequest) as err:
         backend.score_with_meta(**request_kwargs)

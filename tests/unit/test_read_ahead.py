@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from reranker.backends._jobs import read_ahead
+from reranker.backends.transformers.jobs import read_ahead
 
 
 def test_items_come_in_order_from_another_thread():

@@ -35,7 +35,7 @@ def run(code: str) -> dict:
 def test_list_backends_is_lenient_and_imports_nothing_heavy():
     result = run("""
         import json, sys
-        from reranker.registry import list_backends
+        from reranker.core.registry import list_backends
         infos = {b.name: b for b in list_backends()}
         print(json.dumps({
             "names": sorted(infos),
@@ -59,8 +59,8 @@ def test_list_backends_is_lenient_and_imports_nothing_heavy():
 def test_load_is_strict_and_only_imports_the_chosen_backend():
     result = run("""
         import json, sys
-        from reranker.registry import load_backend
-        from reranker.errors import BackendUnavailable, UnknownBackend
+        from reranker.core.registry import load_backend
+        from reranker.core.errors import BackendUnavailable, UnknownBackend
         out = {}
         b = load_backend("fake_length", {"model_name": "m"})
         out["scores"] = b.score("abc", ["abcdef", "", "ab"], normalize=False)
@@ -86,7 +86,7 @@ def test_load_is_strict_and_only_imports_the_chosen_backend():
 def test_options_are_validated_on_load():
     result = run("""
         import json
-        from reranker.registry import load_backend
+        from reranker.core.registry import load_backend
         try:
             load_backend("fake_length", {"infer_batch_size": -3})
             print(json.dumps({"raised": None}))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from reranker.config import ScaleSettings, load_settings
-from reranker.errors import ConfigError
+from reranker.core.errors import ConfigError
 from reranker.scale.runner import cpus_per_replica, deployment_options, replica_count
 
 

@@ -10,8 +10,8 @@ from typing import ClassVar
 
 import pytest
 
-from reranker.errors import InvalidRequest, Overloaded
-from reranker.protocol import RerankBackend, ScoreRequest
+from reranker.core.errors import InvalidRequest, Overloaded
+from reranker.core.protocol import RerankBackend, ScoreRequest
 from reranker.service.scheduler import BatchScheduler, RequestExpired, plan_pieces
 
 sys.path.insert(0, str(Path(__file__).parent / "fake_plugin"))

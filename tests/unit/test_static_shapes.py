@@ -5,8 +5,13 @@ from __future__ import annotations
 import pytest
 from test_packing import PROMPTS, whole_prompts
 
-from reranker.backends._cuda_graphs import TOKEN_STEP, StaticShape, pad_packed, static_shapes
-from reranker.backends._packing import device_columns, pack
+from reranker.backends.transformers.cuda_graphs import (
+    TOKEN_STEP,
+    StaticShape,
+    pad_packed,
+    static_shapes,
+)
+from reranker.backends.transformers.packing import device_columns, pack
 
 PAD = 0
 

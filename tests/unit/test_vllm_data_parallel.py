@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from reranker.backends import _vllm_common
-from reranker.backends._vllm_common import (
+from reranker.backends.vllm import engine as vllm_engine
+from reranker.backends.vllm.engine import (
     ENGINE_FAILED,
     VLLMBackendBase,
     engine_gpus,
@@ -21,10 +21,10 @@ from reranker.backends._vllm_common import (
     pinned_gpus,
     start_engines,
 )
-from reranker.backends.qwen3_vllm import Qwen3VLLMBackend
-from reranker.backends.qwen3_vllm_score import Qwen3VLLMScoreBackend
-from reranker.errors import ConfigError
-from reranker.options import VLLMOptions
+from reranker.backends.vllm.qwen3_generate import Qwen3VLLMBackend
+from reranker.backends.vllm.qwen3_score import Qwen3VLLMScoreBackend
+from reranker.core.errors import ConfigError
+from reranker.core.options import VLLMOptions
 
 
 def test_the_option_validates():
@@ -66,12 +66,12 @@ def test_too_few_gpus_is_a_config_error():
 @pytest.mark.parametrize("backend", [Qwen3VLLMBackend, Qwen3VLLMScoreBackend])
 def test_without_cuda_the_backend_refuses_before_loading(monkeypatch, backend):
     """vLLM's CPU build: a typed error at once, no tokenizer, no engine, no hang."""
-    monkeypatch.setattr(_vllm_common, "cuda_capability", lambda: None)
+    monkeypatch.setattr(vllm_engine, "cuda_capability", lambda: None)
 
     def no_loading(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("nothing is loaded")
 
-    monkeypatch.setattr(_vllm_common, "load_or_explain", no_loading)
+    monkeypatch.setattr(vllm_engine, "load_or_explain", no_loading)
     with pytest.raises(ConfigError, match="data_parallel_size 2: 2 engines need 2 CUDA GPUs"):
         backend({"model_name": "unused", "data_parallel_size": 2})
 
@@ -87,8 +87,8 @@ def test_an_engine_starts_with_only_its_gpus_visible(monkeypatch):
             raise RuntimeError("engine 4 failed")
         return f"engine{len(seen)}"
 
-    monkeypatch.setattr(_vllm_common, "start_engine", start)
-    monkeypatch.setattr(_vllm_common, "stop_engine", stopped.append)
+    monkeypatch.setattr(vllm_engine, "start_engine", start)
+    monkeypatch.setattr(vllm_engine, "stop_engine", stopped.append)
     opts = VLLMOptions(data_parallel_size=2)
     assert start_engines(opts, {}, ["4", "6"]) == ["engine1", "engine2"]
     assert seen == ["4", "6"] and os.environ["CUDA_VISIBLE_DEVICES"] == "4,5,6,7"

@@ -8,7 +8,7 @@ import queue
 import time
 from types import SimpleNamespace
 
-from reranker.backends._vllm_common import (
+from reranker.backends.vllm.engine import (
     ENGINE_FAILED,
     engine_health,
     is_engine_death,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pairs import MAX_MODEL_LEN
 
-from reranker.registry import load_backend
+from reranker.core.registry import load_backend
 
 
 def vllm_backend(name: str, model_dir, **overrides):

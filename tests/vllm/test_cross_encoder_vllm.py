@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from reranker.backends import cross_encoder_vllm
-from reranker.backends.cross_encoder_vllm import (
+from reranker.backends.vllm import cross_encoder as cross_encoder_vllm
+from reranker.backends.vllm.cross_encoder import (
     CrossEncoderVLLMBackend,
     CrossEncoderVLLMOptions,
     compressed_token_types,
 )
-from reranker.errors import ConfigError, InvalidRequest
-from reranker.protocol import UNUSABLE_LOGIT, ScoreRequest, sigmoid
+from reranker.core.errors import ConfigError, InvalidRequest
+from reranker.core.protocol import UNUSABLE_LOGIT, ScoreRequest, sigmoid
 from reranker.testing import tiny_cross_encoders as tce
 
 MAX_LEN = 128  # tokens a pair: small engines, and LONG is cut

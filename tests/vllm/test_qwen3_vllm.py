@@ -9,7 +9,7 @@ from engines import vllm_backend
 from pairs import DOCS, QUERIES
 from parity_check import assert_matches_reference
 
-from reranker.prompts.qwen3 import NO_TOKEN_ID, YES_TOKEN_ID
+from reranker.formats.qwen3_prompt import NO_TOKEN_ID, YES_TOKEN_ID
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_starts_where_max_model_len_is_all_the_checkpoint_has(tmp_path):
     """A checkpoint with exactly max_model_len positions: the generated token's position
     is never computed, so the engine starts and a prompt of max_model_len tokens scores as
     on the transformers backend."""
-    from reranker.registry import load_backend
+    from reranker.core.registry import load_backend
     from reranker.testing.tiny_qwen3 import build_model
 
     model = build_model(tmp_path / "tiny-256", max_position_embeddings=256)

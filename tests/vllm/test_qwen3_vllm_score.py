@@ -7,7 +7,7 @@ from engines import vllm_backend
 from pairs import DOCS, MAX_MODEL_LEN, QUERIES
 from parity_check import assert_matches_reference
 
-from reranker.registry import load_backend
+from reranker.core.registry import load_backend
 
 
 @pytest.fixture(scope="module")

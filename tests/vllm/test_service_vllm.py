@@ -103,8 +103,8 @@ def test_a_poison_request_fails_alone_among_concurrent_innocent_ones(served):
 
 
 def test_bad_text_in_one_request_of_a_shared_engine_call_fails_only_that_one(served):
-    from reranker.errors import InvalidRequest
-    from reranker.protocol import ScoreRequest
+    from reranker.core.errors import InvalidRequest
+    from reranker.core.protocol import ScoreRequest
 
     _, backend = served
     good = ScoreRequest(QUERIES[0], ["Paris.", "Bananas."])

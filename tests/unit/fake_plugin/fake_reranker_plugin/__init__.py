@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from reranker.protocol import PairScores, RerankBackend
+from reranker.core.protocol import PairScores, RerankBackend
 
 
 class LengthBackend(RerankBackend):

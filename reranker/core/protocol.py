@@ -17,9 +17,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from reranker.dedup import deduplicate_with_positions
-from reranker.errors import InvalidRequest
-from reranker.options import BackendOptions
+from reranker.core.dedup import deduplicate_with_positions
+from reranker.core.errors import InvalidRequest
+from reranker.core.options import BackendOptions
 
 
 @dataclass(frozen=True)
@@ -196,7 +196,7 @@ class RerankBackend:
 
     @classmethod
     def check_model(cls, options: BackendOptions) -> None:  # noqa: B027 - optional hook
-        """Raise :class:`~reranker.errors.ModelUnavailable` at once, before anything heavy is
+        """Raise :class:`~reranker.core.errors.ModelUnavailable` at once, before anything heavy is
         imported, when the model ``options`` name cannot be found. Backends that load
         weights override this; the registry and the service call it first."""
 

@@ -14,12 +14,12 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from reranker.backends._hf_loading import check_hub_model, load_or_explain
-from reranker.backends._runtime import resolve_device, resolve_dtype
-from reranker.batching import plan_batches
+from reranker.backends.hf_loading import check_hub_model, load_or_explain
+from reranker.backends.runtime import resolve_device, resolve_dtype
+from reranker.core.batching import plan_batches
+from reranker.core.options import BackendOptions
+from reranker.core.protocol import PairScores, RerankBackend
 from reranker.formats.cross_encoder import detect, encode_pairs, pair_limit
-from reranker.options import BackendOptions
-from reranker.protocol import PairScores, RerankBackend
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from reranker.backends import _triton_support
+from reranker.backends.transformers.kernels import triton_support
 
 OP_NAME = "reranker::swiglu"
 # (rows, columns, depth) of a tile, pipeline stages, warps. 16-bit: the best of the tile
@@ -66,7 +66,7 @@ def self_check(device: Any, dtype: Any) -> str | None:
         (torch.randn(rows, 64, generator=g) / 4).to(device, dtype) for rows in (70, 96, 96)
     )
     want = reference(x, gate_weight, up_weight)
-    return _triton_support.check_against_reference(
+    return triton_support.check_against_reference(
         lambda: op(x, gate_weight, up_weight), want, device
     )
 
@@ -156,7 +156,7 @@ def fused_op() -> Callable[..., Any] | None:
             out_desc.store([row, column], gated.to(out_desc.dtype))
 
     # read once, not per launch: launches sit on the host's path of every layer
-    in_interpreter = _triton_support.interpreted()
+    in_interpreter = triton_support.interpreted()
 
     @functools.cache
     def programs(device: Any) -> int:

@@ -7,9 +7,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from reranker.backends._user_text import cuts_exactly, encode_heads, plain_tokenizer
-from reranker.errors import ModelUnavailable
-from reranker.model_source import check_model_source, hub_offline, offline_hint
+from reranker.core.errors import ModelUnavailable
+from reranker.core.model_source import check_model_source, hub_offline, offline_hint
+from reranker.formats.user_text import cuts_exactly, encode_heads, plain_tokenizer
 
 T = TypeVar("T")
 
@@ -40,7 +40,7 @@ def load_or_explain(model_name: str, what: str, load: Callable[[], T]) -> T:
 
 
 class HFTextTokenizer:
-    """A HF tokenizer as :class:`reranker.prompts.qwen3.TextTokenizer` (no special tokens).
+    """A HF tokenizer as :class:`reranker.formats.qwen3_prompt.TextTokenizer` (no special tokens).
 
     Where the tokenizer is a fast one with no truncation or padding of its own set,
     texts go straight to its Rust ``encode_batch_fast``: the same ids, without the
@@ -48,7 +48,7 @@ class HFTextTokenizer:
     time tokenising a request takes).
 
     User text goes through :meth:`encode_text_batch`, which never recognises an added
-    token and tokenises long texts only as far as they are used (``_user_text``).
+    token and tokenises long texts only as far as they are used (:mod:`reranker.formats.user_text`).
     """
 
     def __init__(self, tokenizer: Any) -> None:

@@ -2,7 +2,7 @@
 FlashAttention: RMS-normalise each query and key head (``q_norm`` / ``k_norm``), rotate
 both by their token's position (RoPE: ``x * cos + rotate_half(x) * sin``) and lay keys
 and values out in FlashAttention's order, which repeats a shared query prefix's rows
-before each of its documents (``key_index``, see ``_packing``).
+before each of its documents (``key_index``, see ``packing``).
 
 transformers' code, compiled by inductor, makes three passes over those tensors (queries,
 keys, then the key/value gather), writing the normalised keys out only to read them back;
@@ -20,7 +20,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from reranker.backends import _triton_support
+from reranker.backends.transformers.kernels import triton_support
 
 OP_NAME = "reranker::qk_norm_rope"
 
@@ -84,7 +84,7 @@ def self_check(device: Any, dtype: Any) -> str | None:
     )
     key_index = torch.tensor([0, 1, 2, 0, 1, 3, 4, 5], device=device)  # a shared prefix
     want = reference(q, k, v, q_weight, k_weight, cos, sin, key_index, 1e-6)
-    return _triton_support.check_against_reference(
+    return triton_support.check_against_reference(
         lambda: op(q, k, v, q_weight, k_weight, cos, sin, key_index, 1e-6), want, device
     )
 
@@ -166,7 +166,7 @@ def fused_op() -> Callable[..., tuple[Any, Any, Any]] | None:
     # A row (all heads of one token) per program on a GPU, two warps each: on an H200
     # 23.2 ms a coalesced call, against 25.1 (four warps) and 24.2-25.6 (2-4 rows a
     # program). The interpreter pays per program, so there it takes many rows at once.
-    rows_per_program = 64 if _triton_support.interpreted() else 1
+    rows_per_program = 64 if triton_support.interpreted() else 1
 
     def launch(
         x: Any, weight: Any, cos: Any, sin: Any, index: Any, out: Any, v: Any, v_out: Any,

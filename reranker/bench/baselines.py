@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from reranker.prompts.qwen3 import NO_TOKEN_ID, YES_TOKEN_ID
-from reranker.workload import Workload
+from reranker.bench.workload import Workload
+from reranker.formats.qwen3_prompt import NO_TOKEN_ID, YES_TOKEN_ID
 
 
 def _prompts(backend: Any, workload: Workload) -> list[str]:

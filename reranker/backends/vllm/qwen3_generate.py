@@ -13,13 +13,13 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar
 
-from reranker.backends._hf_loading import load_or_explain
-from reranker.backends._vllm_common import (
+from reranker.backends.hf_loading import load_or_explain
+from reranker.backends.vllm.engine import (
     VLLMBackendBase,
     engine_kwargs,
     has_field,
 )
-from reranker.prompts.qwen3 import NO_TOKEN_ID, YES_TOKEN_ID
+from reranker.formats.qwen3_prompt import NO_TOKEN_ID, YES_TOKEN_ID
 
 logger = logging.getLogger(__name__)
 

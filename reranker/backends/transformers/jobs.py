@@ -8,10 +8,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from reranker.backends._packing import PromptParts
-from reranker.errors import InvalidRequest
-from reranker.prompts.qwen3 import EncodedPairs, Qwen3PromptEncoder
-from reranker.protocol import PairScores, ScoreJob
+from reranker.backends.transformers.packing import PromptParts
+from reranker.core.errors import InvalidRequest
+from reranker.core.protocol import PairScores, ScoreJob
+from reranker.formats.qwen3_prompt import EncodedPairs, Qwen3PromptEncoder
 
 T = TypeVar("T")
 

@@ -15,15 +15,15 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
-from reranker.backends._hf_loading import HFTextTokenizer, check_hub_model, load_or_explain
-from reranker.backends._jobs import FlatPrompts
-from reranker.backends._runtime import resolve_device, resolve_dtype
-from reranker.errors import BackendDead, ConfigError, InvalidRequest
+from reranker.backends.hf_loading import HFTextTokenizer, check_hub_model, load_or_explain
+from reranker.backends.runtime import resolve_device, resolve_dtype
+from reranker.backends.transformers.jobs import FlatPrompts
+from reranker.core.errors import BackendDead, ConfigError, InvalidRequest
+from reranker.core.model_source import check_model_source
+from reranker.core.options import VLLMOptions
+from reranker.core.protocol import PairScores, RerankBackend, ScoreJob
 from reranker.formats.qwen3 import Qwen3PromptFormat, Qwen3VLLMOptions
-from reranker.model_source import check_model_source
-from reranker.options import VLLMOptions
-from reranker.prompts.qwen3 import Qwen3PromptEncoder
-from reranker.protocol import PairScores, RerankBackend, ScoreJob
+from reranker.formats.qwen3_prompt import Qwen3PromptEncoder
 
 logger = logging.getLogger(__name__)
 

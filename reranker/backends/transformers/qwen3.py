@@ -3,7 +3,7 @@
 Only the last position's hidden state is projected, and only onto the two lm_head rows
 that matter (no, yes): the 151,669-wide logits are never computed. Batches are either
 padded (left padding, one row per prompt) or packed (all prompts in one row, no padding,
-variable-length attention: see ``_packed_attention``).
+variable-length attention: see ``packed_attention``).
 """
 
 from __future__ import annotations
@@ -15,30 +15,25 @@ from collections.abc import Callable, Iterator
 from itertools import chain
 from typing import Any, ClassVar
 
-from reranker.backends import (
-    _hf_speedups,
-    _packed_attention,
-    _qk_norm_rope,
-    _swiglu,
-    _triton_support,
-)
-from reranker.backends._cuda_graphs import BatchGraphs, StaticShape, static_shapes
-from reranker.backends._hf_loading import HFTextTokenizer, check_hub_model, load_or_explain
-from reranker.backends._jobs import FlatPrompts, HeadSplit, read_ahead
-from reranker.backends._packing import (
+from reranker.backends.hf_loading import HFTextTokenizer, check_hub_model, load_or_explain
+from reranker.backends.runtime import resolve_device, resolve_dtype
+from reranker.backends.transformers import packed_attention, speedups
+from reranker.backends.transformers.cuda_graphs import BatchGraphs, StaticShape, static_shapes
+from reranker.backends.transformers.jobs import FlatPrompts, HeadSplit, read_ahead
+from reranker.backends.transformers.kernels import qk_norm_rope, swiglu, triton_support
+from reranker.backends.transformers.packing import (
     PackedBatch,
     PromptParts,
     device_columns,
     host_buffer,
     pack,
 )
-from reranker.backends._runtime import resolve_device, resolve_dtype
-from reranker.batching import plan_batches
-from reranker.errors import ConfigError, InvalidRequest
+from reranker.core.batching import plan_batches
+from reranker.core.errors import ConfigError, InvalidRequest
+from reranker.core.model_source import check_model_source
+from reranker.core.protocol import PairScores, RerankBackend, ScoreJob
 from reranker.formats.qwen3 import Qwen3PromptFormat, Qwen3TransformersOptions
-from reranker.model_source import check_model_source
-from reranker.prompts.qwen3 import NO_TOKEN_ID, YES_TOKEN_ID, Qwen3PromptEncoder
-from reranker.protocol import PairScores, RerankBackend, ScoreJob
+from reranker.formats.qwen3_prompt import NO_TOKEN_ID, YES_TOKEN_ID, Qwen3PromptEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +49,7 @@ GPU_HEAD_DOCS = 32
 
 def _expand_runs(torch: Any, starts: Any, lengths: Any, total: int) -> Any:
     """``arange(start, start + length)`` for each run, back to back, as one tensor on the
-    runs' device (``_packing.expand_runs`` on tensors), without a host sync."""
+    runs' device (``packing.expand_runs`` on tensors), without a host sync."""
     offsets = torch.cumsum(lengths, 0) - lengths
     shift = torch.repeat_interleave(starts - offsets, lengths, output_size=total)
     return torch.arange(total, device=starts.device) + shift
@@ -97,7 +92,7 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
         )
         kwargs: dict[str, Any] = {"dtype": self.dtype, "local_files_only": cache_only}
         if self.packed:
-            kwargs["attn_implementation"] = _packed_attention.register(self.attention_kernel)
+            kwargs["attn_implementation"] = packed_attention.register(self.attention_kernel)
         elif opts.attn_implementation != "auto":
             kwargs["attn_implementation"] = opts.attn_implementation
         model = load_or_explain(
@@ -117,15 +112,15 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
         )
         self._lock = threading.Lock()
         if self.packed:  # packed batches read each prompt's last row only
-            _hf_speedups.last_layer_at_rows(self._body)
+            speedups.last_layer_at_rows(self._body)
         self.fused_rms_norm = on_cuda if opts.fused_rms_norm == "auto" else opts.fused_rms_norm
         if self.fused_rms_norm:
-            _hf_speedups.fuse_rms_norms(self._model)
+            speedups.fuse_rms_norms(self._model)
         self.fused_qk_norm_rope = self._fuse_qk_norm_rope()
         self.fused_swiglu = self._use_triton_kernel(
             "fused_swiglu",
-            _swiglu.self_check,
-            lambda: _swiglu.fuse_mlps(self._model),
+            swiglu.self_check,
+            lambda: swiglu.fuse_mlps(self._model),
             "MLP is not a bias-free SiLU-gated one with rows TMA can read",
         )
         self.compiled = False
@@ -158,7 +153,7 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
             and opts.attn_implementation == "auto"
             and (
                 opts.share_query_prefix is True
-                or _packed_attention.varlen_kernel_available(self.device, self.dtype)
+                or packed_attention.varlen_kernel_available(self.device, self.dtype)
             )
         )
         if opts.share_query_prefix is True and not self.packed:
@@ -200,7 +195,7 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
         """Which varlen kernel packed batches run: FlashAttention-3 where asked for or,
         under ``auto``, where it runs (packed, CUDA, 16-bit); torch's kernel otherwise."""
         fa3_applies = self.packed and on_cuda and self.dtype.itemsize == 2
-        why_not = _packed_attention.flash_attn_3_unavailable() if fa3_applies else None
+        why_not = packed_attention.flash_attn_3_unavailable() if fa3_applies else None
         if wanted == "flash_attn_3":
             if not fa3_applies:
                 raise ConfigError(
@@ -221,8 +216,8 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
             raise ConfigError("fused_qk_norm_rope needs packed batches (batch_layout: packed)")
         return self.packed and self._use_triton_kernel(
             "fused_qk_norm_rope",
-            _qk_norm_rope.self_check,
-            lambda: _packed_attention.fuse_qk_norm_rope(self._model, self.attention_kernel),
+            qk_norm_rope.self_check,
+            lambda: packed_attention.fuse_qk_norm_rope(self._model, self.attention_kernel),
             "attention is not Qwen3's (per-head q/k norms, no biases)",
         )
 
@@ -242,7 +237,7 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
         on_cuda = self.device.type == "cuda"
         if wanted is False or (wanted == "auto" and not on_cuda):
             return False
-        if on_cuda or _triton_support.interpreted():
+        if on_cuda or triton_support.interpreted():
             why_not = self_check(self.device, self.dtype)
         else:
             why_not = "it runs on CUDA devices (or in Triton's interpreter, TRITON_INTERPRET=1)"
@@ -259,11 +254,9 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
         warm_up = self._warm_up_batch()
         cpp_wrapper = self.options.compile_wrapper == "cpp"
         # each layer's last residual add then fuses into the next layer's input norm
-        _hf_speedups.carry_residuals(self._body)
+        speedups.carry_residuals(self._body)
         try:
-            _hf_speedups.compile_layers(
-                self._body.layers, lambda: self._forward(warm_up), cpp_wrapper
-            )
+            speedups.compile_layers(self._body.layers, lambda: self._forward(warm_up), cpp_wrapper)
         except Exception as exc:
             if cpp_wrapper:
                 raise ConfigError(

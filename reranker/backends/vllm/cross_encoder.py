@@ -24,9 +24,9 @@ from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
-from reranker.backends._hf_loading import check_hub_model, load_or_explain
-from reranker.backends._runtime import resolve_device
-from reranker.backends._vllm_common import (
+from reranker.backends.hf_loading import check_hub_model, load_or_explain
+from reranker.backends.runtime import resolve_device
+from reranker.backends.vllm.engine import (
     engine_gpus,
     engine_kwargs,
     engines_health,
@@ -37,11 +37,11 @@ from reranker.backends._vllm_common import (
     start_engines,
     stop_engine,
 )
-from reranker.errors import BackendDead, ConfigError, InvalidRequest
+from reranker.core.errors import BackendDead, ConfigError, InvalidRequest
+from reranker.core.model_source import check_model_source
+from reranker.core.options import VLLMOptions
+from reranker.core.protocol import PairScores, RerankBackend, ScoreJob
 from reranker.formats.cross_encoder import detect, encode_pairs, pair_limit
-from reranker.model_source import check_model_source
-from reranker.options import VLLMOptions
-from reranker.protocol import PairScores, RerankBackend, ScoreJob
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""What the transformers backend's Triton kernels (``_qk_norm_rope``, ``_swiglu``) share:
+"""What the transformers backend's Triton kernels (``qk_norm_rope``, ``swiglu``) share:
 whether Triton runs in its CPU interpreter, and the startup check of a kernel against its
 torch reference. Imports nothing heavy at module level."""
 

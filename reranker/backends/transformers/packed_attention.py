@@ -8,7 +8,7 @@ The attention function is registered in transformers' ``AttentionInterface`` und
 :data:`ATTENTION_NAME`; transformers then builds no mask for it (names outside its mask
 table get none) and passes the ``cu_seq_lens_q`` / ``max_length_q`` keyword arguments
 that the backend gives the model straight through to it, with ``cu_seq_lens_k``,
-``max_length_k`` and ``key_index`` where a batch shares query prefixes (``_packing``).
+``max_length_k`` and ``key_index`` where a batch shares query prefixes (``packing``).
 On CUDA in fp16/bf16 it runs a variable-length FlashAttention kernel: torch's own
 FlashAttention-2 (torch >= 2.10) or, on Hopper, FlashAttention-3 from vLLM's build;
 elsewhere (CPU, float32) it runs one causal ``scaled_dot_product_attention`` per
@@ -23,7 +23,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from reranker.backends import _qk_norm_rope
+from reranker.backends.transformers.kernels import qk_norm_rope
 
 ATTENTION_NAME = "reranker_packed"
 
@@ -176,7 +176,7 @@ def packed_attention(
     """transformers' side of packed attention: ``attend`` (:func:`causal_attention`'s
     result) on the (1, heads, tokens, head_dim) tensors that transformers hands over;
     returns (1, tokens, heads, head_dim). With ``key_index`` (shared prefixes, see
-    ``_packing``) each sequence's keys/values are those rows of the packed ones.
+    ``packing``) each sequence's keys/values are those rows of the packed ones.
     """
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (tokens, heads, dim)
     if key_index is not None:
@@ -254,10 +254,10 @@ def fuse_qk_norm_rope(model: Any, kernel_name: str = "torch") -> int:
     ``k_norm``, rotary positions, no biases) a packed forward: the q, k and v projections
     as one matmul over their weights stacked (the modules' weights become views of the
     stack), then the norms, the rotation and the shared-prefix key/value gather as one
-    kernel (``_qk_norm_rope``), then the ``kernel_name`` varlen attention. Returns how
+    kernel (``qk_norm_rope``), then the ``kernel_name`` varlen attention. Returns how
     many modules changed: 0 where the kernel is unavailable (no Triton) or the shapes do
     not suit it. Only for packed batches (it needs ``cu_seq_lens_q``)."""
-    op = _qk_norm_rope.fused_op()
+    op = qk_norm_rope.fused_op()
     if op is None:
         return 0
     attend = causal_attention(varlen_kernel(kernel_name))
@@ -280,7 +280,7 @@ def _fits_fused_forward(module: Any) -> bool:
     eps = getattr(module.q_norm, "variance_epsilon", None)
     if eps is None or eps != getattr(module.k_norm, "variance_epsilon", None):
         return False
-    return _qk_norm_rope.supports(module.head_dim)
+    return qk_norm_rope.supports(module.head_dim)
 
 
 def _stacked_weights(module: Any, names: tuple[str, ...]) -> Any:

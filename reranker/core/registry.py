@@ -14,8 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from reranker.errors import BackendUnavailable, UnknownBackend
-from reranker.protocol import RerankBackend
+from reranker.core.errors import BackendUnavailable, UnknownBackend
+from reranker.core.protocol import RerankBackend
 
 GROUP = "reranker.backends"
 logger = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ A graph has fixed shapes, so a batch is padded to the smallest of a few
 
 - the pad tokens form one extra "dummy" sequence after the real ones; unused sequence
   slots are empty (zero-length) sequences; unused last-row slots read row 0;
-- with shared query prefixes (``_packing``) the gathered key rows are padded too: the
+- with shared query prefixes (``packing``) the gathered key rows are padded too: the
   dummy sequence reads its own rows, then as many rows from the start of the batch as
   fill the shape (reading rows is harmless; no real sequence reads a pad row);
 - the dummy and the empty sequences hold none of the rows read out;
@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from reranker.backends._packing import PackedBatch, device_columns, host_buffer
+from reranker.backends.transformers.packing import PackedBatch, device_columns, host_buffer
 
 # Token counts of the captured shapes are multiples of this: a padded batch wastes fewer
 # than this many tokens (~4 ms of an H200 at the 0.6B model's size).
@@ -61,7 +61,7 @@ class StaticShape:
         return not self.shared or sum(batch.key_lengths) + pad <= self.keys
 
     def column_sizes(self) -> list[int]:
-        """Sizes of the device columns, in ``_packing.device_columns`` order."""
+        """Sizes of the device columns, in ``packing.device_columns`` order."""
         sequences = self.sequences
         per_sequence = [sequences, sequences, sequences + 1, sequences + 1, self.rows]
         keys = [self.key_runs, self.key_runs, self.sequences + 1] if self.shared else []

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from reranker.errors import InvalidRequest
+from reranker.core.errors import InvalidRequest
 
 YES_TOKEN_ID = 9693
 NO_TOKEN_ID = 2152
@@ -52,7 +52,7 @@ InstructionFormat = Literal["standard", "compact"]
 
 
 class TextTokenizer(Protocol):
-    """What the encoder needs of a tokenizer (see ``reranker.backends._hf_loading``)."""
+    """What the encoder needs of a tokenizer (see ``reranker.backends.hf_loading``)."""
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text, no special tokens added (added tokens recognised)."""

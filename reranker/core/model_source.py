@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import Literal
 
-from reranker.errors import ModelUnavailable
+from reranker.core.errors import ModelUnavailable
 
 logger = logging.getLogger(__name__)
 

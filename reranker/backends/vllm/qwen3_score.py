@@ -15,7 +15,7 @@ import logging
 import math
 from typing import Any, ClassVar
 
-from reranker.backends._vllm_common import (
+from reranker.backends.vllm.engine import (
     QWEN3_RERANKER_HF_OVERRIDES,
     VLLMBackendBase,
     engine_kwargs,

@@ -7,8 +7,8 @@ import platform
 import time
 from typing import Any
 
-from reranker.protocol import RerankBackend
-from reranker.workload import Workload
+from reranker.bench.workload import Workload
+from reranker.core.protocol import RerankBackend
 
 
 def gpu_info() -> dict[str, Any]:
@@ -46,7 +46,7 @@ def fresh_workloads(workload: Workload, repeat: int, first: int = 0) -> list[Wor
     tokens) to share, as with live traffic. Each timed phase of a bench takes its own
     numbers, so no phase replays documents that an earlier one left in a cache.
     """
-    from reranker.workload import make_workload
+    from reranker.bench.workload import make_workload
 
     shape = workload.shape
     return [
@@ -67,7 +67,7 @@ def run_bench(
     ``first`` onwards of :func:`fresh_workloads`); report the best and mean pairs/s.
     ``coalesce`` sends all queries in one ``score_requests`` call, as the HTTP scheduler
     does with concurrent requests; otherwise one call per query."""
-    from reranker.protocol import ScoreRequest
+    from reranker.core.protocol import ScoreRequest
 
     for _ in range(warmup):
         backend.score_with_meta(workload.queries[0], workload.docs[0][:8])
@@ -105,9 +105,9 @@ def run_bench(
 def run_baseline(
     backend: RerankBackend, workload: Workload, repeat: int = 3, first: int = 0
 ) -> dict[str, Any] | None:
-    """Time the raw counterpart of ``backend`` (see :mod:`reranker.baselines`) on workloads
+    """Time the raw counterpart of ``backend`` (see :mod:`reranker.bench.baselines`) on workloads
     ``first`` onwards of :func:`fresh_workloads`."""
-    from reranker.baselines import BASELINES
+    from reranker.bench.baselines import BASELINES
 
     if backend.name not in BASELINES:
         return None

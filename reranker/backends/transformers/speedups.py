@@ -73,7 +73,7 @@ def _attention_at_rows(attn: Any, normed: Any, rows: Any, row_bounds: Any, **kwa
     """``attn`` (a Llama/Qwen-style self-attention module) at ``rows`` of ``normed`` only:
     keys and values from every token, queries from the rows alone, one per sequence
     (``row_bounds``: [0, r0, r0+r1, ...] over the rows, as ``cu_seq_lens_q`` is over the
-    tokens). Only for the packed attention of ``_packed_attention``, which aligns a
+    tokens). Only for the packed attention of ``packed_attention``, which aligns a
     sequence's queries with its last keys: a row's one query sees its whole sequence."""
     modeling = sys.modules[type(attn).__module__]
     position_embeddings = kwargs.pop("position_embeddings")
