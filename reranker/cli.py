@@ -43,7 +43,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     docs = args.doc or [line.rstrip("\n") for line in sys.stdin]
     with _backend_from_args(args) as backend:
         scores, meta = backend.score_with_meta(args.query, docs, normalize=not args.raw)
-    print(json.dumps({"scores": scores, "meta": meta}, ensure_ascii=False, indent=2))
+    print(json.dumps({"scores": scores, "meta": meta.to_dict()}, ensure_ascii=False, indent=2))
     return 0
 
 

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             req = json.loads(line)
             scores, meta = backend.score_with_meta(req["query"], req["docs"])
-            proto.write(json.dumps({"scores": scores, "meta": meta}) + "\n")
+            proto.write(json.dumps({"scores": scores, "meta": meta.to_dict()}) + "\n")
         except Exception as exc:
             proto.write(json.dumps(_error(exc)) + "\n")
     backend.close()

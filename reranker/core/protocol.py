@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 from reranker.core.dedup import deduplicate_with_positions
 from reranker.core.errors import InvalidRequest
+from reranker.core.meta import ScoreMeta
 from reranker.core.options import BackendOptions
 
 
@@ -230,8 +231,8 @@ class RerankBackend:
         *,
         instruction: str | None = None,
         max_doc_tokens: int | None = None,
-    ) -> tuple[list[float], dict[str, Any]]:
-        """One score per input doc, in input order, and a meta dict.
+    ) -> tuple[list[float], ScoreMeta]:
+        """One score per input doc, in input order, and the call's :class:`ScoreMeta`.
 
         ``normalize=True`` gives the probability of relevance in [0, 1]; ``False`` the raw
         relevance logit (for the Qwen3 reranker, logit(yes) - logit(no)).
@@ -248,7 +249,7 @@ class RerankBackend:
 
     def score_requests(
         self, requests: Sequence[ScoreRequest]
-    ) -> list[tuple[list[float], dict[str, Any]] | InvalidRequest]:
+    ) -> list[tuple[list[float], ScoreMeta] | InvalidRequest]:
         """Score several requests together (their documents share batches).
 
         Each request gets ``(scores, meta)`` as from :meth:`score_with_meta`, or the
@@ -310,7 +311,7 @@ class RerankBackend:
 
     def _finish(
         self, p: _Prepared, elapsed_ms: float
-    ) -> tuple[list[float], dict[str, Any]] | InvalidRequest:
+    ) -> tuple[list[float], ScoreMeta] | InvalidRequest:
         result = p.result or PairScores(logits=[], batches=0, tokens=0)
         if isinstance(result, InvalidRequest):
             return result
@@ -324,25 +325,25 @@ class RerankBackend:
         if p.job is not None:  # else: blank query or no usable doc, all unusable
             for (i, _), u in zip(p.usable, p.position_to_unique, strict=True):
                 scores[i] = float(values[u])
-        meta = {
-            "input_docs": p.input_docs,
-            "usable_docs": len(p.usable),
-            "unique_docs": len(p.unique),
-            "dedup_ratio": round(1.0 - len(p.unique) / len(p.usable), 4) if p.unique else 0.0,
-            "elapsed_ms": elapsed_ms,
-            "model": self.model_name,
-            "backend": self.name,
-            "normalize": normalize,
-            "inference_batches": result.batches,
-            "infer_batch_size": self.options.infer_batch_size,
-            "max_batch_tokens": self.options.max_batch_tokens,
-            "sort_by_doc_length": self.options.sort_by_doc_length,
-            **self.format_meta(),
-            "max_model_len": self.options.max_model_len,
-            "scored_tokens": result.tokens,
-            "truncated_docs": result.truncated_docs,
-            **self.meta_extra(),
-        }
+        meta = ScoreMeta(
+            input_docs=p.input_docs,
+            usable_docs=len(p.usable),
+            unique_docs=len(p.unique),
+            dedup_ratio=ScoreMeta.dedup_ratio_of(len(p.unique), len(p.usable)),
+            elapsed_ms=elapsed_ms,
+            model=self.model_name,
+            backend=self.name,
+            normalize=normalize,
+            inference_batches=result.batches,
+            infer_batch_size=self.options.infer_batch_size,
+            max_batch_tokens=self.options.max_batch_tokens,
+            sort_by_doc_length=self.options.sort_by_doc_length,
+            max_model_len=self.options.max_model_len,
+            scored_tokens=result.tokens,
+            truncated_docs=result.truncated_docs,
+            format_keys=self.format_meta(),
+            engine_keys=self.meta_extra(),
+        )
         return scores, meta
 
     def score(self, query: Any, docs: Sequence[Any], normalize: bool = True) -> list[float]:

@@ -10,6 +10,7 @@ from typing import Any
 
 from reranker.config import ScaleSettings
 from reranker.core.errors import BackendDead, Overloaded
+from reranker.core.meta import ScoreMeta
 from reranker.core.protocol import ScoreRequest
 from reranker.service.pool import PoolStatus
 
@@ -74,9 +75,7 @@ class RayPool:
         """Count answers per replica and retries in the app's metrics."""
         self.metrics = metrics
 
-    async def score(
-        self, request: ScoreRequest, timeout_s: float
-    ) -> tuple[list[float], dict[str, Any]]:
+    async def score(self, request: ScoreRequest, timeout_s: float) -> tuple[list[float], ScoreMeta]:
         """``(scores, meta)`` from one replica; see the class docstring for failures."""
         from reranker.service.app import ServiceUnavailable
 
@@ -90,7 +89,7 @@ class RayPool:
 
     async def _score(
         self, request: ScoreRequest, timeout_s: float
-    ) -> tuple[list[float], dict[str, Any]]:
+    ) -> tuple[list[float], ScoreMeta]:
         from ray.exceptions import RayActorError, RayTaskError
         from ray.serve.exceptions import ReplicaUnavailableError
 

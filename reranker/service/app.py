@@ -33,6 +33,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from reranker.config import ServerSettings
 from reranker.core.errors import BackendDead, InvalidRequest, Overloaded, RerankerError
+from reranker.core.meta import ScoreMeta
 from reranker.core.protocol import RerankBackend, ScoreRequest, rank_order
 from reranker.service.health import BackendSupervisor, public_model_name
 from reranker.service.metrics import ServiceMetrics
@@ -462,7 +463,7 @@ def create_app(
 
     async def run(
         request: ScoreRequest, http: Request | None = None
-    ) -> tuple[list[float], dict[str, Any]]:
+    ) -> tuple[list[float], ScoreMeta]:
         """Score ``request`` through the scheduler. The request is dropped unscored (and
         its queued work cancelled) when its deadline passes or the client of ``http``
         disconnects; a task cancelled while waiting cancels it too."""
@@ -564,7 +565,7 @@ def create_app(
         message = supervisor.unavailable() or f"the backend failed under this request: {exc}"
         return json_error(503, message, "service_unavailable", headers={"Retry-After": "5"})
 
-    def usage(meta: dict[str, Any]) -> dict[str, Any]:
+    def usage(meta: ScoreMeta) -> dict[str, Any]:
         return {"prompt_tokens": meta["scored_tokens"], "total_tokens": meta["scored_tokens"]}
 
     async def rerank(body: RerankBody, request: Request) -> dict[str, Any]:
@@ -589,7 +590,7 @@ def create_app(
             "results": results,
             "usage": {**usage(meta), "search_units": 1},
             "meta": {
-                **meta,
+                **meta.to_dict(),
                 "api_version": {"version": "2"},
                 "billed_units": {"search_units": 1, "input_tokens": meta["scored_tokens"]},
             },
@@ -646,7 +647,7 @@ def create_app(
             ),
             request,
         )
-        return {"scores": scores, "meta": meta}
+        return {"scores": scores, "meta": meta.to_dict()}
 
     @app.get("/health", summary="Liveness: ok, loading, or dead (503)")
     async def health() -> Response:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Protocol
 
+from reranker.core.meta import ScoreMeta
 from reranker.core.protocol import ScoreRequest
 
 PoolStatus = Literal["ok", "loading", "draining", "dead"]
@@ -25,9 +26,7 @@ class ScoringPool(Protocol):
     async def start(self) -> None:
         """Start what the pool runs in the background (called at the app's startup)."""
 
-    async def score(
-        self, request: ScoreRequest, timeout_s: float
-    ) -> tuple[list[float], dict[str, Any]]:
+    async def score(self, request: ScoreRequest, timeout_s: float) -> tuple[list[float], ScoreMeta]:
         """``(scores, meta)`` of ``request``, or the typed error a local backend raises
         (:class:`~reranker.core.errors.InvalidRequest`, :class:`~reranker.core.errors.Overloaded`,
         ...). Cancelling the awaiting task drops the request wherever it is queued."""

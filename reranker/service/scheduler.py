@@ -42,11 +42,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reranker.core.errors import BackendDead, InvalidRequest, Overloaded, RerankerError
+from reranker.core.meta import ScoreMeta, merge_pieces
 from reranker.core.protocol import RerankBackend, ScoreRequest, document_text
 
 logger = logging.getLogger(__name__)
 
-Result = tuple[list[float], dict[str, Any]]
+Result = tuple[list[float], ScoreMeta]
 
 CHARS_PER_TOKEN = 3.0
 """Characters per token assumed when costing a prompt before it is tokenized (Qwen3's
@@ -55,15 +56,6 @@ PROMPT_CHARS = 300
 """Characters of the prompt around query, instruction and document (system message, turn
 markers, the ``<Instruct>``/``<Query>``/``<Document>`` labels, the assistant suffix)."""
 
-# Meta fields a split request's pieces add up; every other field is the same in each.
-_SUMMED_META = (
-    "input_docs",
-    "usable_docs",
-    "unique_docs",
-    "inference_batches",
-    "scored_tokens",
-    "truncated_docs",
-)
 _DOC_INDEX = re.compile(r"\b(docs|documents)\[(\d+)\]")
 
 
@@ -186,12 +178,7 @@ def _merge(input_docs: int, done: list[tuple[_Piece, Result]]) -> Result:
     if len(done) == 1 and done[0][0].positions is None:
         return done[0][1]
     scores = [0.0] * input_docs
-    meta: dict[str, Any] = dict(done[0][1][1])
-    for name in _SUMMED_META:
-        meta[name] = sum(m.get(name, 0) for _, (_, m) in done)
-    meta["elapsed_ms"] = round(sum(m.get("elapsed_ms", 0.0) for _, (_, m) in done), 3)
-    unique, usable = meta["unique_docs"], meta["usable_docs"]
-    meta["dedup_ratio"] = round(1.0 - unique / usable, 4) if unique else 0.0
+    meta = merge_pieces([m for _, (_, m) in done])
     for piece, (piece_scores, _) in done:
         for position, score in zip(piece.positions or (), piece_scores, strict=True):
             scores[position] = score
