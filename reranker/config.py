@@ -9,10 +9,11 @@ File layout::
           qwen3_transformers: {model_name: ..., ...}
         server: {host: ..., port: ...}
 
-Environment: ``RERANK_CONFIG`` (file path), ``RERANK_BACKEND``, ``RERANK_MODEL`` (the
-selected backend's model_name), and one variable per option of the selected backend,
-``<prefix><OPTION>`` where the prefix is the backend's ``env_prefix``
-(``RERANK_VLLM_`` for the vLLM backends, as before: ``RERANK_VLLM_INFER_BATCH_SIZE``).
+Environment (pydantic-settings sources, each over the file): ``RERANK_CONFIG`` (file
+path), ``RERANK_BACKEND`` (:class:`BackendChoiceSource`), and for the selected backend
+(:class:`BackendEnvSource`) one variable per option, ``<prefix><OPTION>`` where the prefix
+is the backend's ``env_prefix`` (``RERANK_VLLM_INFER_BATCH_SIZE``), its ``env_aliases``,
+and ``RERANK_MODEL`` (its model_name).
 """
 
 from __future__ import annotations
@@ -20,18 +21,28 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from reranker.core.errors import ConfigError
 from reranker.core.options import BackendOptions
 
 DEFAULT_CONFIG_PATH = Path("config/config.yaml")
 DEFAULT_BACKEND = "qwen3_transformers"
+CONFIG_VARIABLE = "RERANK_CONFIG"
+BACKEND_VARIABLE = "RERANK_BACKEND"
+MODEL_VARIABLE = "RERANK_MODEL"
 
 
 class ServerSettings(BaseModel):
@@ -211,6 +222,11 @@ class ServicesSection(BaseModel):
     rerank: RerankSection = Field(default_factory=lambda: RerankSection())
 
 
+# The config file and the environment load_settings is reading, for Settings' sources;
+# unset (Settings(...) called directly), only the values passed in count.
+_LOADING: ContextVar[tuple[Path, Mapping[str, str]] | None] = ContextVar("_LOADING", default=None)
+
+
 class Settings(BaseSettings):
     """The whole configuration. Build it with :func:`load_settings`."""
 
@@ -227,8 +243,18 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The file and RERANK_* overrides are merged by load_settings into init kwargs.
-        return (init_settings,)
+        """Sources, highest first: values passed in; then, in :func:`load_settings`,
+        ``RERANK_BACKEND`` and the config file. No other variable is read here: backend
+        options come from :func:`resolve_backend_options`."""
+        loading = _LOADING.get()
+        if loading is None:
+            return (init_settings,)
+        path, env = loading
+        return (
+            init_settings,
+            BackendChoiceSource(settings_cls, env),
+            ConfigFileSource(settings_cls, path),
+        )
 
     @property
     def rerank(self) -> RerankSection:
@@ -245,14 +271,20 @@ class Settings(BaseSettings):
         return dict(self.services.rerank.backends.get(name or self.backend) or {})
 
 
-def _format_validation_error(exc: ValidationError, where: str) -> str:
+def _format_validation_error(
+    exc: ValidationError, where: str, origins: Mapping[str, str] | None = None
+) -> str:
+    """One line per error: the key's path, the variable it came from (``origins``:
+    top-level key -> variable), the message and the value."""
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
         path = f"{where}.{loc}" if loc else where
+        variable = (origins or {}).get(str(err["loc"][0])) if err["loc"] else None
+        origin = f" (from {variable})" if variable else ""
         got = f" (got {err['input']!r})" if "input" in err and err["type"] != "missing" else ""
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        lines.append(f"  {path}: {msg}{got}")
+        lines.append(f"  {path}{origin}: {msg}{got}")
     return "invalid configuration:\n" + "\n".join(lines)
 
 
@@ -270,52 +302,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _env_value(raw: str) -> Any:
-    """Env strings: JSON objects/lists are parsed, everything else pydantic coerces."""
-    text = raw.strip()
-    if text[:1] in "{[":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"cannot parse JSON value {raw!r}: {exc}") from exc
-    return text
-
-
-def backend_env_overrides(
-    options_model: type[BackendOptions],
-    prefix: str,
-    env: Mapping[str, str],
-    aliases: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
-    """Options taken from ``<prefix><OPTION>`` variables (and ``aliases``: var -> option)."""
-    found: dict[str, Any] = {}
-    for option in options_model.model_fields:
-        var = f"{prefix}{option.upper()}"
-        if env.get(var, "").strip():
-            found[option] = _env_value(env[var])
-    for var, option in (aliases or {}).items():
-        if env.get(var, "").strip():
-            found[option] = _env_value(env[var])
-    if env.get("RERANK_MODEL", "").strip():
-        found["model_name"] = env["RERANK_MODEL"].strip()
-    return found
-
-
-def load_settings(
-    config_path: str | os.PathLike[str] | None = None,
-    env: Mapping[str, str] | None = None,
-) -> Settings:
-    """Read the config file (``RERANK_CONFIG`` or ``config/config.yaml``) and RERANK_* env.
-
-    Raises :class:`ConfigError` naming each bad key. Backend options are validated by
-    :func:`resolve_backend_options`, which knows the selected backend's options model.
-    """
-    env = os.environ if env is None else env
-    path_text = config_path or env.get("RERANK_CONFIG")
-    path = Path(path_text) if path_text else DEFAULT_CONFIG_PATH
-    if path_text and not path.is_file():
-        raise ConfigError(f"config file {path} does not exist (RERANK_CONFIG / --config)")
-    data = _read_yaml(path) if path.is_file() else {}
+def _with_sections(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with ``services`` and ``services.rerank`` as mappings (empty if unset)."""
     if data.get("services") is None:
         data["services"] = {}
     services = data["services"]
@@ -323,33 +311,164 @@ def load_settings(
         raise ConfigError("services must be a mapping")
     if services.get("rerank") is None:
         services["rerank"] = {}
-    section = services["rerank"]
-    if not isinstance(section, dict):
+    if not isinstance(services["rerank"], dict):
         raise ConfigError("services.rerank must be a mapping")
-    if env.get("RERANK_BACKEND", "").strip():
-        section["backend"] = env["RERANK_BACKEND"].strip()
+    return data
+
+
+def _env_text(env: Mapping[str, str], variable: str) -> str:
+    """The variable's value without surrounding blanks ("" when unset)."""
+    return (env.get(variable) or "").strip()
+
+
+def _env_value(variable: str, text: str) -> Any:
+    """A variable's (stripped) value: JSON when it starts with ``{`` or ``[``, else the
+    string itself, which the options model converts (``7``, ``true``, ``bfloat16``)."""
+    if text[:1] not in ("{", "["):
+        return text
     try:
-        return Settings(**data)
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{variable}: cannot parse JSON value {text!r}: {exc}") from exc
+
+
+class ConfigFileSource(PydanticBaseSettingsSource):
+    """The config file's settings; a file that does not exist reads as empty."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
+        super().__init__(settings_cls)
+        self.path = path
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        """One top-level key of the file: its value, its name, not complex."""
+        return self().get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        """The file's contents, ``services.rerank`` checked to be a mapping."""
+        return _with_sections(_read_yaml(self.path) if self.path.is_file() else {})
+
+
+class BackendChoiceSource(PydanticBaseSettingsSource):
+    """``RERANK_BACKEND``: the selected backend (``services.rerank.backend``)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self.env = env
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        """The ``services`` tree holding the backend's name (None when unset)."""
+        return self().get(field_name), field_name, True
+
+    def __call__(self) -> dict[str, Any]:
+        """``{"services": {"rerank": {"backend": NAME}}}``, or nothing when unset."""
+        name = _env_text(self.env, BACKEND_VARIABLE)
+        return {"services": {"rerank": {"backend": name}}} if name else {}
+
+
+class BackendEnvSource(EnvSettingsSource):
+    """One backend's options from the environment, highest first: ``RERANK_MODEL``
+    (``model_name``), the backend's ``env_aliases`` (variable -> option), and
+    ``<env_prefix><OPTION>`` for each option (its name in upper case, as written).
+
+    Values are stripped and blank ones ignored; see :func:`_env_value` for how each is
+    read. ``origins`` maps each option found to the variable it came from.
+    """
+
+    def __init__(
+        self,
+        options_model: type[BaseModel],
+        env_prefix: str,
+        env: Mapping[str, str],
+        aliases: Mapping[str, str] | None = None,
+    ) -> None:
+        # The source reads only the model's fields and config: any pydantic model will do.
+        settings_cls = cast("type[BaseSettings]", options_model)
+        super().__init__(settings_cls, case_sensitive=False, env_prefix=env_prefix)
+        self.prefix = env_prefix
+        self.env = env
+        self.aliases = dict(aliases or {})
+        self.origins: dict[str, str] = {}
+        # Names are matched in lower case: keep only those written in upper case.
+        self.env_vars = {name.lower(): value for name, value in env.items() if name.isupper()}
+
+    def prepare_field_value(
+        self, field_name: str, field: FieldInfo, value: Any, value_is_complex: bool
+    ) -> Any:
+        """The option's value from ``<env_prefix><OPTION>`` (None when unset or blank)."""
+        return self._take(f"{self.prefix}{field_name.upper()}", field_name, value)
+
+    def __call__(self) -> dict[str, Any]:
+        """The options set in the environment."""
+        values = super().__call__()
+        for variable, option in self.aliases.items():
+            value = self._take(variable, option, self.env.get(variable))
+            if value is not None:
+                values[option] = value
+        model = _env_text(self.env, MODEL_VARIABLE)
+        if model:  # a path or hub id, never JSON
+            values["model_name"] = model
+            self.origins["model_name"] = MODEL_VARIABLE
+        return values
+
+    def _take(self, variable: str, option: str, raw: str | None) -> Any:
+        """``raw`` read as the option's value (None when unset or blank)."""
+        text = (raw or "").strip()
+        if not text:
+            return None
+        value = _env_value(variable, text)
+        self.origins[option] = variable
+        return value
+
+
+def _config_file_path(
+    config_path: str | os.PathLike[str] | None, env: Mapping[str, str]
+) -> tuple[Path, bool]:
+    """The config file to read: ``config_path``, else ``RERANK_CONFIG``, else
+    ``config/config.yaml``; and whether it was named (a named file must exist)."""
+    named = config_path or env.get(CONFIG_VARIABLE)
+    return (Path(named), True) if named else (DEFAULT_CONFIG_PATH, False)
+
+
+def load_settings(
+    config_path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Read the config file (``config_path``, ``RERANK_CONFIG`` or ``config/config.yaml``)
+    and ``RERANK_BACKEND``, which overrides the file's ``services.rerank.backend``.
+
+    Raises :class:`ConfigError` naming each bad key. Backend options are validated by
+    :func:`resolve_backend_options`, which knows the selected backend's options model.
+    """
+    env = os.environ if env is None else env
+    path, named = _config_file_path(config_path, env)
+    if named and not path.is_file():
+        raise ConfigError(f"config file {path} does not exist (RERANK_CONFIG / --config)")
+    token = _LOADING.set((path, env))
+    try:
+        return Settings()
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, str(path))) from exc
+    finally:
+        _LOADING.reset(token)
 
 
 def resolve_backend_options(
     settings: Settings, name: str | None = None, env: Mapping[str, str] | None = None
 ) -> tuple[type[Any], BackendOptions]:
-    """The backend class and its validated options (file + env), or a clear error."""
+    """The backend class and its validated options, or a clear error.
+
+    Each option comes from the environment (:class:`BackendEnvSource`) if set there, else
+    from the file's ``services.rerank.backends.<name>``; a dict option is replaced whole.
+    """
     from reranker.core.registry import load_backend_class
 
     name = name or settings.backend
     cls = load_backend_class(name)
     env = os.environ if env is None else env
-    raw = settings.raw_backend_options(name)
-    raw.update(
-        backend_env_overrides(cls.Options, cls.env_prefix, env, getattr(cls, "env_aliases", None))
-    )
+    source = BackendEnvSource(cls.Options, cls.env_prefix, env, cls.env_aliases)
+    raw = {**settings.raw_backend_options(name), **source()}
     try:
         return cls, cls.Options.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(
-            _format_validation_error(exc, f"services.rerank.backends.{name}")
-        ) from exc
+        where = f"services.rerank.backends.{name}"
+        raise ConfigError(_format_validation_error(exc, where, source.origins)) from exc

@@ -134,3 +134,80 @@ def test_unknown_backend_lists_known(tmp_path):
     with pytest.raises(UnknownBackend) as err:
         resolve_backend_options(settings, env={})
     assert "qwen3_transformers" in str(err.value) and "qwen3_vllm" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "env, fragments",
+    [
+        (
+            {"RERANK_HF_MAX_MODEL_LEN": "lots"},
+            ["qwen3_transformers.max_model_len (from RERANK_HF_MAX_MODEL_LEN)", "'lots'"],
+        ),
+        (
+            {"RERANK_BACKEND": "qwen3_vllm", "RERANK_VLLM_HF_OVERRIDES": "{a"},
+            ["RERANK_VLLM_HF_OVERRIDES: cannot parse JSON value '{a'"],
+        ),
+        (
+            {"RERANK_BACKEND": "qwen3_vllm", "RERANK_VLLM_ATTENTION_BACKEND": "[x"},
+            ["RERANK_VLLM_ATTENTION_BACKEND: cannot parse JSON value"],
+        ),
+        (
+            {"RERANK_BACKEND": "qwen3_vllm_score", "RERANK_VLLM_GPU_MEMORY_UTILIZATION": "1.5"},
+            ["gpu_memory_utilization (from RERANK_VLLM_GPU_MEMORY_UTILIZATION)"],
+        ),
+    ],
+)
+def test_bad_env_value_names_the_variable(tmp_path, env, fragments):
+    settings = load_settings(write(tmp_path, ""), env=env)
+    with pytest.raises(ConfigError) as err:
+        resolve_backend_options(settings, env=env)
+    for fragment in fragments:
+        assert fragment in str(err.value)
+
+
+def test_env_precedence_over_the_file(tmp_path):
+    path = write(
+        tmp_path,
+        "services:\n  rerank:\n    backend: qwen3_vllm\n    backends:\n      qwen3_vllm:\n"
+        "        model_name: from-file\n        hf_overrides: {a: 1, b: 2}\n"
+        "        infer_batch_size: 5\n        max_model_len: 2048\n",
+    )
+    env = {
+        "RERANK_MODEL": " from-rerank-model ",  # wins over the backend's own variable
+        "RERANK_VLLM_MODEL_NAME": "from-prefixed",
+        "RERANK_VLLM_VLLM_ATTENTION_BACKEND": "FROM_PREFIXED",
+        "RERANK_VLLM_ATTENTION_BACKEND": "FROM_ALIAS",  # the short name wins
+        "RERANK_VLLM_HF_OVERRIDES": '{"c": 3}',  # replaces the file's dict whole
+        "RERANK_VLLM_INFER_BATCH_SIZE": "  9 ",
+        "RERANK_VLLM_MAX_MODEL_LEN": "   ",  # blank: the file's value stays
+        "rerank_vllm_sort_by_doc_length": "false",  # names are upper case: ignored
+    }
+    _, opts = resolve_backend_options(load_settings(path, env=env), env=env)
+    assert opts.model_name == "from-rerank-model"
+    assert opts.vllm_attention_backend == "FROM_ALIAS"
+    assert opts.hf_overrides == {"c": 3}
+    assert opts.infer_batch_size == 9
+    assert opts.max_model_len == 2048
+    assert opts.sort_by_doc_length is True
+    assert "sort_by_doc_length" not in opts.model_fields_set
+
+
+def test_env_strings_are_json_only_in_brackets(tmp_path):
+    env = {"RERANK_HF_INSTRUCTION": "  judge the document  ", "RERANK_MODEL": "[local]"}
+    _, opts = resolve_backend_options(load_settings(write(tmp_path, ""), env=env), env=env)
+    assert opts.instruction == "judge the document"
+    assert opts.model_name == "[local]"  # a path or hub id, never parsed
+
+
+def test_rerank_backend_overrides_the_file_only(tmp_path, monkeypatch):
+    from reranker.config import Settings
+
+    path = write(tmp_path, "services:\n  rerank:\n    backend: qwen3_vllm\n")
+    assert load_settings(path, env={"RERANK_BACKEND": " qwen3_vllm_score "}).backend == (
+        "qwen3_vllm_score"
+    )
+    assert load_settings(path, env={"RERANK_BACKEND": "  "}).backend == "qwen3_vllm"
+    monkeypatch.setenv("RERANK_BACKEND", "qwen3_vllm")
+    assert Settings().backend == "qwen3_transformers"  # no file, no environment
+    with pytest.raises(ConfigError, match="services must be a mapping"):
+        load_settings(write(tmp_path, "services: [1]\n"), env={"RERANK_BACKEND": "qwen3_vllm"})
