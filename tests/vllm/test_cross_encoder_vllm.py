@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from reranker.backends.vllm import cross_encoder as cross_encoder_vllm
+from reranker.backends.vllm import engine as vllm_engine
 from reranker.backends.vllm.cross_encoder import (
     CrossEncoderVLLMBackend,
     CrossEncoderVLLMOptions,
@@ -146,7 +146,7 @@ def test_a_causal_checkpoint_is_refused_before_any_engine(tiny_model_dir, monkey
     def no_engine(*args, **kwargs):
         raise AssertionError("an engine was started")
 
-    monkeypatch.setattr(cross_encoder_vllm, "start_engines", no_engine)
+    monkeypatch.setattr(vllm_engine, "start_engines", no_engine)
     with pytest.raises(ConfigError, match="Qwen3ForCausalLM"):
         CrossEncoderVLLMBackend(cpu_options(tiny_model_dir))
 

@@ -18,29 +18,20 @@ This backend sets the compressed form per pair itself.
 from __future__ import annotations
 
 import logging
-import math
-import threading
 from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
-from reranker.backends.hf_loading import check_hub_model, load_or_explain
-from reranker.backends.runtime import resolve_device
 from reranker.backends.vllm.engine import (
-    engine_gpus,
+    VLLMBackendBase,
     engine_kwargs,
-    engines_health,
     has_field,
-    is_engine_death,
-    quiet_engine_logs,
-    split_over_engines,
-    start_engines,
-    stop_engine,
+    logit,
+    raw_logit_switch,
 )
-from reranker.core.errors import BackendDead, ConfigError, InvalidRequest
-from reranker.core.model_source import check_model_source
+from reranker.core.errors import ConfigError, InvalidRequest
 from reranker.core.options import VLLMOptions
-from reranker.core.protocol import PairScores, RerankBackend, ScoreJob
+from reranker.core.protocol import PairScores, ScoreJob
 from reranker.formats.cross_encoder import detect, encode_pairs, pair_limit
 
 logger = logging.getLogger(__name__)
@@ -79,49 +70,27 @@ def compressed_token_types(types: list[int]) -> int:
     return first_one
 
 
-class CrossEncoderVLLMBackend(RerankBackend):
+class CrossEncoderVLLMBackend(VLLMBackendBase):
     """A cross-encoder on vLLM's pooling runner: ``LLM.classify`` on the token ids of each
     (query, document) pair; one engine call per set of jobs (shortest pairs first) on
     each data-parallel engine."""
 
     name: ClassVar[str] = "cross_encoder_vllm"
-    requires: ClassVar[tuple[str, ...]] = ("vllm", "transformers")
     Options = CrossEncoderVLLMOptions
-    env_prefix: ClassVar[str] = "RERANK_VLLM_"
-    env_aliases: ClassVar[dict[str, str]] = {
-        "RERANK_VLLM_AUTO_TRITON_ATTN": "auto_triton_attn_on_sm_lt_8",
-        "RERANK_VLLM_ATTENTION_BACKEND": "vllm_attention_backend",
-    }
     options: CrossEncoderVLLMOptions
-    _llm: Any = None  # the first engine
-    _engines: tuple[Any, ...] = ()  # one per data-parallel rank
-    _dead: str | None = None  # why the engine can no longer score, once it cannot
-
-    check_model = staticmethod(check_hub_model)
 
     def __init__(self, options: Any = None) -> None:
         super().__init__(options)
-        name = self.options.model_name
         # Not a cross-encoder (a causal LM, several labels): an error before any loading.
-        self._model = detect(name)
-        gpus = engine_gpus(self.options)
-        quiet_engine_logs()
-        from transformers import AutoTokenizer
+        self._model = detect(self.options.model_name)
         from vllm import PoolingParams
 
-        cache_only = check_model_source(name) == "cache"
-        self._tokenizer = load_or_explain(
-            name,
-            "tokenizer",
-            lambda: AutoTokenizer.from_pretrained(name, local_files_only=cache_only),
-        )
+        self._tokenizer = self._load_tokenizer()
         self._max_len = pair_limit(self._tokenizer, self.options.max_model_len)
         # Ask for the raw logit; where this vLLM has no switch, invert its sigmoid.
-        switches = ("use_activation", "activation")
-        self._raw = next((f for f in switches if has_field(PoolingParams, f)), None)
+        self._raw = raw_logit_switch(PoolingParams)
         self._pooling = PoolingParams(**{self._raw: False}) if self._raw else PoolingParams()
         self._typed = has_field(PoolingParams, "extra_kwargs")
-        self._lock = threading.Lock()
         kwargs = engine_kwargs(
             self.options,
             "pooling",
@@ -129,8 +98,7 @@ class CrossEncoderVLLMBackend(RerankBackend):
             # A bidirectional encoder's states of a prefix depend on what follows it.
             enable_prefix_caching=False,
         )
-        self._engines = tuple(start_engines(self.options, kwargs, gpus))
-        self._llm = self._engines[0]
+        self._start_engines(kwargs)
 
     def _params(self, types: list[int] | None) -> Any:
         """The ``PoolingParams`` of one pair: the raw-logit switch, and its token types."""
@@ -154,12 +122,7 @@ class CrossEncoderVLLMBackend(RerankBackend):
             [p for p, _ in prompts], use_tqdm=False, pooling_params=[q for _, q in prompts]
         )
         values = [float(out.outputs.probs[0]) for out in outputs]
-        return values if self._raw else [_logit(v) for v in values]
-
-    def _engine_logits(self, prompts: list[tuple[Any, Any]]) -> list[float]:
-        """One call on each engine, at once; with N engines engine i takes prompts i,
-        i+N, i+2N, ... (an even share of the call's prompts, of every length)."""
-        return split_over_engines(self._engines or (self._llm,), self._logits_on, prompts)
+        return values if self._raw else [logit(v) for v in values]
 
     def _score_jobs(self, jobs: list[ScoreJob]) -> list[PairScores | InvalidRequest]:
         """All jobs' pairs in one engine call (shortest first when
@@ -209,42 +172,6 @@ class CrossEncoderVLLMBackend(RerankBackend):
             start += len(ids)
         return results
 
-    def _call(self, prompts: list[tuple[Any, Any]]) -> list[float]:
-        """The engines' logits of ``prompts``; a dead engine becomes :class:`BackendDead`."""
-        dead = self.health()
-        if dead:
-            raise BackendDead(dead)
-        with self._lock:
-            try:
-                return self._engine_logits(prompts)
-            except Exception as exc:
-                dead = engines_health(list(self._engines), dying=is_engine_death(exc))
-                if dead is None:
-                    raise
-                self._dead = dead
-                raise BackendDead(dead) from exc
-
     def meta_extra(self) -> dict[str, Any]:
         """The device and dtype the engine runs its model in, and the model family."""
-        config = getattr(getattr(self._llm, "llm_engine", None), "model_config", None)
-        dtype = getattr(config, "dtype", None)
-        return {
-            "device": resolve_device("auto"),
-            "dtype": str(dtype).removeprefix("torch.") if dtype is not None else None,
-            "family": self._model.family,
-        }
-
-    def health(self) -> str | None:
-        """None while the engine can score; else why not (see ``engine_health``)."""
-        return engines_health(list(self._engines)) or self._dead
-
-    def close(self) -> None:
-        """Shut the engines down and free their memory."""
-        engines, self._engines, self._llm = self._engines, (), None
-        for llm in engines:
-            stop_engine(llm)
-
-
-def _logit(p: float) -> float:
-    p = min(max(p, 1e-38), 1.0 - 1e-16)
-    return math.log(p) - math.log1p(-p)
+        return {**super().meta_extra(), "family": self._model.family}

@@ -1,10 +1,12 @@
-"""What both vLLM backends share: engine arguments, attention choice, data-parallel
-engines, engine shutdown."""
+"""What every vLLM backend shares, whatever its model: engine arguments, attention
+choice, data-parallel engines, health, engine shutdown, and :class:`VLLMBackendBase`, the
+model-neutral base class of the vLLM backends."""
 
 from __future__ import annotations
 
 import gc
 import logging
+import math
 import os
 import queue
 import signal
@@ -15,25 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
-from reranker.backends.hf_loading import HFTextTokenizer, check_hub_model, load_or_explain
+from reranker.backends.hf_loading import check_hub_model, load_or_explain
 from reranker.backends.runtime import resolve_device, resolve_dtype
-from reranker.backends.transformers.jobs import FlatPrompts
-from reranker.core.errors import BackendDead, ConfigError, InvalidRequest
+from reranker.core.errors import BackendDead, ConfigError
 from reranker.core.model_source import check_model_source
 from reranker.core.options import VLLMOptions
-from reranker.core.protocol import PairScores, RerankBackend, ScoreJob
-from reranker.formats.qwen3 import Qwen3PromptFormat, Qwen3VLLMOptions
-from reranker.formats.qwen3_prompt import Qwen3PromptEncoder
+from reranker.core.protocol import RerankBackend
 
 logger = logging.getLogger(__name__)
-
-# The official overrides that turn the causal Qwen3-Reranker into a sequence classifier
-# whose single logit is logit(yes) - logit(no) (vLLM's "from_2_way_softmax").
-QWEN3_RERANKER_HF_OVERRIDES: dict[str, Any] = {
-    "architectures": ["Qwen3ForSequenceClassification"],
-    "classifier_from_token": ["no", "yes"],
-    "is_original_qwen3_reranker": True,
-}
 
 
 def has_field(params_class: Any, name: str) -> bool:
@@ -42,6 +33,20 @@ def has_field(params_class: Any, name: str) -> bool:
     return name in getattr(params_class, "__struct_fields__", ()) or name in getattr(
         params_class, "__dataclass_fields__", {}
     )
+
+
+def raw_logit_switch(pooling_params_class: Any) -> str | None:
+    """The ``PoolingParams`` field that turns a classifier's activation off (its raw
+    logit comes back): ``use_activation`` or, in older vLLM, ``activation``; None where
+    this vLLM has neither (its sigmoid is then inverted with :func:`logit`)."""
+    switches = ("use_activation", "activation")
+    return next((f for f in switches if has_field(pooling_params_class, f)), None)
+
+
+def logit(p: float) -> float:
+    """The logit of a probability (the inverse of the sigmoid), finite at 0 and 1."""
+    p = min(max(p, 1e-38), 1.0 - 1e-16)
+    return math.log(p) - math.log1p(-p)
 
 
 def cuda_capability() -> tuple[int, int] | None:
@@ -387,22 +392,23 @@ def split_over_engines(
     return values
 
 
-class VLLMBackendBase(Qwen3PromptFormat, RerankBackend):
-    """Shared by ``qwen3_vllm`` and ``qwen3_vllm_score``: options, env names, tokenizer,
-    one engine call per set of jobs (token-id prompts, shortest first) on each engine,
-    shutdown. Subclasses start their engines with :meth:`_start_engines` and implement
-    :meth:`_logits_on`.
+class VLLMBackendBase(RerankBackend):
+    """What every vLLM backend shares, whatever its model: options and env names, the
+    tokenizer, one engine per data-parallel rank (started by :meth:`_start_engines`),
+    each call's prompts shared between them (:meth:`_call`), health, shutdown, and the
+    device and dtype in meta. Subclasses build their prompts and implement
+    :meth:`_logits_on` (one engine's raw logit of each prompt).
     """
 
     requires: ClassVar[tuple[str, ...]] = ("vllm", "transformers")
-    Options = Qwen3VLLMOptions
+    Options = VLLMOptions
     env_prefix: ClassVar[str] = "RERANK_VLLM_"
     # Shorter variable names, also accepted for these two options.
     env_aliases: ClassVar[dict[str, str]] = {
         "RERANK_VLLM_AUTO_TRITON_ATTN": "auto_triton_attn_on_sm_lt_8",
         "RERANK_VLLM_ATTENTION_BACKEND": "vllm_attention_backend",
     }
-    options: Qwen3VLLMOptions
+    options: VLLMOptions
     _llm: Any = None  # the first engine
     _engines: tuple[Any, ...] = ()  # one per data-parallel rank
     _dead: str | None = None  # why the engine can no longer score, once it cannot
@@ -413,19 +419,19 @@ class VLLMBackendBase(Qwen3PromptFormat, RerankBackend):
         super().__init__(options)
         self._gpus = engine_gpus(self.options)  # too few GPUs: an error before any loading
         quiet_engine_logs()
+        self._cache_only = check_model_source(self.options.model_name) == "cache"
+        self._lock = threading.Lock()
+
+    def _load_tokenizer(self) -> Any:
+        """The model's own tokenizer (transformers ``AutoTokenizer``)."""
         from transformers import AutoTokenizer
 
         name = self.options.model_name
-        self._cache_only = check_model_source(name) == "cache"
-        tokenizer = load_or_explain(
+        return load_or_explain(
             name,
             "tokenizer",
             lambda: AutoTokenizer.from_pretrained(name, local_files_only=self._cache_only),
         )
-        self._encoder = Qwen3PromptEncoder(
-            self.template, HFTextTokenizer(tokenizer), self.options.max_model_len
-        )
-        self._lock = threading.Lock()
 
     def _start_engines(self, kwargs: dict[str, Any]) -> None:
         """Start one engine per data-parallel rank with these ``vllm.LLM`` arguments."""
@@ -433,14 +439,30 @@ class VLLMBackendBase(Qwen3PromptFormat, RerankBackend):
         self._llm = self._engines[0]
 
     def _logits_on(self, llm: Any, prompts: list[Any]) -> list[float]:
-        """logit(yes) - logit(no) of each ``TokensPrompt``, from one call of ``llm``."""
+        """The raw relevance logit of each prompt, from one call of ``llm``."""
         raise NotImplementedError
 
     def _engine_logits(self, prompts: list[Any]) -> list[float]:
-        """logit(yes) - logit(no) of each ``TokensPrompt``: one call on each engine, at
-        once; with N engines engine i takes prompts i, i+N, i+2N, ... (an even share of
-        the call's prompts, of every length)."""
+        """The raw logit of each prompt: one call on each engine, at once; with N engines
+        engine i takes prompts i, i+N, i+2N, ... (an even share of the call's prompts,
+        of every length)."""
         return split_over_engines(self._engines or (self._llm,), self._logits_on, prompts)
+
+    def _call(self, prompts: list[Any]) -> list[float]:
+        """The engines' logits of ``prompts`` (one call at a time); a dead engine, before
+        or during the call, becomes :class:`BackendDead`."""
+        dead = self.health()
+        if dead:
+            raise BackendDead(dead)
+        with self._lock:
+            try:
+                return self._engine_logits(prompts)
+            except Exception as exc:
+                dead = engines_health(list(self._engines), dying=is_engine_death(exc))
+                if dead is None:
+                    raise
+                self._dead = dead
+                raise BackendDead(dead) from exc
 
     def meta_extra(self) -> dict[str, Any]:
         """The device and dtype the engine runs its model in."""
@@ -450,32 +472,6 @@ class VLLMBackendBase(Qwen3PromptFormat, RerankBackend):
             "device": resolve_device("auto"),
             "dtype": str(dtype).removeprefix("torch.") if dtype is not None else None,
         }
-
-    def _score_jobs(self, jobs: list[ScoreJob]) -> list[PairScores | InvalidRequest]:
-        from vllm.inputs import TokensPrompt
-
-        flat = FlatPrompts.build(self._encoder, jobs)
-        order = list(range(len(flat.lengths)))
-        if self.options.sort_by_doc_length:
-            order.sort(key=flat.lengths.__getitem__)
-        prompts = [TokensPrompt(prompt_token_ids=flat.prompt_ids(k)) for k in order]
-        logits = [0.0] * len(order)
-        if prompts:
-            dead = self.health()
-            if dead:
-                raise BackendDead(dead)
-            with self._lock:
-                try:
-                    values = self._engine_logits(prompts)
-                except Exception as exc:
-                    dead = engines_health(list(self._engines), dying=is_engine_death(exc))
-                    if dead is None:
-                        raise
-                    self._dead = dead
-                    raise BackendDead(dead) from exc
-            for k, value in zip(order, values, strict=True):
-                logits[k] = value
-        return flat.results(logits, 1 if prompts else 0)
 
     def health(self) -> str | None:
         """None while the engine can score; else why not (see :func:`engine_health`)."""

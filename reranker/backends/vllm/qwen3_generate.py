@@ -14,17 +14,14 @@ import logging
 from typing import Any, ClassVar
 
 from reranker.backends.hf_loading import load_or_explain
-from reranker.backends.vllm.engine import (
-    VLLMBackendBase,
-    engine_kwargs,
-    has_field,
-)
+from reranker.backends.vllm.engine import engine_kwargs, has_field
+from reranker.backends.vllm.qwen3 import Qwen3VLLMBackendBase
 from reranker.formats.qwen3_prompt import NO_TOKEN_ID, YES_TOKEN_ID
 
 logger = logging.getLogger(__name__)
 
 
-class Qwen3VLLMBackend(VLLMBackendBase):
+class Qwen3VLLMBackend(Qwen3VLLMBackendBase):
     """Qwen3-Reranker on vLLM's generate path; one engine call per request."""
 
     name: ClassVar[str] = "qwen3_vllm"

@@ -12,20 +12,15 @@ model call on the same ids without the second tokenisation.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, ClassVar
 
-from reranker.backends.vllm.engine import (
-    QWEN3_RERANKER_HF_OVERRIDES,
-    VLLMBackendBase,
-    engine_kwargs,
-    has_field,
-)
+from reranker.backends.vllm.engine import engine_kwargs, logit, raw_logit_switch
+from reranker.backends.vllm.qwen3 import QWEN3_RERANKER_HF_OVERRIDES, Qwen3VLLMBackendBase
 
 logger = logging.getLogger(__name__)
 
 
-class Qwen3VLLMScoreBackend(VLLMBackendBase):
+class Qwen3VLLMScoreBackend(Qwen3VLLMBackendBase):
     """Qwen3-Reranker on vLLM's pooling (score) runner; one engine call per request."""
 
     name: ClassVar[str] = "qwen3_vllm_score"
@@ -41,17 +36,11 @@ class Qwen3VLLMScoreBackend(VLLMBackendBase):
             del kwargs["hf_overrides"]
         self._start_engines(kwargs)
         # Ask for the raw logit; where this vLLM has no switch, invert its sigmoid.
-        switches = ("use_activation", "activation")
-        self._raw = next((f for f in switches if has_field(PoolingParams, f)), None)
+        self._raw = raw_logit_switch(PoolingParams)
         self._pooling = PoolingParams(**{self._raw: False}) if self._raw else None
 
     def _logits_on(self, llm: Any, prompts: list[Any]) -> list[float]:
         """The classifier's logit(yes) - logit(no) for each prompt."""
         outputs = llm.classify(prompts, use_tqdm=False, pooling_params=self._pooling)
         values = [float(out.outputs.probs[0]) for out in outputs]
-        return values if self._raw else [_logit(v) for v in values]
-
-
-def _logit(p: float) -> float:
-    p = min(max(p, 1e-38), 1.0 - 1e-16)
-    return math.log(p) - math.log1p(-p)
+        return values if self._raw else [logit(v) for v in values]
