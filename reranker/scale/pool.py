@@ -77,7 +77,7 @@ class RayPool:
 
     async def score(self, request: ScoreRequest, timeout_s: float) -> tuple[list[float], ScoreMeta]:
         """``(scores, meta)`` from one replica; see the class docstring for failures."""
-        from reranker.service.app import ServiceUnavailable
+        from reranker.service.errors import ServiceUnavailable
 
         if self.draining:
             raise ServiceUnavailable("the service is shutting down; retry on another instance")
@@ -93,7 +93,7 @@ class RayPool:
         from ray.exceptions import RayActorError, RayTaskError
         from ray.serve.exceptions import ReplicaUnavailableError
 
-        from reranker.service.app import ServiceUnavailable
+        from reranker.service.errors import ServiceUnavailable
 
         deadline = time.monotonic() + timeout_s
         attempt = 0

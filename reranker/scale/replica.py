@@ -27,7 +27,7 @@ class BackendReplica:
 
         from reranker.config import ServerSettings
         from reranker.core.registry import load_backend, load_backend_class
-        from reranker.service.app import ServiceState
+        from reranker.service.state import ServiceState
 
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         cls = load_backend_class(backend_name)

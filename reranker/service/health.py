@@ -27,7 +27,7 @@ from prometheus_client import Counter, Gauge
 from reranker.core.protocol import RerankBackend
 
 if TYPE_CHECKING:
-    from reranker.service.app import ServiceState
+    from reranker.service.state import ServiceState
 
 logger = logging.getLogger("reranker.service")
 

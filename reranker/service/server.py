@@ -48,7 +48,7 @@ def timed_http_protocol(
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    from reranker.service.app import error_body
+    from reranker.service.errors import error_body
 
     head_s = settings.header_timeout_s
 
