@@ -182,9 +182,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_build_test_model(args: argparse.Namespace) -> int:
+    if args.family == "qwen3-seq-cls":
+        from reranker.testing.tiny_qwen3_seq_cls import main as build_seq_cls
+
+        build_seq_cls([args.out_dir, "--shape", args.shape, "--dtype", args.dtype])
+        return 0
     if args.family != "qwen3":
         if args.shape != "tiny" or args.dtype != "float32":
-            raise ConfigError("--shape and --dtype apply to the qwen3 family only")
+            raise ConfigError(
+                "--shape and --dtype apply to the qwen3 and qwen3-seq-cls families only"
+            )
         from reranker.testing.tiny_cross_encoders import main as build_cross_encoder
 
         build_cross_encoder([args.out_dir, "--family", args.family])
@@ -262,15 +269,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_serve)
     p = sub.add_parser(
         "build-test-model",
-        help="build an offline tiny reranker (Qwen3, or a BERT / XLM-RoBERTa / ModernBERT "
-        "cross-encoder) with a real tokenizer",
+        help="build an offline tiny reranker (Qwen3, the same as a sequence classifier, or "
+        "a BERT / XLM-RoBERTa / ModernBERT cross-encoder) with a real tokenizer",
     )
     p.add_argument("out_dir")
     p.add_argument(
         "--family",
         default="qwen3",
-        choices=["qwen3", "bert", "xlm-roberta", "modernbert"],
-        help="model family (qwen3); the cross-encoders need the test extra's tokenizers",
+        choices=["qwen3", "qwen3-seq-cls", "bert", "xlm-roberta", "modernbert"],
+        help="model family (qwen3); qwen3-seq-cls: the Qwen3 reranker converted to "
+        "Qwen3ForSequenceClassification; the cross-encoders need the test extra's tokenizers",
     )
     p.add_argument("--shape", default="tiny", choices=["tiny", "0.6b"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])

@@ -137,10 +137,13 @@ class RerankBackend:
 
     Class attributes describe a backend before it is built: ``name`` (its entry-point
     name), ``requires`` (modules it imports, probed with ``find_spec`` by the registry),
-    ``Options`` (its pydantic options model), ``env_prefix`` (option
-    ``x`` is overridden by the environment variable ``<env_prefix>X``) and
-    ``takes_instruction`` (whether its model reads a per-request instruction; a request
-    with one sent to a backend whose model takes none is refused, never scored without it).
+    ``Options`` (its pydantic options model) and ``env_prefix`` (option
+    ``x`` is overridden by the environment variable ``<env_prefix>X``).
+
+    ``takes_instruction``: whether its model reads a per-request instruction; a request
+    with one sent to a backend whose model takes none is refused, never scored without it.
+    A class default, which a backend whose model family is read from the checkpoint sets
+    per instance once it knows the family.
     """
 
     name: ClassVar[str] = ""
@@ -148,7 +151,7 @@ class RerankBackend:
     Options: ClassVar[type[BackendOptions]] = BackendOptions
     env_prefix: ClassVar[str] = "RERANK_"
     env_aliases: ClassVar[dict[str, str]] = {}
-    takes_instruction: ClassVar[bool] = False
+    takes_instruction: bool = False
 
     def __init__(self, options: BackendOptions | Mapping[str, Any] | None = None) -> None:
         if isinstance(options, BackendOptions):

@@ -8,7 +8,7 @@ The prompt itself (layouts, yes/no token ids, truncation) is
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -55,7 +55,7 @@ class Qwen3PromptFormat:
     per-request instruction (default: the ``instruction`` option) and report their
     ``instruction_format`` in meta."""
 
-    takes_instruction: ClassVar[bool] = True
+    takes_instruction: bool = True
     options: Qwen3PromptOptions
 
     @cached_property

@@ -169,5 +169,5 @@ def test_the_cli_builds_a_cross_encoder_and_refuses_qwen3_only_flags(tmp_path):
         text=True,
         timeout=60,
     )
-    assert refused.returncode == 2 and "qwen3 family only" in refused.stderr
+    assert refused.returncode == 2 and "qwen3-seq-cls families only" in refused.stderr
     assert not (tmp_path / "x").exists()

@@ -16,6 +16,7 @@ CASES = [
     ("qwen3_vllm", "qwen3"),
     ("qwen3_vllm_score", "qwen3"),
     ("cross_encoder_vllm", "bert"),  # the other families: tests/vllm/test_cross_encoder_vllm.py
+    ("cross_encoder_vllm", "qwen3-seq-cls"),
 ]
 
 
@@ -23,7 +24,11 @@ CASES = [
 def backend(request, tiny_model_dir, tmp_path_factory):
     name, family = request.param
     model = tiny_model_dir
-    if family != "qwen3":
+    if family == "qwen3-seq-cls":  # the tiny Qwen3 reranker as a sequence classifier
+        from reranker.testing.tiny_qwen3_seq_cls import convert
+
+        model = convert(tiny_model_dir, tmp_path_factory.mktemp(family))
+    elif family != "qwen3":
         from reranker.testing import tiny_cross_encoders as tce
 
         if not tce.tokenizer_source_available(family):

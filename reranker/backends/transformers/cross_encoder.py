@@ -1,10 +1,14 @@
-"""``cross_encoder_transformers``: a cross-encoder reranker (BERT, XLM-RoBERTa, ModernBERT
+"""``cross_encoder_transformers``: a cross-encoder reranker (BERT, XLM-RoBERTa, RoBERTa,
+ModernBERT, or a Qwen3-Reranker converted to ``Qwen3ForSequenceClassification``; a
 ``*ForSequenceClassification`` with one label) on Hugging Face transformers.
 
-Each (query, document) pair is joined as the model's tokenizer joins a text pair
-(:mod:`reranker.formats.cross_encoder`), batched by length under ``max_batch_tokens``
-(padded), and read by the classification head: its one logit is the raw score, its
-sigmoid the normalised one, as ``sentence_transformers.CrossEncoder`` scores the model.
+Each (query, document) pair is built by the family's pair format
+(:mod:`reranker.formats.cross_encoder`: a text pair as the model's tokenizer joins it, or
+the Qwen3-Reranker prompt), batched by length under ``max_batch_tokens`` (right-padded),
+and read by the classification head: its one logit is the raw score, its sigmoid the
+normalised one, as ``sentence_transformers.CrossEncoder`` scores the model. A Qwen3
+classifier reads each row at its last token that is not the padding id
+(``config.pad_token_id``), which is the prompt's last token: rows are padded with that id.
 """
 
 from __future__ import annotations
@@ -14,24 +18,29 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from reranker.backends.hf_loading import check_hub_model, load_or_explain
+from reranker.backends.hf_loading import HFTextTokenizer, check_hub_model, load_or_explain
 from reranker.backends.runtime import resolve_device, resolve_dtype
 from reranker.core.batching import plan_batches
-from reranker.core.options import BackendOptions
+from reranker.core.errors import ConfigError
 from reranker.core.protocol import PairScores, RerankBackend
-from reranker.formats.cross_encoder import detect, encode_pairs, pair_limit
+from reranker.formats.cross_encoder import Qwen3PairEncoder, pair_limit
+from reranker.formats.cross_encoder_format import CrossEncoderFormat, CrossEncoderFormatOptions
 
 logger = logging.getLogger(__name__)
 
 
-class CrossEncoderTransformersOptions(BackendOptions):
+class CrossEncoderTransformersOptions(CrossEncoderFormatOptions):
     """Options of ``cross_encoder_transformers``."""
 
     model_name: str = Field(
         "BAAI/bge-reranker-v2-m3", min_length=1, description="Hub id or local directory"
     )
     max_model_len: int = Field(
-        512, ge=8, le=131072, description="Tokens of a pair, at most the model's own limit"
+        512,
+        ge=8,
+        le=131072,
+        description="Tokens of a pair, at most the model's own limit (a Qwen3 sequence "
+        "classifier: 4096 when unset)",
     )
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="auto: bfloat16 (or float16) on GPU, float32 on CPU"
@@ -40,7 +49,7 @@ class CrossEncoderTransformersOptions(BackendOptions):
     local_files_only: bool = False
 
 
-class CrossEncoderTransformersBackend(RerankBackend):
+class CrossEncoderTransformersBackend(CrossEncoderFormat, RerankBackend):
     """A sequence-classification cross-encoder on transformers (see the module doc)."""
 
     name: ClassVar[str] = "cross_encoder_transformers"
@@ -59,7 +68,7 @@ class CrossEncoderTransformersBackend(RerankBackend):
 
         hf_logging.disable_progress_bar()  # a bar per load in every service log: noise
         opts = self.options
-        self.model_info = detect(opts.model_name)
+        self._read_family()
         self.device = torch.device(resolve_device(opts.device))
         self.dtype = getattr(torch, resolve_dtype(opts.dtype, self.device.type))
         local = opts.local_files_only
@@ -77,7 +86,10 @@ class CrossEncoderTransformersBackend(RerankBackend):
         )
         self.model = model.to(self.device).eval()
         self.max_len = pair_limit(self.tokenizer, opts.max_model_len)
-        self.pad_id = self.tokenizer.pad_token_id or 0
+        self.pairs = self._pair_encoder(
+            self.tokenizer, HFTextTokenizer(self.tokenizer), self.max_len
+        )
+        self.pad_id = self._padding_id()
         logger.info(
             "%s ready: model=%s family=%s device=%s dtype=%s max_len=%d",
             self.name,
@@ -87,6 +99,23 @@ class CrossEncoderTransformersBackend(RerankBackend):
             self.dtype,
             self.max_len,
         )
+
+    def _padding_id(self) -> int:
+        """The id rows are padded with. A Qwen3 classifier reads a row at its last token
+        that is not ``config.pad_token_id``: that id, never the prompt's last token (a
+        checkpoint without one is given the tokenizer's)."""
+        if not isinstance(self.pairs, Qwen3PairEncoder):
+            return int(self.tokenizer.pad_token_id or 0)
+        config = self.model.config.get_text_config()
+        if config.pad_token_id is None:
+            pad = self.tokenizer.pad_token_id
+            config.pad_token_id = pad if pad is not None else self.tokenizer.eos_token_id
+        if config.pad_token_id is None or config.pad_token_id == self.pairs.last_token():
+            raise ConfigError(
+                f"{self.options.model_name}: no padding id apart from the prompt's last token "
+                f"({config.pad_token_id}); set pad_token_id in its config.json"
+            )
+        return int(config.pad_token_id)
 
     def meta_extra(self) -> dict[str, Any]:
         """Device, dtype and the model family in force."""
@@ -101,9 +130,8 @@ class CrossEncoderTransformersBackend(RerankBackend):
     ) -> PairScores:
         import torch
 
-        ids, types, truncated = encode_pairs(
-            self.tokenizer, query, docs, self.max_len, max_doc_tokens
-        )
+        pairs = self.pairs.encode(query, docs, instruction, max_doc_tokens)
+        ids, types = pairs.ids, pairs.types
         lengths = [len(x) for x in ids]
         batches = plan_batches(
             lengths,
@@ -130,7 +158,7 @@ class CrossEncoderTransformersBackend(RerankBackend):
                 for row, value in zip(batch, out[:, 0].float().tolist(), strict=True):
                     logits[row] = float(value)
         return PairScores(
-            logits, batches=len(batches), tokens=sum(lengths), truncated_docs=truncated
+            logits, batches=len(batches), tokens=sum(lengths), truncated_docs=pairs.truncated
         )
 
     def close(self) -> None:

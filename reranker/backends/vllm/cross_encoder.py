@@ -1,11 +1,14 @@
-"""``cross_encoder_vllm``: a cross-encoder reranker (BERT, XLM-RoBERTa, ModernBERT
-sequence classifiers with one label) on vLLM's pooling runner.
+"""``cross_encoder_vllm``: a cross-encoder reranker (BERT, XLM-RoBERTa, RoBERTa, ModernBERT
+sequence classifiers with one label, or a Qwen3-Reranker converted to
+``Qwen3ForSequenceClassification``) on vLLM's pooling runner.
 
-Each (query, document) pair is built as the model's own tokenizer joins a text pair
-(:func:`reranker.formats.cross_encoder.encode_pairs`: the document cut at a token boundary
-when the pair would not fit, the query never cut) and handed to the classifier as token ids
-(``LLM.classify`` on ``TokensPrompt``s). The score is the classifier's raw logit, no
-sigmoid.
+Each (query, document) pair is built by the family's pair format
+(:mod:`reranker.formats.cross_encoder`: a text pair as the model's own tokenizer joins it,
+or the Qwen3-Reranker prompt; the document cut at a token boundary when the pair would
+not fit, the query never cut) and handed to the classifier as token ids (``LLM.classify``
+on ``TokensPrompt``s). The score is the classifier's raw logit, no sigmoid. A Qwen3
+classifier is served as its checkpoint is (its ``score`` head read at the last token),
+without the original Qwen3-Reranker's overrides.
 
 Token types: vLLM's BERT-style models read a pair's token type ids from the request's
 ``PoolingParams.extra_kwargs["compressed_token_type_ids"]``, the position of the first
@@ -22,6 +25,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
+from reranker.backends.hf_loading import HFTextTokenizer
 from reranker.backends.vllm.engine import (
     VLLMBackendBase,
     engine_kwargs,
@@ -32,14 +36,15 @@ from reranker.backends.vllm.engine import (
 from reranker.core.errors import ConfigError, InvalidRequest
 from reranker.core.options import VLLMOptions
 from reranker.core.protocol import PairScores, ScoreJob
-from reranker.formats.cross_encoder import detect, encode_pairs, pair_limit
+from reranker.formats.cross_encoder import PairIds, pair_limit
+from reranker.formats.cross_encoder_format import CrossEncoderFormat, CrossEncoderFormatOptions
 
 logger = logging.getLogger(__name__)
 
 
-class CrossEncoderVLLMOptions(VLLMOptions):
-    """Options of ``cross_encoder_vllm``: vLLM's engine options; the Qwen3-Reranker
-    overrides do not apply to a cross-encoder and stay off."""
+class CrossEncoderVLLMOptions(VLLMOptions, CrossEncoderFormatOptions):
+    """Options of ``cross_encoder_vllm``: vLLM's engine options and the pair format's;
+    the Qwen3-Reranker overrides do not apply to a cross-encoder and stay off."""
 
     use_original_qwen3_hf_overrides: bool = Field(
         False, description="Qwen3-Reranker only; must stay false for a cross-encoder"
@@ -51,8 +56,9 @@ class CrossEncoderVLLMOptions(VLLMOptions):
         if value:
             raise ValueError(
                 "use_original_qwen3_hf_overrides turns a causal Qwen3-Reranker into a "
-                "classifier; a cross-encoder checkpoint already is one. Leave it false "
-                "(Qwen3-Reranker: the qwen3_vllm_score backend)"
+                "classifier; a cross-encoder checkpoint (a converted Qwen3 sequence "
+                "classifier included) already is one. Leave it false (the original "
+                "Qwen3-Reranker: the qwen3_vllm_score backend)"
             )
         return value
 
@@ -70,7 +76,7 @@ def compressed_token_types(types: list[int]) -> int:
     return first_one
 
 
-class CrossEncoderVLLMBackend(VLLMBackendBase):
+class CrossEncoderVLLMBackend(CrossEncoderFormat, VLLMBackendBase):
     """A cross-encoder on vLLM's pooling runner: ``LLM.classify`` on the token ids of each
     (query, document) pair; one engine call per set of jobs (shortest pairs first) on
     each data-parallel engine."""
@@ -82,21 +88,23 @@ class CrossEncoderVLLMBackend(VLLMBackendBase):
     def __init__(self, options: Any = None) -> None:
         super().__init__(options)
         # Not a cross-encoder (a causal LM, several labels): an error before any loading.
-        self._model = detect(self.options.model_name)
+        self._read_family()
         from vllm import PoolingParams
 
         self._tokenizer = self._load_tokenizer()
         self._max_len = pair_limit(self._tokenizer, self.options.max_model_len)
+        self._pairs = self._pair_encoder(
+            self._tokenizer, HFTextTokenizer(self._tokenizer), self._max_len
+        )
         # Ask for the raw logit; where this vLLM has no switch, invert its sigmoid.
         self._raw = raw_logit_switch(PoolingParams)
         self._pooling = PoolingParams(**{self._raw: False}) if self._raw else PoolingParams()
         self._typed = has_field(PoolingParams, "extra_kwargs")
+        # A bidirectional encoder's states of a prefix depend on what follows it; a
+        # causal (Qwen3) classifier's do not.
+        caching = self.options.enable_prefix_caching and self.model_info.reads_qwen3_prompt
         kwargs = engine_kwargs(
-            self.options,
-            "pooling",
-            max_model_len=self._max_len,
-            # A bidirectional encoder's states of a prefix depend on what follows it.
-            enable_prefix_caching=False,
+            self.options, "pooling", max_model_len=self._max_len, enable_prefix_caching=caching
         )
         self._start_engines(kwargs)
 
@@ -107,7 +115,7 @@ class CrossEncoderVLLMBackend(VLLMBackendBase):
         if not self._typed:
             raise ConfigError(
                 f"this vLLM's PoolingParams has no extra_kwargs: it cannot pass the token "
-                f"type ids a {self._model.family} pair needs (use vLLM 0.10 or newer)"
+                f"type ids a {self.model_info.family} pair needs (use vLLM 0.10 or newer)"
             )
         params = self._pooling.clone()
         params.extra_kwargs = {
@@ -129,21 +137,23 @@ class CrossEncoderVLLMBackend(VLLMBackendBase):
         ``sort_by_doc_length``); a job whose query leaves no room is its own error."""
         from vllm.inputs import TokensPrompt
 
-        encoded: list[tuple[list[list[int]], list[list[int]] | None, int] | InvalidRequest] = []
+        encoded: list[PairIds | InvalidRequest] = []
         pairs: list[tuple[list[int], list[int] | None]] = []
         for job in jobs:
-            if job.instruction is not None:  # the protocol refuses one before this
-                encoded.append(InvalidRequest("this model takes no instruction", "instruction"))
-                continue
             try:
-                ids, types, truncated = encode_pairs(
-                    self._tokenizer, job.query, job.docs, self._max_len, job.max_doc_tokens
+                job_pairs = self._pairs.encode(
+                    job.query, job.docs, job.instruction, job.max_doc_tokens
                 )
             except InvalidRequest as exc:
                 encoded.append(exc)
                 continue
-            encoded.append((ids, types, truncated))
-            pairs.extend(zip(ids, types if types is not None else [None] * len(ids), strict=True))
+            encoded.append(job_pairs)
+            types: list[list[int] | None] = (
+                list(job_pairs.types)
+                if job_pairs.types is not None
+                else [None] * len(job_pairs.ids)
+            )
+            pairs.extend(zip(job_pairs.ids, types, strict=True))
         order = list(range(len(pairs)))
         if self.options.sort_by_doc_length:
             order.sort(key=lambda k: len(pairs[k][0]))
@@ -160,18 +170,18 @@ class CrossEncoderVLLMBackend(VLLMBackendBase):
             if isinstance(item, InvalidRequest):
                 results.append(item)
                 continue
-            ids, _, truncated = item
+            n = len(item.ids)
             results.append(
                 PairScores(
-                    logits=logits[start : start + len(ids)],
+                    logits=logits[start : start + n],
                     batches=1,
-                    tokens=sum(map(len, ids)),
-                    truncated_docs=truncated,
+                    tokens=sum(map(len, item.ids)),
+                    truncated_docs=item.truncated,
                 )
             )
-            start += len(ids)
+            start += n
         return results
 
     def meta_extra(self) -> dict[str, Any]:
         """The device and dtype the engine runs its model in, and the model family."""
-        return {**super().meta_extra(), "family": self._model.family}
+        return {**super().meta_extra(), "family": self.model_info.family}
