@@ -181,24 +181,31 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return serve(args.config, args.backend, args.host, args.port, args.model)
 
 
+# --shape values of each kind of family: the Qwen3 ones, and the cross-encoders.
+QWEN3_SHAPES = ("tiny", "0.6b")
+CROSS_ENCODER_SHAPES = ("tiny", "base", "large")
+
+
 def _cmd_build_test_model(args: argparse.Namespace) -> int:
+    qwen3 = args.family in ("qwen3", "qwen3-seq-cls")
+    shapes = QWEN3_SHAPES if qwen3 else CROSS_ENCODER_SHAPES
+    if args.shape not in shapes:
+        raise ConfigError(
+            f"--shape {args.shape}: the {args.family} family is built as {' or '.join(shapes)}"
+        )
+    sizes = ["--shape", args.shape, "--dtype", args.dtype]
     if args.family == "qwen3-seq-cls":
         from reranker.testing.tiny_qwen3_seq_cls import main as build_seq_cls
 
-        build_seq_cls([args.out_dir, "--shape", args.shape, "--dtype", args.dtype])
-        return 0
-    if args.family != "qwen3":
-        if args.shape != "tiny" or args.dtype != "float32":
-            raise ConfigError(
-                "--shape and --dtype apply to the qwen3 and qwen3-seq-cls families only"
-            )
+        build_seq_cls([args.out_dir, *sizes])
+    elif not qwen3:
         from reranker.testing.tiny_cross_encoders import main as build_cross_encoder
 
-        build_cross_encoder([args.out_dir, "--family", args.family])
-        return 0
-    from reranker.testing.tiny_qwen3 import main as build
+        build_cross_encoder([args.out_dir, "--family", args.family, *sizes])
+    else:
+        from reranker.testing.tiny_qwen3 import main as build
 
-    build([args.out_dir, "--shape", args.shape, "--dtype", args.dtype])
+        build([args.out_dir, *sizes])
     return 0
 
 
@@ -269,8 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_serve)
     p = sub.add_parser(
         "build-test-model",
-        help="build an offline tiny reranker (Qwen3, the same as a sequence classifier, or "
-        "a BERT / XLM-RoBERTa / ModernBERT cross-encoder) with a real tokenizer",
+        help="build an offline reranker (Qwen3, the same as a sequence classifier, or a "
+        "BERT / XLM-RoBERTa / ModernBERT cross-encoder) with a real tokenizer and random "
+        "weights: tiny for tests, or a published model's size for benchmarks",
     )
     p.add_argument("out_dir")
     p.add_argument(
@@ -280,8 +288,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="model family (qwen3); qwen3-seq-cls: the Qwen3 reranker converted to "
         "Qwen3ForSequenceClassification; the cross-encoders need the test extra's tokenizers",
     )
-    p.add_argument("--shape", default="tiny", choices=["tiny", "0.6b"])
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument(
+        "--shape",
+        default="tiny",
+        choices=sorted(set(QWEN3_SHAPES + CROSS_ENCODER_SHAPES)),
+        help="tiny (tests); benchmark sizes with random weights: 0.6b (qwen3 families: "
+        "Qwen3-Reranker-0.6B), base or large (cross-encoders: e.g. BERT-base, XLM-RoBERTa-large "
+        "as bge-reranker-v2-m3)",
+    )
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="dtype the weights are saved in",
+    )
     p.set_defaults(func=_cmd_build_test_model)
     return parser
 

