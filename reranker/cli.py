@@ -7,12 +7,14 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from reranker.core.errors import ConfigError, RerankerError
 
 
-def _backend_from_args(args: argparse.Namespace) -> Any:
+def _backend_from_args(args: argparse.Namespace, check: Callable[[str], None] | None = None) -> Any:
+    """The backend the arguments and config name, loaded; ``check(name)`` runs first."""
     import os
 
     from reranker.config import load_settings, resolve_backend_options
@@ -25,6 +27,8 @@ def _backend_from_args(args: argparse.Namespace) -> Any:
     for item in args.option or []:
         key, _, value = item.partition("=")
         setattr(options, key, json.loads(value) if value[:1] in "[{" else value)
+    if check is not None:
+        check(cls.name)
     from reranker.core.registry import load_backend
 
     return load_backend(cls.name, options)
@@ -54,7 +58,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     workload = make_workload(args.queries, args.docs, args.min_words, args.max_words, args.seed)
     results = []
     started = time.perf_counter()
-    with _backend_from_args(args) as backend:
+    check = _check_baseline if args.baseline else None
+    with _backend_from_args(args, check) as backend:
         startup_s = round(time.perf_counter() - started, 1)  # model load, compile, engine
         _announce_bench(args, backend, startup_s)
         results.append(run_bench(backend, workload, args.repeat, args.warmup))
@@ -78,6 +83,19 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             for result in results:
                 out.write(json.dumps(result) + "\n")
     return 0
+
+
+def _check_baseline(backend_name: str) -> None:
+    """Stop before anything is loaded or timed when the baseline's library is missing."""
+    from reranker.bench.baselines import missing_modules
+
+    missing = missing_modules(backend_name)
+    if missing:
+        packages = " ".join(m.replace("_", "-") for m in missing)
+        raise RerankerError(
+            f"the --baseline of {backend_name} needs {', '.join(missing)}, missing from this "
+            f"environment ({sys.prefix}): pip install {packages}"
+        )
 
 
 # A CPU runs a 0.6B reranker at a few pairs a second: sizes that finish in about a minute.
@@ -245,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--baseline",
         action="store_true",
-        help="also time the raw counterpart (vLLM generate/score, model card)",
+        help="also time the raw counterpart (vLLM generate/score, model card; cross-encoders: "
+        "vLLM LLM.score, sentence-transformers CrossEncoder.predict)",
     )
     p.add_argument("--json-out", help="append JSON records to this file")
     p.add_argument(

@@ -4,11 +4,19 @@ Used by ``reranker bench --baseline`` to put each backend next to its raw counte
 - ``raw_vllm_generate``: text prompts, one ``LLM.generate`` call, top-20 logprobs;
 - ``raw_vllm_score``: ``LLM.score`` once per query;
 - ``model_card_transformers``: the model card's recipe (unsorted batches of 8, padded,
-  full-vocabulary logits at the last position).
+  full-vocabulary logits at the last position);
+- ``raw_vllm_cross_encoder_score``: ``LLM.score(query, docs)`` once per query on the
+  cross-encoder's engine (vLLM tokenises each text pair);
+- ``sentence_transformers_predict``: ``sentence_transformers.CrossEncoder.predict`` on
+  the (query, document) texts, its defaults (batches of 32).
+
+A Qwen3-Reranker sequence classifier on a cross-encoder backend gets the Qwen3 prompt's
+two halves as its text pair (query part with the instruction; document with the tail).
 """
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 from reranker.bench.workload import Workload
@@ -82,8 +90,75 @@ def model_card_transformers(backend: Any, workload: Workload, batch_size: int = 
     return len(prompts)
 
 
+def _text_pairs(backend: Any, workload: Workload) -> list[tuple[str, str]]:
+    """The (query, document) texts a user hands a cross-encoder library: the texts
+    themselves, or, for a model that reads the Qwen3 prompt, the prompt's two halves."""
+    if not backend.takes_instruction:
+        return [
+            (q, d) for q, docs in zip(workload.queries, workload.docs, strict=True) for d in docs
+        ]
+    lead, tail = backend.template.document_lead_and_tail()
+    instruction = backend.options.instruction
+    return [
+        (backend.template.query_text(q, instruction), lead + d + tail)
+        for q, docs in zip(workload.queries, workload.docs, strict=True)
+        for d in docs
+    ]
+
+
+def raw_vllm_cross_encoder_score(backend: Any, workload: Workload) -> int:
+    """``LLM.score(query, doc_texts)`` once per query on the backend's engine, pairs cut to
+    its pair limit; returns pairs scored."""
+    limit = {"truncation": True, "max_length": backend._max_len}
+    pairs = _text_pairs(backend, workload)
+    start = 0
+    for docs in workload.docs:
+        share = pairs[start : start + len(docs)]
+        start += len(docs)
+        backend._llm.score(
+            share[0][0], [d for _, d in share], use_tqdm=False, tokenization_kwargs=limit
+        )
+    return len(pairs)
+
+
+_CROSS_ENCODERS: dict[tuple[str, str, str, int], Any] = {}
+
+
+def sentence_transformers_predict(backend: Any, workload: Workload) -> int:
+    """``CrossEncoder(model).predict(pairs)`` with sentence-transformers' defaults, in the
+    backend's dtype, on its device, with its pair limit (loaded once per process)."""
+    from sentence_transformers import CrossEncoder
+
+    key = (backend.options.model_name, str(backend.dtype), str(backend.device), backend.max_len)
+    if key not in _CROSS_ENCODERS:
+        _CROSS_ENCODERS[key] = CrossEncoder(
+            key[0], max_length=key[3], device=key[2], model_kwargs={"dtype": backend.dtype}
+        )
+    pairs = _text_pairs(backend, workload)
+    _CROSS_ENCODERS[key].predict(pairs, show_progress_bar=False)
+    return len(pairs)
+
+
+# Modules a baseline needs beyond its backend's own.
+BASELINE_MODULES = {"cross_encoder_transformers": ("sentence_transformers",)}
+
+
+def missing_modules(backend_name: str) -> list[str]:
+    """The modules the baseline of ``backend_name`` needs that are not installed."""
+    needed = BASELINE_MODULES.get(backend_name, ())
+    return [m for m in needed if importlib.util.find_spec(m) is None]
+
+
 BASELINES = {
     "qwen3_vllm": ("raw vLLM LLM.generate (1 call, top-20 logprobs)", raw_vllm_generate),
     "qwen3_vllm_score": ("raw vLLM LLM.score (1 call per query)", raw_vllm_score),
     "qwen3_transformers": ("model card transformers recipe (batch 8)", model_card_transformers),
+    "cross_encoder_vllm": (
+        "raw vLLM LLM.score (text pairs, 1 call per query)",
+        raw_vllm_cross_encoder_score,
+    ),
+    "cross_encoder_transformers": (
+        "sentence-transformers CrossEncoder.predict (batch 32)",
+        sentence_transformers_predict,
+    ),
 }

@@ -18,8 +18,15 @@ def flops_per_token(params: float = NON_EMBEDDING_PARAMS) -> float:
     return 2.0 * params
 
 
+def qwen3_sized(record: dict) -> bool:
+    """Whether a record is of a Qwen3-Reranker-0.6B-shaped model (the peak share's
+    FLOPs a token): not of a cross-encoder backend or its baseline."""
+    return "cross_encoder" not in record["backend"]
+
+
 def table(records: list[dict]) -> str:
-    """One row per record: pairs/s, tokens/s, share of bf16 peak, memory, device."""
+    """One row per record: pairs/s, tokens/s, share of bf16 peak (Qwen3-0.6B-shaped runs),
+    memory, device."""
     rows = [
         "| run | pairs/s | tokens/s | % of bf16 peak | GPU mem used (GiB) "
         "| peak torch alloc (GiB) | device |",
@@ -34,7 +41,9 @@ def table(records: list[dict]) -> str:
         )
         device = r.get("device", "?")
         peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in device), None)
-        share = f"{100 * tps * flops_per_token() / (peak * 1e12):.1f}" if tps and peak else "-"
+        share = "-"
+        if tps and peak and qwen3_sized(r):
+            share = f"{100 * tps * flops_per_token() / (peak * 1e12):.1f}"
         label = r.get("baseline") or r["backend"]
         tokens = f"{tps:,.0f} | {share}" if tps else "- | -"
         rows.append(
@@ -57,6 +66,8 @@ def against_baselines(records: list[dict]) -> str:
             ("baseline:qwen3_vllm", "raw LLM.generate"),
             ("baseline:qwen3_vllm_score", "raw LLM.score"),
             ("baseline:qwen3_transformers", "model card recipe"),
+            ("baseline:cross_encoder_vllm", "raw LLM.score (text pairs)"),
+            ("baseline:cross_encoder_transformers", "CrossEncoder.predict"),
         )
         if best.get(key)
     ]

@@ -39,3 +39,19 @@ def test_table_has_a_row_per_record_with_peak_share():
     assert len(rows) == 2 + len(RECORDS)
     # 200,000 tokens/s x 0.88 GFLOP per token / 799 TFLOP/s = 22.0 % of peak
     assert "| qwen3_vllm | 400.0 | 200,000 | 22.0 |" in rows[2]
+
+
+def test_cross_encoder_runs_against_their_baselines_without_a_qwen3_peak_share():
+    records = [
+        record("cross_encoder_vllm", 900.0, tokens_per_s=300_000, mean_tokens_per_pair=330),
+        record("baseline:cross_encoder_vllm", 600.0, baseline="raw LLM.score"),
+        record("cross_encoder_transformers", 450.0, tokens_per_s=150_000),
+        record("baseline:cross_encoder_transformers", 300.0, baseline="CrossEncoder.predict"),
+    ]
+    rows = against_baselines(records).splitlines()
+    assert rows[0] == (
+        "| backend | best pairs/s | x raw LLM.score (text pairs) | x CrossEncoder.predict |"
+    )
+    assert "| cross_encoder_vllm | 900.0 | 1.50 | 3.00 |" in rows
+    assert "| cross_encoder_transformers | 450.0 | 0.75 | 1.50 |" in rows
+    assert "| cross_encoder_vllm | 900.0 | 300,000 | - |" in table(records).splitlines()[2]
