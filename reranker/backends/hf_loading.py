@@ -102,6 +102,16 @@ class HFTextTokenizer:
             parts.append(text[start:])
         return parts
 
+    def token_offsets(self, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
+        """Character ``(start, end)`` of each token of each user text, tokenised as
+        :meth:`encode_text_batch` does (no added token recognised); where to cut
+        documents into chunks (:mod:`reranker.core.chunking`)."""
+        if self._plain is not None:
+            encodings = self._plain.encode_batch(list(texts), add_special_tokens=False)
+            return [list(e.offsets) for e in encodings]
+        out = self.tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+        return [list(map(tuple, offsets)) for offsets in out["offset_mapping"]]
+
     def decode(self, ids: Sequence[int]) -> str:
         """Text of ``ids``, special tokens kept."""
         return self.tokenizer.decode(

@@ -13,6 +13,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from reranker.core.chunking import Chunking
+
 DEFAULT_MODEL = "Qwen/Qwen3-Reranker-0.6B"
 
 
@@ -28,6 +30,37 @@ class BackendOptions(BaseModel):
         16384, ge=64, description="Token budget of one batch, padding counted"
     )
     sort_by_doc_length: bool = True
+    long_documents: Literal["truncate", "chunk"] = Field(
+        "truncate",
+        description="truncate: a document is cut to the room its prompt leaves; chunk: a "
+        "document longer than chunk_tokens is scored in chunks, aggregated "
+        "(reranker.core.chunking); a request may choose either",
+    )
+    chunk_tokens: int | None = Field(
+        None, ge=1, description="tokens of a chunk; default min(512, max_model_len // 2)"
+    )
+    chunk_overlap: int | None = Field(
+        None, ge=0, description="tokens neighbouring chunks share; default chunk_tokens // 8"
+    )
+    chunk_aggregate: Literal["max", "mean", "first"] = Field(
+        "max", description="a chunked document's score: its best chunk's, the mean, the first"
+    )
+    max_chunks_per_doc: int = Field(
+        32, ge=1, le=10000, description="chunks scored per document, from its start"
+    )
+
+    @model_validator(mode="after")
+    def _chunking_fits(self) -> BackendOptions:
+        self.default_chunking()  # InvalidRequest (a ValueError) names the value
+        return self
+
+    def default_chunking(self) -> Chunking:
+        """The chunking of a request that chooses none (see :mod:`reranker.core.chunking`)."""
+        tokens = self.chunk_tokens or min(512, self.max_model_len // 2)
+        overlap = self.chunk_overlap if self.chunk_overlap is not None else tokens // 8
+        return Chunking(
+            self.long_documents, tokens, overlap, self.chunk_aggregate, self.max_chunks_per_doc
+        ).check(self.max_model_len)
 
 
 class TransformersOptions(BackendOptions):

@@ -17,6 +17,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from reranker.core.chunking import (
+    Chunking,
+    ChunkingRequest,
+    ChunkSpan,
+    TokenOffsets,
+    aggregate,
+    chunk_spans,
+)
 from reranker.core.dedup import deduplicate_with_positions
 from reranker.core.errors import InvalidRequest
 from reranker.core.meta import ScoreMeta
@@ -42,6 +50,7 @@ class ScoreRequest:
     normalize: bool = True
     instruction: str | None = None
     max_doc_tokens: int | None = None
+    chunking: ChunkingRequest | None = None  # None: the backend's long_documents options
 
 
 @dataclass(frozen=True)
@@ -59,8 +68,12 @@ class _Prepared:
     request: ScoreRequest
     input_docs: int
     usable: list[tuple[int, str]]
+    chunking: Chunking
+    # What is scored: each usable document whole, or (chunking) each of its chunks.
+    spans: list[list[ChunkSpan]] = field(default_factory=list)  # per usable document
+    dropped_chunks: int = 0
     unique: list[str] = field(default_factory=list)
-    position_to_unique: list[int] = field(default_factory=list)
+    position_to_unique: list[int] = field(default_factory=list)  # per scored text
     job: ScoreJob | None = None
     result: PairScores | InvalidRequest | None = None
 
@@ -125,6 +138,13 @@ def check_text(text: str, param: str) -> None:
         raise InvalidRequest(f"{param} is not valid Unicode text: {why}", param=param)
 
 
+def _leading_whitespace(docs: Sequence[Any] | None, i: int, text: str) -> int:
+    """Characters ``document_text`` stripped from the start of ``docs[i]`` (a str), so
+    chunk spans index the document as sent."""
+    doc = docs[i] if docs is not None else None
+    return len(doc) - len(doc.lstrip()) if isinstance(doc, str) else 0
+
+
 def rank_order(scores: Sequence[float], docs: Sequence[Any]) -> list[int]:
     """Indices of ``docs`` best first: usable documents by score, then the unusable ones;
     ties keep input order. An unusable document never outranks a usable one, whatever the
@@ -152,6 +172,7 @@ class RerankBackend:
     env_prefix: ClassVar[str] = "RERANK_"
     env_aliases: ClassVar[dict[str, str]] = {}
     takes_instruction: bool = False
+    _text_tokenizer: TokenOffsets | None = None
 
     def __init__(self, options: BackendOptions | Mapping[str, Any] | None = None) -> None:
         if isinstance(options, BackendOptions):
@@ -226,6 +247,12 @@ class RerankBackend:
         """Backend-specific meta keys added to every response."""
         return {}
 
+    def chunk_tokenizer(self) -> TokenOffsets | None:
+        """The tokenizer whose token boundaries cut documents into chunks
+        (``long_documents: chunk``): ``_text_tokenizer``, which a backend that tokenises
+        sets to its tokenizer of user text; None where the backend cannot chunk."""
+        return self._text_tokenizer
+
     def score_with_meta(
         self,
         query: Any,
@@ -234,6 +261,7 @@ class RerankBackend:
         *,
         instruction: str | None = None,
         max_doc_tokens: int | None = None,
+        chunking: ChunkingRequest | None = None,
     ) -> tuple[list[float], ScoreMeta]:
         """One score per input doc, in input order, and the call's :class:`ScoreMeta`.
 
@@ -243,8 +271,10 @@ class RerankBackend:
         float, when ``normalize=False``); a blank query scores every doc so.
         Raises :class:`InvalidRequest` for input that cannot be scored, e.g. a query,
         instruction or document holding a surrogate code point (``check_text``).
+        ``chunking`` overrides the backend's ``long_documents`` options for this call
+        (:mod:`reranker.core.chunking`).
         """
-        request = ScoreRequest(query, docs, normalize, instruction, max_doc_tokens)
+        request = ScoreRequest(query, docs, normalize, instruction, max_doc_tokens, chunking)
         result = self.score_requests([request])[0]
         if isinstance(result, InvalidRequest):
             raise result
@@ -299,11 +329,10 @@ class RerankBackend:
         usable = [(i, t) for i, t in ((i, document_text(d)) for i, d in enumerate(docs)) if t]
         for i, text in usable:
             check_text(text, f"docs[{i}]")
-        prepared = _Prepared(request, len(docs), usable)
+        prepared = _Prepared(request, len(docs), usable, self.resolve_chunking(request))
         if query_text and usable:
-            prepared.unique, prepared.position_to_unique = deduplicate_with_positions(
-                [t for _, t in usable]
-            )
+            texts = self._split(prepared)
+            prepared.unique, prepared.position_to_unique = deduplicate_with_positions(texts)
             prepared.job = ScoreJob(
                 query_text,
                 prepared.unique,
@@ -311,6 +340,37 @@ class RerankBackend:
                 request.max_doc_tokens,
             )
         return prepared
+
+    def resolve_chunking(self, request: ScoreRequest) -> Chunking:
+        """How ``request``'s long documents are scored: its choices over this backend's
+        options; :class:`InvalidRequest` names a value that cannot work."""
+        default = self.options.default_chunking()
+        if request.chunking is None:
+            return default
+        overlap_configured = self.options.chunk_overlap is not None
+        return request.chunking.over(default, overlap_configured, self.options.max_model_len)
+
+    def _split(self, p: _Prepared) -> list[str]:
+        """The texts to score: each usable document, or under chunking its chunks
+        (``p.spans``, at most ``max_chunks_per_doc`` a document)."""
+        texts = [t for _, t in p.usable]
+        whole = [[ChunkSpan(0, 0, len(t))] for t in texts]
+        c = p.chunking
+        tokenizer = self.chunk_tokenizer() if c.mode == "chunk" else None
+        if c.mode == "chunk" and tokenizer is None:
+            raise InvalidRequest(
+                f"the backend {self.name} cannot score documents in chunks", "long_documents"
+            )
+        # A token spans at least one byte of UTF-8: no shorter text needs tokenising.
+        long = [k for k, t in enumerate(texts) if len(t.encode("utf-8")) > c.chunk_tokens]
+        if tokenizer is not None and long:
+            offsets = tokenizer.token_offsets([texts[k] for k in long])
+            for k, token_offsets in zip(long, offsets, strict=True):
+                spans = chunk_spans(texts[k], token_offsets, c.chunk_tokens, c.chunk_overlap)
+                p.dropped_chunks += max(0, len(spans) - c.max_chunks_per_doc)
+                whole[k] = spans[: c.max_chunks_per_doc]
+        p.spans = whole
+        return [t[s.start : s.end] for t, spans in zip(texts, whole, strict=True) for s in spans]
 
     def _finish(
         self, p: _Prepared, elapsed_ms: float
@@ -323,16 +383,29 @@ class RerankBackend:
                 f"{self.name}: got {len(result.logits)} scores for {len(p.unique)} documents"
             )
         normalize = p.request.normalize
-        values = [sigmoid(x) for x in result.logits] if normalize else result.logits
         scores = [0.0 if normalize else UNUSABLE_LOGIT] * p.input_docs
+        chunks: list[dict[str, int] | None] = [None] * p.input_docs
         if p.job is not None:  # else: blank query or no usable doc, all unusable
-            for (i, _), u in zip(p.usable, p.position_to_unique, strict=True):
-                scores[i] = float(values[u])
+            scored = iter(p.position_to_unique)
+            for (i, text), spans in zip(p.usable, p.spans, strict=True):
+                logits = [result.logits[next(scored)] for _ in spans]
+                logit, best = aggregate(logits, p.chunking.aggregate)
+                scores[i] = float(sigmoid(logit) if normalize else logit)
+                lead = _leading_whitespace(p.request.docs, i, text)
+                span = spans[best]
+                chunks[i] = {
+                    "index": span.index,
+                    "start": lead + span.start,
+                    "end": lead + span.end,
+                    "chunks": len(spans),
+                }
+        chunking = p.chunking.mode == "chunk"
+        scored_texts = sum(len(s) for s in p.spans)
         meta = ScoreMeta(
             input_docs=p.input_docs,
             usable_docs=len(p.usable),
             unique_docs=len(p.unique),
-            dedup_ratio=ScoreMeta.dedup_ratio_of(len(p.unique), len(p.usable)),
+            dedup_ratio=ScoreMeta.dedup_ratio_of(len(p.unique), scored_texts or len(p.usable)),
             elapsed_ms=elapsed_ms,
             model=self.model_name,
             backend=self.name,
@@ -346,6 +419,10 @@ class RerankBackend:
             truncated_docs=result.truncated_docs,
             format_keys=self.format_meta(),
             engine_keys=self.meta_extra(),
+            chunked_docs=sum(len(s) > 1 for s in p.spans) if chunking else None,
+            scored_chunks=scored_texts if chunking else None,
+            dropped_chunks=p.dropped_chunks if chunking else None,
+            best_chunks=tuple(chunks) if chunking and p.chunking.return_chunks else None,
         )
         return scores, meta
 

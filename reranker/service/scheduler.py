@@ -41,6 +41,7 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
+from reranker.core.chunking import Chunking
 from reranker.core.errors import BackendDead, InvalidRequest, Overloaded, RerankerError
 from reranker.core.meta import ScoreMeta, merge_pieces
 from reranker.core.protocol import RerankBackend, ScoreRequest, document_text
@@ -110,6 +111,7 @@ def plan_pieces(
     max_model_len: int,
     default_instruction: str = "",
     sort_by_length: bool = True,
+    chunking: Chunking | None = None,
 ) -> tuple[list[_Piece], int]:
     """Cut ``request`` into pieces of at most ``max_call_tokens`` estimated tokens.
 
@@ -139,9 +141,12 @@ def plan_pieces(
             unusable.append(i)
         else:
             groups.setdefault(key, []).append(i)
-    costs = {
-        key: max(1, min(cap, math.ceil((fixed + len(key)) / CHARS_PER_TOKEN))) for key in groups
-    }
+    if chunking is not None and chunking.mode == "chunk":
+        costs = {key: _chunked_cost(fixed, len(key), chunking, cap) for key in groups}
+    else:
+        costs = {
+            key: max(1, min(cap, math.ceil((fixed + len(key)) / CHARS_PER_TOKEN))) for key in groups
+        }
     total = sum(costs.values())
     if total <= max_call_tokens or len(groups) <= 1:
         return [_Piece(request, None, max(1, total), max(1, len(doc_list)))], chars
@@ -161,6 +166,18 @@ def plan_pieces(
     return pieces, chars
 
 
+def _chunked_cost(fixed_chars: int, doc_chars: int, chunking: Chunking, cap: int) -> int:
+    """Estimated tokens of scoring a document of ``doc_chars`` in chunks: one prompt
+    per chunk, at most ``max_chunks_per_doc`` of them."""
+    fixed = math.ceil(fixed_chars / CHARS_PER_TOKEN)
+    doc = math.ceil(doc_chars / CHARS_PER_TOKEN)
+    if doc <= chunking.chunk_tokens:
+        return max(1, min(cap, fixed + doc))
+    stride = chunking.chunk_tokens - chunking.chunk_overlap
+    chunks = min(chunking.max_chunks_per_doc, math.ceil((doc - chunking.chunk_overlap) / stride))
+    return chunks * min(cap, fixed + chunking.chunk_tokens)
+
+
 def _make_piece(request: ScoreRequest, docs: list[Any], positions: list[int], cost: int) -> _Piece:
     positions = sorted(positions)
     part = ScoreRequest(
@@ -169,6 +186,7 @@ def _make_piece(request: ScoreRequest, docs: list[Any], positions: list[int], co
         request.normalize,
         request.instruction,
         request.max_doc_tokens,
+        request.chunking,
     )
     return _Piece(part, positions, cost, len(positions))
 
@@ -178,7 +196,9 @@ def _merge(input_docs: int, done: list[tuple[_Piece, Result]]) -> Result:
     if len(done) == 1 and done[0][0].positions is None:
         return done[0][1]
     scores = [0.0] * input_docs
-    meta = merge_pieces([m for _, (_, m) in done])
+    meta = merge_pieces(
+        [m for _, (_, m) in done], [piece.positions or () for piece, _ in done], input_docs
+    )
     for piece, (piece_scores, _) in done:
         for position, score in zip(piece.positions or (), piece_scores, strict=True):
             scores[position] = score
@@ -306,8 +326,14 @@ class BatchScheduler:
         (:class:`RequestExpired`); one whose estimated wait exceeds it is refused now.
         Raises :class:`Overloaded` when the queue is full or too slow for it.
         """
+        resolve = getattr(self.backend, "resolve_chunking", None)
         pieces, chars = plan_pieces(
-            request, self.max_call_tokens, self._max_model_len, self._instruction, self._sort
+            request,
+            self.max_call_tokens,
+            self._max_model_len,
+            self._instruction,
+            self._sort,
+            resolve(request) if resolve is not None else None,
         )
         now = time.perf_counter()
         future = Ticket()

@@ -10,11 +10,12 @@ naming the field, before it is queued (``reranker.core.protocol.invalid_unicode`
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
+from reranker.core.chunking import ChunkingRequest
 from reranker.core.protocol import invalid_unicode
 
 
@@ -63,7 +64,37 @@ NullableDocument = Annotated[str | None, BeforeValidator(_text_or_null)]
 """A document of /v1/score_with_meta."""
 
 
-class RerankBody(BaseModel):
+class ChunkingFields(BaseModel):
+    """How this request scores documents longer than a chunk (``reranker.core.chunking``);
+    an unset field keeps the service's ``long_documents`` options."""
+
+    long_documents: Literal["truncate", "chunk"] | None = None
+    chunk_tokens: int | None = Field(None, ge=1)
+    chunk_overlap: int | None = Field(None, ge=0)
+    chunk_aggregate: Literal["max", "mean", "first"] | None = None
+    max_chunks_per_doc: int | None = Field(None, ge=1, le=10000)
+    return_chunks: bool = False
+
+    def chunking(self) -> ChunkingRequest | None:
+        """The request's chunking choices, or None where it sets none."""
+        choices = ChunkingRequest(
+            self.long_documents,
+            self.chunk_tokens,
+            self.chunk_overlap,
+            self.chunk_aggregate,
+            self.max_chunks_per_doc,
+            self.return_chunks,
+        )
+        return None if choices == ChunkingRequest() else choices
+
+
+def chunk_of(meta: Any, i: int) -> dict[str, int] | None:
+    """The chunk that decided document ``i``'s score, where the request asked for it."""
+    best = meta.best_chunks
+    return best[i] if best is not None else None
+
+
+class RerankBody(ChunkingFields):
     """``POST /rerank``, ``/v1/rerank``, ``/v2/rerank`` (Cohere v2 / Jina shape)."""
 
     model_config = ConfigDict(extra="ignore")
@@ -96,7 +127,7 @@ class RerankBody(BaseModel):
         return [d if isinstance(d, str) else d.text for d in self.documents]
 
 
-class ScoreBody(BaseModel):
+class ScoreBody(ChunkingFields):
     """``POST /score`` (vLLM shape): ``queries``/``documents`` or ``text_1``/``text_2``."""
 
     model_config = ConfigDict(extra="ignore")
@@ -131,7 +162,7 @@ class ScoreBody(BaseModel):
         return queries, docs
 
 
-class ScoreWithMetaBody(BaseModel):
+class ScoreWithMetaBody(ChunkingFields):
     """``POST /v1/score_with_meta``: exactly the protocol call."""
 
     model_config = ConfigDict(extra="forbid")

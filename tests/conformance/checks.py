@@ -8,6 +8,7 @@ import math
 
 import pytest
 
+from reranker.core.chunking import ChunkingRequest, chunk_spans
 from reranker.core.errors import InvalidRequest
 from reranker.core.protocol import UNUSABLE_LOGIT, ScoreRequest, rank_order, sigmoid
 
@@ -98,4 +99,60 @@ def errors(backend) -> None:
     assert isinstance(results[1], InvalidRequest) and not isinstance(results[0], Exception)
 
 
-CHECKS = [cleaning, dedup, order, normalisation, truncation, instructions, errors]
+def _chunk(**choices) -> ChunkingRequest:
+    return ChunkingRequest(long_documents="chunk", chunk_tokens=48, return_chunks=True, **choices)
+
+
+def chunking(backend) -> None:
+    """long_documents: chunk scores every chunk of a long document: its score is the
+    aggregate of its chunks scored as documents of their own; each reported span is the
+    exact substring that was scored, spans cover the text; a short document scores as
+    under truncate; the cap is counted; bad values are typed errors naming the field."""
+    text = "  " + LONG  # leading whitespace: spans index the document as sent
+    short = DOCS[0]
+    scores, meta = backend.score_with_meta(
+        QUERY, [text, short], normalize=False, chunking=_chunk(max_chunks_per_doc=1000)
+    )
+    best = meta["best_chunks"]
+    assert meta["chunked_docs"] == 1 and meta["dropped_chunks"] == 0
+    assert best[1] == {"index": 0, "start": 0, "end": len(short), "chunks": 1}
+    assert scores[1] == pytest.approx(backend.score(QUERY, [short], normalize=False)[0], abs=TOL)
+    offsets = backend.chunk_tokenizer().token_offsets([LONG])[0]
+    spans = chunk_spans(LONG, offsets, 48, 6)
+    assert meta["scored_chunks"] == len(spans) + 1 and best[0]["chunks"] == len(spans)
+    covered = set()
+    for span in spans:
+        covered.update(range(span.start, span.end))
+    assert all(c in covered for c, ch in enumerate(LONG) if not ch.isspace())
+    alone = backend.score(QUERY, [LONG[s.start : s.end] for s in spans], normalize=False)
+    assert scores[0] == pytest.approx(max(alone), abs=1e-5)
+    winner = spans[best[0]["index"]]
+    assert (best[0]["start"], best[0]["end"]) == (winner.start + 2, winner.end + 2)
+    assert alone[best[0]["index"]] == pytest.approx(max(alone), abs=1e-5)
+    mean = backend.score_with_meta(
+        QUERY,
+        [text],
+        normalize=False,
+        chunking=_chunk(chunk_aggregate="mean", max_chunks_per_doc=1000),
+    )[0][0]
+    assert mean == pytest.approx(sum(alone) / len(alone), abs=1e-5)
+    capped, meta = backend.score_with_meta(
+        QUERY,
+        [text],
+        normalize=False,
+        chunking=_chunk(chunk_aggregate="first", max_chunks_per_doc=2),
+    )
+    assert capped[0] == pytest.approx(alone[0], abs=1e-5)
+    assert (meta["scored_chunks"], meta["dropped_chunks"]) == (2, len(spans) - 2)
+    for bad, param in [
+        (ChunkingRequest(long_documents="chunk", chunk_tokens=8, chunk_overlap=8), "chunk_overlap"),
+        (ChunkingRequest(long_documents="chunk", chunk_tokens=10**6), "chunk_tokens"),
+        (ChunkingRequest(long_documents="sometimes"), "long_documents"),
+        (ChunkingRequest(long_documents="chunk", chunk_aggregate="median"), "chunk_aggregate"),
+    ]:  # fmt: skip
+        with pytest.raises(InvalidRequest) as exc:
+            backend.score_with_meta(QUERY, [text], chunking=bad)
+        assert exc.value.param == param
+
+
+CHECKS = [cleaning, dedup, order, normalisation, truncation, chunking, instructions, errors]

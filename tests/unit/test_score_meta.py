@@ -36,7 +36,7 @@ def test_pieces_merge_counts_and_time_and_keep_the_rest():
     a = _meta()
     b = _meta(input_docs=3, usable_docs=3, unique_docs=3, elapsed_ms=2.25, scored_tokens=50,
               truncated_docs=0, inference_batches=2)  # fmt: skip
-    merged = merge_pieces([a, b])
+    merged = merge_pieces([a, b], [[0, 1, 2, 3, 4], [5, 6, 7]], 8)
     assert (merged.input_docs, merged.usable_docs, merged.unique_docs) == (8, 7, 6)
     assert (merged.scored_tokens, merged.truncated_docs, merged.inference_batches) == (150, 1, 3)
     assert merged.elapsed_ms == 3.75 and merged.dedup_ratio == round(1 - 6 / 7, 4)

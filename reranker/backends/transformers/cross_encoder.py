@@ -86,9 +86,8 @@ class CrossEncoderTransformersBackend(CrossEncoderFormat, RerankBackend):
         )
         self.model = model.to(self.device).eval()
         self.max_len = pair_limit(self.tokenizer, opts.max_model_len)
-        self.pairs = self._pair_encoder(
-            self.tokenizer, HFTextTokenizer(self.tokenizer), self.max_len
-        )
+        self._text_tokenizer = HFTextTokenizer(self.tokenizer)
+        self.pairs = self._pair_encoder(self.tokenizer, self._text_tokenizer, self.max_len)
         self.pad_id = self._padding_id()
         logger.info(
             "%s ready: model=%s family=%s device=%s dtype=%s max_len=%d",

@@ -107,9 +107,8 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
         # rows [no, yes]: logit(yes) - logit(no) = h . (w_yes - w_no)
         self._yes_minus_no = (head[YES_TOKEN_ID] - head[NO_TOKEN_ID]).detach().float()
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self._encoder = Qwen3PromptEncoder(
-            self.template, HFTextTokenizer(tokenizer), opts.max_model_len
-        )
+        self._text_tokenizer = HFTextTokenizer(tokenizer)
+        self._encoder = Qwen3PromptEncoder(self.template, self._text_tokenizer, opts.max_model_len)
         self._lock = threading.Lock()
         if self.packed:  # packed batches read each prompt's last row only
             speedups.last_layer_at_rows(self._body)

@@ -93,9 +93,8 @@ class CrossEncoderVLLMBackend(CrossEncoderFormat, VLLMBackendBase):
 
         self._tokenizer = self._load_tokenizer()
         self._max_len = pair_limit(self._tokenizer, self.options.max_model_len)
-        self._pairs = self._pair_encoder(
-            self._tokenizer, HFTextTokenizer(self._tokenizer), self._max_len
-        )
+        self._text_tokenizer = HFTextTokenizer(self._tokenizer)
+        self._pairs = self._pair_encoder(self._tokenizer, self._text_tokenizer, self._max_len)
         # Ask for the raw logit; where this vLLM has no switch, invert its sigmoid.
         self._raw = raw_logit_switch(PoolingParams)
         self._pooling = PoolingParams(**{self._raw: False}) if self._raw else PoolingParams()

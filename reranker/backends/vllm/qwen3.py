@@ -36,8 +36,9 @@ class Qwen3VLLMBackendBase(Qwen3PromptFormat, VLLMBackendBase):
 
     def __init__(self, options: Any = None) -> None:
         super().__init__(options)
+        self._text_tokenizer = HFTextTokenizer(self._load_tokenizer())
         self._encoder = Qwen3PromptEncoder(
-            self.template, HFTextTokenizer(self._load_tokenizer()), self.options.max_model_len
+            self.template, self._text_tokenizer, self.options.max_model_len
         )
 
     def _score_jobs(self, jobs: list[ScoreJob]) -> list[PairScores | InvalidRequest]:

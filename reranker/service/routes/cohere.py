@@ -8,7 +8,7 @@ from fastapi import FastAPI, Request
 
 from reranker.core.meta import ScoreMeta
 from reranker.core.protocol import ScoreRequest, rank_order
-from reranker.service.schemas import RerankBody
+from reranker.service.schemas import RerankBody, chunk_of
 from reranker.service.state import Service
 
 PATHS = ("/rerank", "/v1/rerank", "/v2/rerank")
@@ -27,7 +27,14 @@ def add_routes(app: FastAPI, service: Service) -> None:
         texts = body.texts()
         service.check_limits(body.query, len(texts), body.instruction)
         scores, meta = await service.run(
-            ScoreRequest(body.query, texts, True, body.instruction, body.max_tokens_per_doc),
+            ScoreRequest(
+                body.query,
+                texts,
+                True,
+                body.instruction,
+                body.max_tokens_per_doc,
+                body.chunking(),
+            ),
             request,
         )
         order = rank_order(scores, texts)
@@ -38,6 +45,9 @@ def add_routes(app: FastAPI, service: Service) -> None:
             item: dict[str, Any] = {"index": i, "relevance_score": scores[i]}
             if body.return_documents:
                 item["document"] = {"text": texts[i]}
+            chunk = chunk_of(meta, i)
+            if chunk is not None:
+                item["chunk"] = chunk
             results.append(item)
         return {
             "id": request.state.request_id,
@@ -45,7 +55,7 @@ def add_routes(app: FastAPI, service: Service) -> None:
             "results": results,
             "usage": {**usage(meta), "search_units": 1},
             "meta": {
-                **meta.to_dict(),
+                **{k: v for k, v in meta.to_dict().items() if k != "best_chunks"},
                 "api_version": {"version": "2"},
                 "billed_units": {"search_units": 1, "input_tokens": meta["scored_tokens"]},
             },

@@ -20,7 +20,12 @@ def add_routes(app: FastAPI, service: Service) -> None:
         service.check_limits(body.query, len(body.docs), body.instruction)
         scores, meta = await service.run(
             ScoreRequest(
-                body.query, body.docs, body.normalize, body.instruction, body.max_doc_tokens
+                body.query,
+                body.docs,
+                body.normalize,
+                body.instruction,
+                body.max_doc_tokens,
+                body.chunking(),
             ),
             request,
         )

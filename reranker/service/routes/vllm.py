@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 
 from reranker.core.errors import InvalidRequest
 from reranker.core.protocol import ScoreRequest
-from reranker.service.schemas import ScoreBody
+from reranker.service.schemas import ScoreBody, chunk_of
 from reranker.service.state import Service
 
 PATHS = ("/score", "/v1/score")
@@ -32,7 +32,10 @@ def add_routes(app: FastAPI, service: Service) -> None:
         runs = [
             asyncio.ensure_future(
                 service.run(
-                    ScoreRequest(q, [docs[i] for i in idx], True, body.instruction), request
+                    ScoreRequest(
+                        q, [docs[i] for i in idx], True, body.instruction, None, body.chunking()
+                    ),
+                    request,
                 )
             )
             for q, idx in groups.items()
@@ -47,8 +50,11 @@ def add_routes(app: FastAPI, service: Service) -> None:
         tokens = 0
         for idx, (scores, meta) in zip(groups.values(), results, strict=True):
             tokens += meta["scored_tokens"]
-            for i, s in zip(idx, scores, strict=True):
+            for k, (i, s) in enumerate(zip(idx, scores, strict=True)):
                 data[i] = {"index": i, "object": "score", "score": s}
+                chunk = chunk_of(meta, k)
+                if chunk is not None:
+                    data[i]["chunk"] = chunk
         return {
             "id": request.state.request_id,
             "object": "list",
