@@ -362,7 +362,11 @@ class RerankBackend:
                 f"the backend {self.name} cannot score documents in chunks", "long_documents"
             )
         # A token spans at least one byte of UTF-8: no shorter text needs tokenising.
-        long = [k for k, t in enumerate(texts) if len(t.encode("utf-8")) > c.chunk_tokens]
+        long = [
+            k
+            for k, t in enumerate(texts)
+            if tokenizer is not None and len(t.encode("utf-8")) > c.chunk_tokens
+        ]
         if tokenizer is not None and long:
             offsets = tokenizer.token_offsets([texts[k] for k in long])
             for k, token_offsets in zip(long, offsets, strict=True):
