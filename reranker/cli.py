@@ -199,19 +199,24 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return serve(args.config, args.backend, args.host, args.port, args.model)
 
 
-# --shape values of each kind of family: the Qwen3 ones, and the cross-encoders.
-QWEN3_SHAPES = ("tiny", "0.6b")
+# --shape values of each kind of family: the Qwen3 ones (the sequence classifier is
+# converted in float32: up to 0.6b), and the cross-encoders.
+QWEN3_SHAPES = ("tiny", "0.6b", "4b", "8b")
+QWEN3_SEQ_CLS_SHAPES = ("tiny", "0.6b")
 CROSS_ENCODER_SHAPES = ("tiny", "base", "large")
 
 
 def _cmd_build_test_model(args: argparse.Namespace) -> int:
     qwen3 = args.family in ("qwen3", "qwen3-seq-cls")
-    shapes = QWEN3_SHAPES if qwen3 else CROSS_ENCODER_SHAPES
+    shapes = {"qwen3": QWEN3_SHAPES, "qwen3-seq-cls": QWEN3_SEQ_CLS_SHAPES}.get(
+        args.family, CROSS_ENCODER_SHAPES
+    )
     if args.shape not in shapes:
         raise ConfigError(
             f"--shape {args.shape}: the {args.family} family is built as {' or '.join(shapes)}"
         )
-    sizes = ["--shape", args.shape, "--dtype", args.dtype]
+    dtype = args.dtype or ("bfloat16" if args.shape in ("4b", "8b") else "float32")
+    sizes = ["--shape", args.shape, "--dtype", dtype]
     if args.family == "qwen3-seq-cls":
         from reranker.testing.tiny_qwen3_seq_cls import main as build_seq_cls
 
@@ -311,15 +316,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--shape",
         default="tiny",
         choices=sorted(set(QWEN3_SHAPES + CROSS_ENCODER_SHAPES)),
-        help="tiny (tests); benchmark sizes with random weights: 0.6b (qwen3 families: "
-        "Qwen3-Reranker-0.6B), base or large (cross-encoders: e.g. BERT-base, XLM-RoBERTa-large "
-        "as bge-reranker-v2-m3)",
+        help="tiny (tests); benchmark sizes with random weights: 0.6b, 4b, 8b (qwen3: "
+        "Qwen3-Reranker-0.6B, -4B, -8B; qwen3-seq-cls: 0.6b), base or large (cross-encoders: "
+        "e.g. BERT-base, XLM-RoBERTa-large as bge-reranker-v2-m3)",
     )
     p.add_argument(
         "--dtype",
-        default="float32",
         choices=["float32", "bfloat16", "float16"],
-        help="dtype the weights are saved in",
+        help="dtype the weights are saved in (default: bfloat16 for 4b and 8b, which are "
+        "built in it, 16 GB for 8b; else float32)",
     )
     p.set_defaults(func=_cmd_build_test_model)
     return parser

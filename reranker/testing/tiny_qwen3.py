@@ -9,6 +9,10 @@ CLI::
 
     python -m reranker.testing.tiny_qwen3 OUT_DIR [--layers 2] [--hidden 128] [--seed 0]
     python -m reranker.testing.tiny_qwen3 OUT_DIR --shape 0.6b   # Qwen3-Reranker-0.6B shape
+    python -m reranker.testing.tiny_qwen3 OUT_DIR --shape 8b     # -4B / -8B: bfloat16
+
+The benchmark shapes (0.6b, 4b, 8b) are built directly in the dtype they are saved in,
+one copy of the weights in memory (an 8B model is 16 GB in bfloat16).
 """
 
 from __future__ import annotations
@@ -52,7 +56,8 @@ QWEN3_ADDED_TOKENS: list[tuple[str, bool]] = [
 BUILDER_VERSION = 2  # bump when the built model changes; scripts/test.sh rebuilds on change
 EXPECTED_SUFFIX_IDS = [151645, 198, 151644, 77091, 198, 151667, 271, 151668, 271]
 
-# Model shapes: "tiny" for tests, "0.6b" for benchmarks (Qwen3-Reranker-0.6B's config).
+# Model shapes: "tiny" for tests; "0.6b", "4b" and "8b" for benchmarks, with the configs of
+# Qwen3-Reranker-0.6B, -4B and -8B (Qwen3-0.6B, -4B and -8B; the 8B's lm_head is its own).
 SHAPES: dict[str, dict[str, Any]] = {
     "tiny": dict(
         hidden_size=128,
@@ -72,8 +77,54 @@ SHAPES: dict[str, dict[str, Any]] = {
         num_attention_heads=16,
         num_key_value_heads=8,
         head_dim=128,
+        tie_word_embeddings=True,
+    ),
+    "4b": dict(
+        hidden_size=2560,
+        intermediate_size=9728,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        max_window_layers=36,
+        tie_word_embeddings=True,
+    ),
+    "8b": dict(
+        hidden_size=4096,
+        intermediate_size=12288,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        max_window_layers=36,
+        tie_word_embeddings=False,
     ),
 }
+# Shapes built in bfloat16 unless a dtype is asked for: float32 would double their memory.
+BFLOAT16_SHAPES = ("4b", "8b")
+# Safetensors shards of the benchmark shapes (the published checkpoints' order of size).
+MAX_SHARD_SIZE = "4GB"
+
+
+def non_embedding_params(shape: str) -> int:
+    """Weights of ``shape``'s decoder layers (attention and MLP matrices, norms left out):
+    what a token is multiplied through; the embedding table is a lookup and the reranker
+    reads two rows of lm_head. 0.6b: 0.44e9, 4b: 3.63e9, 8b: 6.95e9."""
+    s = SHAPES[shape]
+    hidden, heads, kv_heads, head_dim = (
+        s["hidden_size"],
+        s["num_attention_heads"],
+        s["num_key_value_heads"],
+        s["head_dim"],
+    )
+    attention = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim
+    mlp = 3 * hidden * s["intermediate_size"]
+    return int(s["num_hidden_layers"] * (attention + mlp))
+
+
+def default_dtype(shape: str) -> str:
+    """The dtype ``shape`` is saved in when none is asked for."""
+    return "bfloat16" if shape in BFLOAT16_SHAPES else "float32"
 
 
 def build_tokenizer() -> Any:
@@ -124,41 +175,67 @@ def check_tokenizer(tokenizer: Any) -> None:
             raise RuntimeError(f"{text!r} tokenizes to {got}, expected {expected}")
 
 
+def make_config(shape: str = "tiny", max_position_embeddings: int = 40960) -> Any:
+    """The ``Qwen3Config`` of ``shape`` with the Qwen3 vocabulary and token ids."""
+    from transformers import Qwen3Config
+
+    fields: dict[str, Any] = {"tie_word_embeddings": True, **SHAPES[shape]}
+    return Qwen3Config(  # type: ignore[call-arg]
+        vocab_size=VOCAB_SIZE,
+        max_position_embeddings=max_position_embeddings,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        bos_token_id=151643,
+        eos_token_id=151645,
+        pad_token_id=151643,
+        **fields,
+    )
+
+
+def instantiate(config: Any, dtype: str, device: str = "cpu") -> Any:
+    """A random-weight ``Qwen3ForCausalLM`` of ``config``, its weights created in ``dtype``
+    on ``device`` (never a float32 copy first); ``device="meta"``: shapes only, no memory.
+    """
+    import torch
+    from transformers import Qwen3ForCausalLM
+
+    with torch.device(device):
+        return Qwen3ForCausalLM._from_config(config, dtype=getattr(torch, dtype))
+
+
 def build_model(
     out_dir: str | Path,
     shape: str = "tiny",
     seed: int = 0,
     max_position_embeddings: int = 40960,
-    dtype: str = "float32",
+    dtype: str | None = None,
 ) -> Path:
-    """Save tokenizer + random-weight Qwen3ForCausalLM of ``shape`` into ``out_dir``."""
+    """Save tokenizer + random-weight Qwen3ForCausalLM of ``shape`` into ``out_dir``;
+    ``dtype`` defaults to :func:`default_dtype`."""
     import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers import Qwen3ForCausalLM
 
+    dtype = dtype or default_dtype(shape)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
-    config = Qwen3Config(  # type: ignore[call-arg]
-        vocab_size=VOCAB_SIZE,
-        max_position_embeddings=max_position_embeddings,
-        rope_theta=1000000.0,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=True,
-        bos_token_id=151643,
-        eos_token_id=151645,
-        pad_token_id=151643,
-        **SHAPES[shape],
-    )
+    config = make_config(shape, max_position_embeddings)
     torch.manual_seed(seed)
-    model = Qwen3ForCausalLM(config)
     if shape == "tiny":
+        # built in float32: the yes/no spread is calibrated there, then cast
+        model = Qwen3ForCausalLM(config)
         _spread_yes_no(model, tokenizer)
-    model = model.to(getattr(torch, dtype))
+        model = model.to(getattr(torch, dtype))
+    else:
+        model = instantiate(config, dtype)
     model.config.dtype = dtype
-    model.save_pretrained(out, safe_serialization=True)
+    model.save_pretrained(out, safe_serialization=True, max_shard_size=MAX_SHARD_SIZE)
+    del model
     tokenizer.save_pretrained(out)
     (out / "reranker_test_model.json").write_text(
-        json.dumps({"shape": shape, "seed": seed, "builder_version": BUILDER_VERSION})
+        json.dumps(
+            {"shape": shape, "seed": seed, "builder_version": BUILDER_VERSION, "dtype": dtype}
+        )
     )
     return out
 
@@ -221,7 +298,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out_dir")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        help="dtype of the saved weights (default: bfloat16 for 4b and 8b, else float32)",
+    )
     args = parser.parse_args(argv)
     path = build_model(args.out_dir, shape=args.shape, seed=args.seed, dtype=args.dtype)
     print(path)
