@@ -55,6 +55,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from reranker.bench.runner import format_result, run_baseline, run_bench
     from reranker.bench.workload import make_workload
 
+    if args.model_shapes:
+        from reranker.bench.sizes import run_sizes
+
+        return run_sizes(args)
+
     workload = make_workload(args.queries, args.docs, args.min_words, args.max_words, args.seed)
     results = []
     started = time.perf_counter()
@@ -276,6 +281,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--coalesce",
         action="store_true",
         help="also time all queries in one score_requests call (as under load)",
+    )
+    p.add_argument(
+        "--model-shapes",
+        metavar="SHAPES",
+        help="bench Qwen3-Reranker sizes instead of --model: comma-separated build-test-model "
+        "shapes, e.g. 0.6b,4b,8b; each is built once (random weights, bfloat16) into "
+        "--model-dir-root/<shape> and benched in a process of its own; records get a "
+        "'shape' key and a table is printed per size",
+    )
+    p.add_argument(
+        "--model-dir-root",
+        metavar="DIR",
+        help="where --model-shapes builds and reuses its models (8b: 16 GB on disk)",
     )
     p.set_defaults(func=_cmd_bench)
     p = sub.add_parser("compare", help="A/B two backends or services on the same inputs")

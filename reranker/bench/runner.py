@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
 import time
 from typing import Any
 
@@ -35,6 +36,17 @@ def gpu_info() -> dict[str, Any]:
     except Exception:
         pass
     return info
+
+
+def peak_host_mem_gib() -> float | None:
+    """This process's peak resident memory so far (GiB): the model's host copy, the
+    tokenizer, the workload; ``None`` where the platform does not say."""
+    try:
+        import resource
+    except ImportError:  # Windows has no resource module
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**30 if sys.platform == "darwin" else 2**20), 2)  # bytes / KiB
 
 
 def fresh_workloads(workload: Workload, repeat: int, first: int = 0) -> list[Workload]:
@@ -99,6 +111,7 @@ def run_bench(
         "mean_pairs_per_s": round(workload.pairs * len(runs) / sum(runs), 1),
         **backend.meta_extra(),
         **gpu_info(),
+        "peak_host_mem_gib": peak_host_mem_gib(),
     }
 
 
@@ -129,6 +142,7 @@ def run_baseline(
         "pairs_per_s": round(pairs / best, 1),
         "mean_pairs_per_s": round(pairs * len(runs) / sum(runs), 1),
         **gpu_info(),
+        "peak_host_mem_gib": peak_host_mem_gib(),
     }
 
 
