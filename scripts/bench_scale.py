@@ -49,146 +49,51 @@ Without GPUs, add --gpus-per-replica 0 to run ray-N scenarios on CPU replicas.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import datetime as dt
-import importlib.metadata
 import json
-import math
 import os
-import platform
-import random
 import re
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from reranker.bench.workload import make_workload  # noqa: E402
+from reranker.bench.http_load import (  # noqa: E402
+    MAX_WORDS,
+    MIN_WORDS,
+    Requests,
+    Service,
+    drive,
+    environment,
+    fmt,
+    free_port,
+    int_list,
+    key_values,
+    level_line,
+    log_tail,
+    queue_needs,
+    spawn,
+    stop_service,
+    summarize_level,
+    wait_ready,
+)
 from reranker.config import ServerSettings  # noqa: E402
 
 DEFAULT_SCENARIOS = "single,ray-1,ray-2"
 SCENARIO_RE = re.compile(r"^(single|ray-(\d+)|vllm-dp(\d+))$")
 VLLM_BACKEND = "qwen3_vllm"
-MIN_WORDS, MAX_WORDS = 100, 1250  # as `reranker bench`: ~500 prompt tokens per pair
 WARMUP_CLIENTS = 4
 
 
-# ---------------------------------------------------------------- small helpers
-
-
-def pct(values: list[float], p: float) -> float:
-    """Nearest-rank percentile (NaN for no values)."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
-
-
-def int_list(raw: str) -> list[int]:
-    values = [int(x) for x in raw.split(",") if x.strip()]
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas: {raw}")
-    return values
-
-
-def option_value(raw: str) -> Any:
-    """KEY=VALUE's value: JSON when it parses (numbers, true, null, lists), else a string."""
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        return raw
-
-
-def key_values(items: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"expected KEY=VALUE, got {item!r}")
-        out[key] = option_value(value)
-    return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def log_tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError as exc:
-        return f"(no log: {exc})"
-
-
-def fmt(value: float | None, digits: int = 1) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value:.{digits}f}"
-
-
-# ---------------------------------------------------------------- processes (Linux /proc)
-
-
-def _proc_table() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, start time in clock ticks), zombies left out."""
-    table: dict[int, tuple[int, str]] = {}
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()  # state, ppid, ..., starttime (20th)
-        if fields[0] != "Z":
-            table[int(entry)] = (int(fields[1]), fields[19])
-    return table
-
-
-def process_tree(root: int) -> dict[int, str]:
-    """The descendants of ``root`` (and itself): pid -> start time, to recognise them later."""
-    table = _proc_table()
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    found: dict[int, str] = {}
-    todo = [root]
-    while todo:
-        pid = todo.pop()
-        if pid in table and pid not in found:
-            found[pid] = table[pid][1]
-            todo.extend(children.get(pid, []))
-    return found
-
-
-def still_alive(tree: dict[int, str]) -> list[int]:
-    table = _proc_table()
-    return [pid for pid, start in tree.items() if pid in table and table[pid][1] == start]
-
-
-@dataclass
-class Service:
-    proc: subprocess.Popen[bytes]
-    url: str
-    log_path: Path
-    config_path: Path
+# ---------------------------------------------------------------- the service
 
 
 def start_service(python: str, config_path: Path, port: int, log_path: Path) -> Service:
@@ -199,191 +104,19 @@ def start_service(python: str, config_path: Path, port: int, log_path: Path) -> 
         os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
     )
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    log = log_path.open("wb")
-    try:
-        proc = subprocess.Popen(
-            [
-                python,
-                "-m",
-                "reranker.cli",
-                "serve",
-                "--config",
-                str(config_path),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group
-        )
-    finally:
-        log.close()
-    return Service(proc, f"http://127.0.0.1:{port}", log_path, config_path)
-
-
-def wait_ready(service: Service, seconds: float) -> str | None:
-    """None once /ready answers 200, else why not."""
-    deadline = time.monotonic() + seconds
-    with httpx.Client(timeout=5) as client:
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if client.get(f"{service.url}/ready").status_code == 200:
-                    return None
-            code = service.proc.poll()
-            if code is not None:
-                return f"the service exited with status {code} before it was ready"
-            time.sleep(0.5)
-    return f"/ready did not answer 200 within {seconds:.0f} s"
-
-
-def stop_service(service: Service, grace_s: float = 60.0) -> dict[str, Any]:
-    """SIGTERM to the service (it drains and stops what it started); SIGKILL to its process
-    group after ``grace_s``; then wait until every process it had started is gone (Ray's
-    daemons and workers included), killing any still there after 30 s."""
-    proc = service.proc
-    started = time.monotonic()
-    tree = process_tree(proc.pid)
-    killed = False
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            killed = True
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(30)
-    deadline = time.monotonic() + 30
-    left = still_alive(tree)
-    while left and time.monotonic() < deadline:
-        time.sleep(0.5)
-        left = still_alive(tree)
-    for pid in left:  # outside the group and still there: not ours to keep
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-    return {
-        "exit_code": proc.returncode,
-        "killed": killed,
-        "leftover_processes_killed": len(left),
-        "stop_s": round(time.monotonic() - started, 1),
-    }
-
-
-# ---------------------------------------------------------------- workload and load
-
-
-class Requests:
-    """The fixed requests: a query of its own each, documents drawn (without repeats in a
-    request) from one pool of texts. ``take(n, docs)`` hands out the next n requests, so
-    each level gets requests no earlier level sent, the same in every scenario."""
-
-    def __init__(self, seed: int, max_docs: int, total: int) -> None:
-        pool_size = max(2000, 2 * max_docs)
-        pool = make_workload(1, pool_size, MIN_WORDS, MAX_WORDS, seed).docs[0]
-        self.pool = pool
-        self.queries = make_workload(total, 0, seed=seed + 1).queries
-        self.seed = seed
-        self.next = 0
-
-    def take(self, n: int, docs: int) -> list[dict[str, Any]]:
-        out = []
-        for _ in range(n):
-            i = self.next % len(self.queries)
-            rng = random.Random(self.seed * 1_000_003 + self.next)
-            out.append({"query": self.queries[i], "documents": rng.sample(self.pool, docs)})
-            self.next += 1
-        return out
-
-
-@dataclass
-class Outcome:
-    status: int | str  # HTTP status or exception name
-    seconds: float
-    tokens: int
-
-
-def post(client: httpx.Client, url: str, body: dict[str, Any]) -> Outcome:
-    started = time.perf_counter()
-    try:
-        r = client.post(f"{url}/rerank", json=body)
-    except httpx.HTTPError as exc:
-        return Outcome(type(exc).__name__, time.perf_counter() - started, 0)
-    seconds = time.perf_counter() - started
-    tokens = 0
-    if r.status_code == 200:
-        with contextlib.suppress(ValueError, KeyError, TypeError):
-            tokens = int(r.json()["usage"]["prompt_tokens"])
-    return Outcome(r.status_code, seconds, tokens)
-
-
-def drive(
-    url: str,
-    bodies: list[dict[str, Any]],
-    clients: int,
-    max_seconds: float,
-    timeout_s: float,
-) -> tuple[list[Outcome], float, int]:
-    """Closed loop: ``clients`` threads, each with its own keep-alive client, take the next
-    request until all are sent or ``max_seconds`` have passed. Returns the outcomes, the
-    wall time (first send to last answer) and how many requests were not sent."""
-    lock = threading.Lock()
-    cursor = iter(range(len(bodies)))
-    outcomes: list[Outcome] = []
-    started = time.perf_counter()
-    deadline = started + max_seconds
-
-    def worker() -> None:
-        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        with httpx.Client(timeout=timeout_s, limits=limits) as client:
-            while True:
-                with lock:
-                    if time.perf_counter() > deadline:
-                        return
-                    i = next(cursor, None)
-                if i is None:
-                    return
-                outcome = post(client, url, bodies[i])
-                with lock:
-                    outcomes.append(outcome)
-
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - started
-    return outcomes, wall, len(bodies) - len(outcomes)
-
-
-def summarize_level(
-    clients: int, docs: int, outcomes: list[Outcome], wall: float, unsent: int
-) -> dict[str, Any]:
-    ok = [o for o in outcomes if o.status == 200]
-    lat = [o.seconds for o in ok]
-    statuses = Counter(str(o.status) for o in outcomes)
-    tokens = sum(o.tokens for o in ok)
-    return {
-        "clients": clients,
-        "docs": docs,
-        "requests_sent": len(outcomes),
-        "requests_unsent": unsent,
-        "ok": len(ok),
-        "failed": len(outcomes) - len(ok),
-        "statuses": dict(sorted(statuses.items())),
-        "wall_s": round(wall, 3),
-        "pairs_per_s": round(len(ok) * docs / wall, 2) if wall > 0 else None,
-        "requests_per_s": round(len(ok) / wall, 3) if wall > 0 else None,
-        "p50_ms": round(1000 * pct(lat, 50), 1) if lat else None,
-        "p90_ms": round(1000 * pct(lat, 90), 1) if lat else None,
-        "p99_ms": round(1000 * pct(lat, 99), 1) if lat else None,
-        "mean_ms": round(1000 * sum(lat) / len(lat), 1) if lat else None,
-        "max_ms": round(1000 * max(lat), 1) if lat else None,
-        "tokens_per_pair": round(tokens / (len(ok) * docs), 1) if ok and tokens else None,
-    }
+    command = [
+        python,
+        "-m",
+        "reranker.cli",
+        "serve",
+        "--config",
+        str(config_path),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    return spawn(command, f"http://127.0.0.1:{port}", log_path, env)
 
 
 # ---------------------------------------------------------------- scenarios and configs
@@ -413,22 +146,6 @@ def parse_scenarios(raw: str, vllm_dp: bool) -> list[Scenario]:
         else:
             out.append(Scenario(name, ""))
     return out
-
-
-def queue_needs(by_level: list[tuple[int, int, list[dict[str, Any]]]]) -> dict[str, int]:
-    """Twice what the clients of the largest level can have queued at once (documents,
-    characters; characters bound the token estimate too), and the largest request."""
-    docs = chars = per_request = 0
-    for clients, n_docs, bodies in by_level:
-        biggest = max(len(b["query"]) + sum(len(d) for d in b["documents"]) for b in bodies)
-        docs, chars = max(docs, clients * n_docs), max(chars, clients * biggest)
-        per_request = max(per_request, n_docs)
-    return {
-        "max_queue_docs": 2 * docs,
-        "max_queue_tokens": 2 * chars,
-        "max_queue_chars": 2 * chars,
-        "max_docs_per_request": per_request,
-    }
 
 
 def scenario_config(
@@ -527,13 +244,7 @@ def run_scenario(
             )
             level = summarize_level(clients, docs, outcomes, wall, unsent)
             result["levels"].append(level)
-            print(
-                f"   {clients:>4} clients x {docs} docs: {fmt(level['pairs_per_s'])} pairs/s, "
-                f"p50 {fmt(level['p50_ms'])} ms, p99 {fmt(level['p99_ms'])} ms, "
-                f"{level['ok']} ok, {level['failed']} failed {level['statuses']}",
-                file=sys.stderr,
-                flush=True,
-            )
+            print(f"   {level_line(level)}", file=sys.stderr, flush=True)
             on_level(result)
         result["status"] = "ok"
         return result
@@ -555,41 +266,6 @@ def run_scenario(
 
 
 # ---------------------------------------------------------------- environment and report
-
-
-def environment() -> dict[str, Any]:
-    env: dict[str, Any] = {
-        "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "python": sys.version.split()[0],
-        "executable": sys.executable,
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "versions": {},
-        "gpus": [],
-        "rerank_env": {k: v for k, v in os.environ.items() if k.startswith("RERANK_")},
-    }
-    for name in ("torch", "transformers", "vllm", "ray", "flash-attn", "httpx"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            env["versions"][name] = importlib.metadata.version(name)
-    if shutil.which("nvidia-smi"):
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            out = subprocess.run(
-                [
-                    "nvidia-smi",
-                    "--query-gpu=name,memory.total,driver_version",
-                    "--format=csv,noheader",
-                ],
-                capture_output=True,
-                text=True,
-                timeout=30,
-            ).stdout
-            env["gpus"] = [line.strip() for line in out.splitlines() if line.strip()]
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        git = ["git", "-C", str(ROOT)]
-        head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True)
-        dirty = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True)
-        env["git"] = {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
-    return env
 
 
 def comparisons(scenarios: list[dict[str, Any]]) -> list[dict[str, Any]]:
