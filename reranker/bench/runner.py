@@ -109,6 +109,9 @@ def run_bench(
         "pairs_per_s": round(workload.pairs / best, 1),
         "tokens_per_s": round(tokens / best, 1),
         "mean_pairs_per_s": round(workload.pairs * len(runs) / sum(runs), 1),
+        # the batch sizes in force (on a GPU they may follow the model's size)
+        "max_batch_tokens": backend.options.max_batch_tokens,
+        "infer_batch_size": backend.options.infer_batch_size,
         **backend.meta_extra(),
         **gpu_info(),
         "peak_host_mem_gib": peak_host_mem_gib(),

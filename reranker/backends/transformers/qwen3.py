@@ -28,6 +28,12 @@ from reranker.backends.transformers.packing import (
     host_buffer,
     pack,
 )
+from reranker.backends.transformers.sizing import (
+    BatchSizes,
+    ModelDims,
+    fit_batch_sizes,
+    room_tokens,
+)
 from reranker.core.batching import plan_batches
 from reranker.core.errors import ConfigError, InvalidRequest
 from reranker.core.model_source import check_model_source
@@ -38,8 +44,12 @@ from reranker.formats.qwen3_prompt import NO_TOKEN_ID, YES_TOKEN_ID, Qwen3Prompt
 logger = logging.getLogger(__name__)
 
 # Packed batches on a GPU waste nothing on padding, so bigger ones only make the matmuls
-# bigger: the defaults there, where the options leave the batch size unset.
+# bigger: the defaults there, where the options leave the batch size unset. They are
+# Qwen3-Reranker-0.6B's; a larger model gets smaller ones where its activations would not
+# fit the GPU's free memory (``sizing``, :meth:`Qwen3TransformersBackend._fit_batches`).
 GPU_PACKED_DEFAULTS = {"max_batch_tokens": 65536, "infer_batch_size": 256}
+# The options whose defaults follow the model's size on a GPU.
+SIZED_OPTIONS = ("max_batch_tokens", "infer_batch_size", "cuda_graph_max_tokens")
 # On a GPU, a call's first request sends this many documents to the device on their own
 # while the rest is tokenised (HeadSplit, read_ahead); on CPU the forward pass itself is
 # the host's work, so there is nothing to overlap. 32 documents keep the GPU busy for
@@ -75,6 +85,7 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
         hf_logging.disable_progress_bar()  # a bar per load in every service log: noise
 
         opts = self.options
+        self._set_in_options = frozenset(opts.model_fields_set)  # before defaults are filled in
         self._torch = torch
         self.device = torch.device(resolve_device(opts.device))
         self.dtype = getattr(torch, resolve_dtype(opts.dtype, self.device.type))
@@ -122,6 +133,7 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
             lambda: swiglu.fuse_mlps(self._model),
             "MLP is not a bias-free SiLU-gated one with rows TMA can read",
         )
+        self._fit_batches()  # before the warm-up batch and the graphs take their sizes
         self.compiled = False
         if self._compile_wanted:
             self._compile(required=opts.torch_compile is True)
@@ -189,6 +201,63 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
         # with CUDA graphs, the first wave goes out before that thread starts (per query
         # +2% on an H200, docs/performance.md); an attribute so the profile script can vary it
         self.head_first = True
+
+    def _fit_batches(self) -> None:
+        """On a GPU, lower the batch sizes the options leave unset (``SIZED_OPTIONS``) to
+        what fits the memory free with the model loaded, for this model's size
+        (:func:`sizing.fit_batch_sizes`): Qwen3-Reranker-0.6B keeps the defaults on any
+        card of 8 GB or more, the 8B gets smaller batches on a card its weights nearly
+        fill. Sets ``batch_sizing``: ``options`` (all set there), ``default`` (CPU, or
+        the defaults fit) or ``memory`` (lowered); logged, and in meta."""
+        opts = self.options
+        auto = [k for k in SIZED_OPTIONS if k not in self._set_in_options]
+        self.batch_sizing = "default" if auto else "options"
+        if not auto or self.device.type != "cuda":
+            return
+        torch = self._torch
+        config = self._model.config
+        try:
+            dims = ModelDims.of(config.get_text_config())
+        except (AttributeError, TypeError) as exc:
+            logger.warning("batch sizes not fitted to the model (its config lacks %s)", exc)
+            return
+        free, _ = torch.cuda.mem_get_info(self.device)
+        # memory torch holds but does not use (loading's leftovers) is free to this process
+        free += torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+        defaults = BatchSizes(*(getattr(opts, k) for k in SIZED_OPTIONS))
+        graphs = self._graphs_wanted
+        fitted = fit_batch_sizes(
+            dims, free, self.dtype.itemsize, defaults, graphs, fixed=self._set_in_options
+        )
+        for key in auto:
+            if getattr(fitted, key) != getattr(opts, key):
+                setattr(opts, key, getattr(fitted, key))
+                self.batch_sizing = "memory"
+        per_token = dims.activation_bytes_per_token(self.dtype.itemsize)
+        logger.info(
+            "batch sizes (%s): max_batch_tokens=%d infer_batch_size=%d "
+            "cuda_graph_max_tokens=%d; %.1f GiB free on %s with the model loaded, "
+            "~%d KiB of activations a token (hidden %d, intermediate %d, %d layers)",
+            self.batch_sizing,
+            opts.max_batch_tokens,
+            opts.infer_batch_size,
+            opts.cuda_graph_max_tokens,
+            free / 2**30,
+            self.device,
+            per_token // 1024,
+            dims.hidden_size,
+            dims.intermediate_size,
+            dims.num_hidden_layers,
+        )
+        graph_tokens = min(opts.cuda_graph_max_tokens, opts.max_batch_tokens) if graphs else 0
+        if opts.max_batch_tokens + graph_tokens > room_tokens(dims, free, self.dtype.itemsize):
+            logger.warning(
+                "the GPU has little memory left for batches (%.1f GiB free with the model "
+                "loaded): batches of %d tokens may run out of memory; free the GPU or "
+                "set max_batch_tokens lower",
+                free / 2**30,
+                opts.max_batch_tokens,
+            )
 
     def _pick_attention_kernel(self, wanted: str, on_cuda: bool) -> str:
         """Which varlen kernel packed batches run: FlashAttention-3 where asked for or,
@@ -345,6 +414,8 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
             "compiled": self.compiled,
             "compile_wrapper": self.options.compile_wrapper if self.compiled else None,
             "cuda_graphs": self._graphs is not None,
+            "cuda_graph_max_tokens": self._graphs.max_tokens if self._graphs else None,
+            "batch_sizing": self.batch_sizing,
         }
 
     def _score_jobs(self, jobs: list[ScoreJob]) -> list[PairScores | InvalidRequest]:
