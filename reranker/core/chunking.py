@@ -142,10 +142,12 @@ class ChunkingRequest:
         else:
             overlap = default.chunk_overlap
         return Chunking(
-            self.long_documents or default.mode,
+            default.mode if self.long_documents is None else self.long_documents,
             tokens,
             overlap,
-            self.chunk_aggregate or default.aggregate,
-            self.max_chunks_per_doc or default.max_chunks_per_doc,
+            default.aggregate if self.chunk_aggregate is None else self.chunk_aggregate,
+            default.max_chunks_per_doc
+            if self.max_chunks_per_doc is None
+            else self.max_chunks_per_doc,
             self.return_chunks,
         ).check(max_model_len)

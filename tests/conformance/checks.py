@@ -149,6 +149,7 @@ def chunking(backend) -> None:
         (ChunkingRequest(long_documents="chunk", chunk_tokens=10**6), "chunk_tokens"),
         (ChunkingRequest(long_documents="sometimes"), "long_documents"),
         (ChunkingRequest(long_documents="chunk", chunk_aggregate="median"), "chunk_aggregate"),
+        (ChunkingRequest(long_documents="chunk", max_chunks_per_doc=0), "max_chunks_per_doc"),
     ]:  # fmt: skip
         with pytest.raises(InvalidRequest) as exc:
             backend.score_with_meta(QUERY, [text], chunking=bad)
