@@ -7,12 +7,16 @@ option): BERT (ms-marco MiniLM, bge-reranker-base/large style), XLM-RoBERTa
 (:class:`TextPairEncoder`); a Qwen3-Reranker converted to a sequence classifier
 (``Qwen3ForSequenceClassification``, e.g. Qwen3-Reranker-0.6B-seq-cls) reads the
 Qwen3-Reranker prompt, an instruction included, at its last token
-(:class:`Qwen3PairEncoder`). Truncation cuts only the document, at a token boundary that
-maps back to the document's own text; the query is never cut.
+(:class:`Qwen3PairEncoder`). Truncation cuts only the document; the query is never cut.
+A text pair keeps the document's first tokens, exactly as the tokenizer's own pair
+encoding truncates it (``truncation="only_second"``, the reference recipe of these
+models), yet a long document is tokenised only as far as it is kept and the pair is
+joined from the ids (:class:`FastPairs`), never tokenised twice.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +24,7 @@ from typing import Any, Literal, Protocol
 
 from reranker.core.errors import ConfigError, InvalidRequest
 from reranker.formats.qwen3_prompt import Qwen3PromptEncoder
+from reranker.formats.user_text import cuts_at_spaces, encode_heads, space_cut
 
 QWEN3_SEQ_CLS = "qwen3-seq-cls"
 FAMILIES = {
@@ -99,34 +104,171 @@ def pair_limit(tokenizer: Any, max_model_len: int) -> int:
     return max_model_len
 
 
-def encode_pairs(
-    tokenizer: Any, query: str, docs: list[str], max_len: int, max_doc_tokens: int | None
-) -> tuple[list[list[int]], list[list[int]] | None, int]:
-    """``(input_ids, token_type_ids or None, truncated documents)`` of each
-    (query, document) pair, as ``tokenizer(query, doc)`` joins them, each pair at most
-    ``max_len`` tokens and each document at most ``max_doc_tokens`` (a document is cut
-    at a token boundary of its own text; the query is never cut)."""
-    query_len = len(tokenizer(query, add_special_tokens=False)["input_ids"])
-    room = max_len - query_len - tokenizer.num_special_tokens_to_add(pair=True)
+@dataclass(frozen=True)
+class PairLayout:
+    """How a tokenizer joins a text pair: ``before + A + between + B + after`` (special
+    tokens around the query's ids A and the document's ids B), each part's token types."""
+
+    before: list[int]
+    between: list[int]
+    after: list[int]
+    before_types: list[int]
+    between_types: list[int]
+    after_types: list[int]
+    a_type: int
+    b_type: int
+
+    @property
+    def specials(self) -> int:
+        """Special tokens a pair takes."""
+        return len(self.before) + len(self.between) + len(self.after)
+
+    def join(self, a: list[int], b: list[int]) -> tuple[list[int], list[int]]:
+        """The ids and token types of the pair ``(a, b)``."""
+        ids = self.before + a + self.between + b + self.after
+        types = (
+            self.before_types
+            + [self.a_type] * len(a)
+            + self.between_types
+            + [self.b_type] * len(b)
+            + self.after_types
+        )
+        return ids, types
+
+    @classmethod
+    def of(cls, rust: Any) -> PairLayout | None:
+        """The layout of ``rust``'s pairs (a ``tokenizers.Tokenizer``, neither truncating
+        nor padding), read off its own encoding of sample pairs; None where its pairs are
+        not such a join."""
+
+        def parts(a_text: str, b_text: str) -> tuple[Any, Any, Any]:
+            a = rust.encode(a_text, add_special_tokens=False)
+            b = rust.encode(b_text, add_special_tokens=False)
+            return a.ids, b.ids, rust.encode(a_text, b_text, add_special_tokens=True)
+
+        a, b, pair = parts("query", "document text")
+        ids, types = list(pair.ids), list(pair.type_ids)
+        layout = None
+        for i in range(len(ids) - len(a) + 1):
+            if ids[i : i + len(a)] != a:
+                continue
+            for j in range(i + len(a), len(ids) - len(b) + 1):
+                if ids[j : j + len(b)] != b:
+                    continue
+                a_types, b_types = set(types[i : i + len(a)]), set(types[j : j + len(b)])
+                if len(a_types) != 1 or len(b_types) != 1:
+                    continue
+                layout = cls(
+                    ids[:i], ids[i + len(a) : j], ids[j + len(b) :],
+                    types[:i], types[i + len(a) : j], types[j + len(b) :],
+                    a_types.pop(), b_types.pop(),
+                )  # fmt: skip
+                break
+            if layout is not None:
+                break
+        if layout is None:
+            return None
+        # Check it on a pair of other lengths.
+        a, b, pair = parts("a longer query, of several words", "x")
+        if layout.join(a, b) != (list(pair.ids), list(pair.type_ids)):
+            return None
+        return layout
+
+
+class FastPairs:
+    """Text pairs on a fast tokenizer's Rust ``tokenizers.Tokenizer``: the query tokenised
+    once, each document only as far as it is kept (:func:`encode_heads` at a
+    :func:`space_cut`, for tokenizers :func:`cuts_at_spaces` accepts; else whole, in one
+    batched call), the pair joined as the tokenizer's own post-processor joins it. The ids
+    are those of ``tokenizer(query, doc, truncation="only_second", max_length=...)``."""
+
+    def __init__(self, rust: Any, layout: PairLayout, typed: bool) -> None:
+        self.rust = rust
+        self.layout = layout
+        self.typed = typed  # whether the model reads token types (the tokenizer returns them)
+        self.windows = cuts_at_spaces(rust)
+
+    @classmethod
+    def of(cls, tokenizer: Any) -> FastPairs | None:
+        """For a HF fast tokenizer (a copy of its Rust tokenizer without truncation and
+        padding, so that ``tokenizer``'s own calls never change it); None for another."""
+        rust = getattr(tokenizer, "_tokenizer", None)
+        if rust is None or not hasattr(rust, "encode_batch_fast"):
+            return None
+        rust = copy.deepcopy(rust)
+        rust.no_truncation()
+        rust.no_padding()
+        layout = PairLayout.of(rust)
+        if layout is None:
+            return None
+        return cls(rust, layout, "token_type_ids" in getattr(tokenizer, "model_input_names", ()))
+
+    def query_ids(self, query: str) -> list[int]:
+        """The query's ids, no special tokens."""
+        return list(self.rust.encode(query, add_special_tokens=False).ids)
+
+    def doc_heads(self, docs: list[str], keep: int) -> list[list[int]]:
+        """Each document's ids, or for one of more than ``keep`` tokens, at least its first
+        ``keep + 1`` ids: a prefix of the whole text's ids."""
+        if self.windows:
+            return encode_heads(self.rust, docs, keep, cut=space_cut)
+        return [list(e.ids) for e in self.rust.encode_batch_fast(docs, add_special_tokens=False)]
+
+
+def _room(query_len: int, specials: int, max_len: int, max_doc_tokens: int | None) -> int:
+    """Document tokens a pair keeps (:class:`InvalidRequest` when the query leaves none)."""
+    room = max_len - query_len - specials
     if room < 1:
         raise InvalidRequest(
             f"the query takes {query_len} tokens, leaving no room for a document within "
             f"max_model_len ({max_len} tokens a pair)",
             param="query",
         )
-    keep = room if max_doc_tokens is None else min(room, max_doc_tokens)
-    # Whole documents, to find where to cut them: longer than the model takes, by design.
-    alone = tokenizer(docs, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-    cut: list[str] = []
+    return room if max_doc_tokens is None else min(room, max_doc_tokens)
+
+
+def encode_pairs(
+    tokenizer: Any,
+    query: str,
+    docs: list[str],
+    max_len: int,
+    max_doc_tokens: int | None,
+    fast: FastPairs | None = None,
+) -> tuple[list[list[int]], list[list[int]] | None, int]:
+    """``(input_ids, token_type_ids or None, truncated documents)`` of each
+    (query, document) pair, as ``tokenizer(query, doc)`` joins them, each pair at most
+    ``max_len`` tokens and each document at most ``max_doc_tokens`` (only the document is
+    cut, to its first tokens: ``truncation="only_second"``). With ``fast``
+    (:meth:`FastPairs.of` the same tokenizer) long documents are tokenised only as far as
+    they are kept, and pairs are joined without tokenising them again."""
+    if fast is None:
+        query_len = len(tokenizer(query, add_special_tokens=False)["input_ids"])
+        specials = tokenizer.num_special_tokens_to_add(pair=True)
+        keep = _room(query_len, specials, max_len, max_doc_tokens)
+        alone = tokenizer(docs, add_special_tokens=False, verbose=False)["input_ids"]
+        truncated = sum(len(ids) > keep for ids in alone)
+        encoded = tokenizer(
+            [query] * len(docs),
+            docs,
+            truncation="only_second",
+            max_length=query_len + specials + keep,
+            verbose=False,
+        )
+        given = encoded.get("token_type_ids")
+        return list(encoded["input_ids"]), (list(given) if given is not None else None), truncated
+    query_ids = fast.query_ids(query)
+    keep = _room(len(query_ids), fast.layout.specials, max_len, max_doc_tokens)
+    ids: list[list[int]] = []
+    types: list[list[int]] = []
     truncated = 0
-    for doc, ids, offsets in zip(docs, alone["input_ids"], alone["offset_mapping"], strict=True):
-        if len(ids) > keep:
+    for head in fast.doc_heads(docs, keep):
+        if len(head) > keep:
             truncated += 1
-            doc = doc[: offsets[keep - 1][1]]
-        cut.append(doc)
-    encoded = tokenizer([query] * len(cut), cut, truncation="only_second", max_length=max_len)
-    types = encoded.get("token_type_ids")
-    return list(encoded["input_ids"]), (list(types) if types is not None else None), truncated
+            head = head[:keep]
+        pair, kinds = fast.layout.join(query_ids, head)
+        ids.append(pair)
+        types.append(kinds)
+    return ids, (types if fast.typed else None), truncated
 
 
 @dataclass(frozen=True)
@@ -155,6 +297,7 @@ class TextPairEncoder:
     def __init__(self, tokenizer: Any, max_len: int) -> None:
         self.tokenizer = tokenizer
         self.max_len = max_len
+        self.fast = FastPairs.of(tokenizer)
 
     def encode(
         self, query: str, docs: list[str], instruction: str | None, max_doc_tokens: int | None
@@ -163,7 +306,7 @@ class TextPairEncoder:
         if instruction is not None:
             raise InvalidRequest("this model takes no instruction", param="instruction")
         ids, types, truncated = encode_pairs(
-            self.tokenizer, query, docs, self.max_len, max_doc_tokens
+            self.tokenizer, query, docs, self.max_len, max_doc_tokens, self.fast
         )
         return PairIds(ids, types, truncated)
 

@@ -281,9 +281,10 @@ class Qwen3PromptEncoder:
         )
         truncated = [len(ids) > text_room for ids in text_ids]
         texts = list(docs)
-        for i, cut in enumerate(truncated):
-            if cut:
-                text_ids[i], texts[i] = self._cut(text_ids[i][:text_room])
+        cut = [i for i, long in enumerate(truncated) if long]
+        heads = self._cut([text_ids[i][:text_room] for i in cut])
+        for i, (ids, text) in zip(cut, heads, strict=True):
+            text_ids[i], texts[i] = ids, text
         return EncodedPairs(
             query_ids=query_ids,
             doc_ids=[self._lead_ids + ids for ids in text_ids],
@@ -292,12 +293,24 @@ class Qwen3PromptEncoder:
             doc_texts=texts,
         )
 
-    def _cut(self, ids: list[int]) -> tuple[list[int], str]:
-        """The longest prefix of ``ids`` (the lead's text + a document) whose text
-        round-trips, and that text (lead removed)."""
-        while len(ids) > self._lead_text_len:
-            text = self._tokenizer.decode(ids)
-            if text.startswith(self._lead) and self._tokenizer.encode_text_batch([text])[0] == ids:
-                return ids, text[len(self._lead) :]
-            ids = ids[:-1]
-        return ids, ""
+    def _cut(self, heads: list[list[int]]) -> list[tuple[list[int], str]]:
+        """For each of ``heads`` (the lead's text + a document, cut), the longest prefix
+        whose text round-trips, and that text (lead removed); one tokenizer call a round
+        for all of them."""
+        out: list[tuple[list[int], str]] = [([], "")] * len(heads)
+        pending = [(k, ids) for k, ids in enumerate(heads)]
+        while pending:
+            for k, ids in pending:
+                if len(ids) <= self._lead_text_len:
+                    out[k] = (ids, "")
+            pending = [(k, ids) for k, ids in pending if len(ids) > self._lead_text_len]
+            texts = [self._tokenizer.decode(ids) for _, ids in pending]
+            again = []
+            encoded = self._tokenizer.encode_text_batch(texts) if texts else []
+            for (k, ids), text, back in zip(pending, texts, encoded, strict=True):
+                if text.startswith(self._lead) and back == ids:
+                    out[k] = (ids, text[len(self._lead) :])
+                else:
+                    again.append((k, ids[:-1]))
+            pending = again
+        return out

@@ -80,6 +80,24 @@ def test_max_doc_tokens_cuts_the_document_at_a_token_boundary(family_model):
     assert cut[0] == pytest.approx(reference_logits(directory, [(QUERY, head)])[0], abs=1e-4)
 
 
+def test_requests_scored_together_share_batches_and_keep_their_scores(family_model):
+    """Several queries' pairs in shared batches score as each query alone; a query that
+    leaves no room is that request's error only."""
+    from reranker.core.protocol import ScoreRequest
+
+    family, _, backend = family_model
+    queries = [QUERY, "bananas and potassium", "word " * 600]
+    alone = [backend.score_with_meta(q, DOCS, normalize=False) for q in queries[:2]]
+    together = backend.score_requests([ScoreRequest(q, DOCS, False) for q in queries])
+    assert isinstance(together[2], InvalidRequest) and together[2].param == "query"
+    for (want, want_meta), result in zip(alone, together[:2], strict=True):
+        assert not isinstance(result, InvalidRequest)
+        scores, meta = result
+        assert scores == pytest.approx(want, abs=1e-5), family
+        assert meta["truncated_docs"] == want_meta["truncated_docs"] == 1
+        assert meta["inference_batches"] == 1  # all pairs of both requests in one batch
+
+
 def test_an_instruction_is_refused_not_ignored(family_model):
     _, _, backend = family_model
     with pytest.raises(InvalidRequest) as exc:

@@ -4,8 +4,9 @@ ModernBERT, or a Qwen3-Reranker converted to ``Qwen3ForSequenceClassification``;
 
 Each (query, document) pair is built by the family's pair format
 (:mod:`reranker.formats.cross_encoder`: a text pair as the model's tokenizer joins it, or
-the Qwen3-Reranker prompt), batched by length under ``max_batch_tokens`` (right-padded),
-and read by the classification head: its one logit is the raw score, its sigmoid the
+the Qwen3-Reranker prompt), batched by length under ``max_batch_tokens`` (right-padded;
+the pairs of all requests scored together share batches), and read by the classification
+head: its one logit is the raw score, its sigmoid the
 normalised one, as ``sentence_transformers.CrossEncoder`` scores the model. A Qwen3
 classifier reads each row at its last token that is not the padding id
 (``config.pad_token_id``), which is the prompt's last token: rows are padded with that id.
@@ -21,9 +22,9 @@ from pydantic import Field
 from reranker.backends.hf_loading import HFTextTokenizer, check_hub_model, load_or_explain
 from reranker.backends.runtime import resolve_device, resolve_dtype
 from reranker.core.batching import plan_batches
-from reranker.core.errors import ConfigError
-from reranker.core.protocol import PairScores, RerankBackend
-from reranker.formats.cross_encoder import Qwen3PairEncoder, pair_limit
+from reranker.core.errors import ConfigError, InvalidRequest
+from reranker.core.protocol import PairScores, RerankBackend, ScoreJob
+from reranker.formats.cross_encoder import PairIds, Qwen3PairEncoder, pair_limit
 from reranker.formats.cross_encoder_format import CrossEncoderFormat, CrossEncoderFormatOptions
 
 logger = logging.getLogger(__name__)
@@ -124,13 +125,51 @@ class CrossEncoderTransformersBackend(CrossEncoderFormat, RerankBackend):
             "family": self.model_info.family,
         }
 
-    def _score_pairs(
-        self, query: str, docs: list[str], instruction: str | None, max_doc_tokens: int | None
-    ) -> PairScores:
+    def _score_jobs(self, jobs: list[ScoreJob]) -> list[PairScores | InvalidRequest]:
+        """All jobs' pairs in shared batches (by length under ``max_batch_tokens``); a
+        job whose query leaves no room is its own error."""
+        encoded: list[PairIds | InvalidRequest] = []
+        ids: list[list[int]] = []
+        types: list[list[int]] | None = []
+        for job in jobs:
+            try:
+                pairs = self.pairs.encode(job.query, job.docs, job.instruction, job.max_doc_tokens)
+            except InvalidRequest as exc:
+                encoded.append(exc)
+                continue
+            encoded.append(pairs)
+            ids.extend(pairs.ids)
+            if pairs.types is None:
+                types = None
+            elif types is not None:
+                types.extend(pairs.types)
+        logits, batch_of = self._forward(ids, types) if ids else ([], [])
+        results: list[PairScores | InvalidRequest] = []
+        start = 0
+        for item in encoded:
+            if isinstance(item, InvalidRequest):
+                results.append(item)
+                continue
+            end = start + len(item.ids)
+            results.append(
+                PairScores(
+                    logits[start:end],
+                    batches=len(set(batch_of[start:end])),
+                    tokens=sum(map(len, item.ids)),
+                    truncated_docs=item.truncated,
+                )
+            )
+            start = end
+        return results
+
+    def _forward(
+        self, ids: list[list[int]], types: list[list[int]] | None
+    ) -> tuple[list[float], list[int]]:
+        """The classifier's logit of each row and the batch it ran in. Each batch's
+        tensors are built at once (right-padded) and copied to the device without waiting
+        for the batches before it; the logits are read once, after the last batch."""
         import torch
 
-        pairs = self.pairs.encode(query, docs, instruction, max_doc_tokens)
-        ids, types = pairs.ids, pairs.types
         lengths = [len(x) for x in ids]
         batches = plan_batches(
             lengths,
@@ -138,28 +177,43 @@ class CrossEncoderTransformersBackend(CrossEncoderFormat, RerankBackend):
             self.options.infer_batch_size,
             self.options.sort_by_doc_length,
         )
-        logits = [0.0] * len(docs)
+        pinned = self.device.type == "cuda"
+        outputs = []
         with torch.inference_mode():
             for batch in batches:
                 width = max(lengths[i] for i in batch)
-                input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                token_types = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, i in enumerate(batch):
-                    input_ids[row, : lengths[i]] = torch.tensor(ids[i])
-                    mask[row, : lengths[i]] = 1
-                    if types is not None:
-                        token_types[row, : lengths[i]] = torch.tensor(types[i])
-                inputs = {"input_ids": input_ids, "attention_mask": mask}
+                inputs = {
+                    "input_ids": _padded([ids[i] for i in batch], width, self.pad_id),
+                    "attention_mask": (
+                        torch.arange(width)[None, :]
+                        < torch.tensor([lengths[i] for i in batch])[:, None]
+                    ).long(),
+                }
                 if types is not None:
-                    inputs["token_type_ids"] = token_types
-                out = self.model(**{k: v.to(self.device) for k, v in inputs.items()}).logits
-                for row, value in zip(batch, out[:, 0].float().tolist(), strict=True):
-                    logits[row] = float(value)
-        return PairScores(
-            logits, batches=len(batches), tokens=sum(lengths), truncated_docs=pairs.truncated
-        )
+                    inputs["token_type_ids"] = _padded([types[i] for i in batch], width, 0)
+                on_device = {
+                    k: (v.pin_memory() if pinned else v).to(self.device, non_blocking=pinned)
+                    for k, v in inputs.items()
+                }
+                outputs.append(self.model(**on_device).logits[:, 0])
+            values = torch.cat(outputs).float().tolist()
+        logits = [0.0] * len(ids)
+        batch_of = [0] * len(ids)
+        rows = (i for batch in batches for i in batch)
+        for row, value in zip(rows, values, strict=True):
+            logits[row] = float(value)
+        for number, batch in enumerate(batches):
+            for i in batch:
+                batch_of[i] = number
+        return logits, batch_of
 
     def close(self) -> None:
         """Free the model."""
         self.model = None
+
+
+def _padded(rows: list[list[int]], width: int, pad: int) -> Any:
+    """``rows`` right-padded with ``pad`` to ``width``, as one long tensor."""
+    import torch
+
+    return torch.tensor([row + [pad] * (width - len(row)) for row in rows], dtype=torch.long)

@@ -67,12 +67,9 @@ def compressed_token_types(types: list[int]) -> int:
     """The position of the first type-1 token of a pair's ``token_type_ids`` (its length
     if none): vLLM's compressed form. A pair is all zeros then all ones; anything else is
     a :class:`RuntimeError` (vLLM could not pass it on)."""
-    first_one = len(types)
-    for i, kind in enumerate(types):
-        if kind == 1 and first_one == len(types):
-            first_one = i
-        elif kind > 1 or (kind == 0 and first_one < i):
-            raise RuntimeError(f"token type ids are not zeros then ones: {types}")
+    first_one = types.index(1) if 1 in types else len(types)
+    if any(types[:first_one]) or types.count(1) != len(types) - first_one:
+        raise RuntimeError(f"token type ids are not zeros then ones: {types}")
     return first_one
 
 
