@@ -120,7 +120,9 @@ def build_application(
         graceful_shutdown_wait_loop_s=0.5,
     )
     return front.bind(
-        backend.bind(backend_name, options.model_dump(mode="json"), server),
+        # Only what was set: a replica fills in defaults as one process does (a backend
+        # may choose its own for what is left unset).
+        backend.bind(backend_name, options.model_dump(mode="json", exclude_unset=True), server),
         backend_name,
         options.model_name,
         server,
