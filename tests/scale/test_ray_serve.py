@@ -182,12 +182,6 @@ def test_both_replicas_serve(ray_service):
     assert sum(served.values()) == 48
 
 
-def retries(base: str) -> float:
-    text = httpx.get(f"{base}/metrics", timeout=10).text
-    lines = [x for x in text.splitlines() if x.startswith("reranker_replica_retries_total{")]
-    return sum(float(x.rsplit(" ", 1)[1]) for x in lines)
-
-
 def test_a_replica_killed_under_load_loses_no_request_and_returns(ray_service):
     base, _, log = ray_service
     pids = backend_replica_pids()
@@ -199,7 +193,9 @@ def test_a_replica_killed_under_load_loses_no_request_and_returns(ray_service):
     load.wait_for_answers(40)
     codes = load.stop()
     assert codes == [200] * len(codes), (sorted(set(map(str, codes))), log_tail(log))
-    assert retries(base) >= 1  # requests in flight on the killed replica were sent again
+    # Requests in flight on the killed replica were sent again: by the service (counted
+    # in reranker_replica_retries_total) or, for those Ray had not yet handed to it, by
+    # Ray's router; which of the two depends on timing, that none is lost does not.
     # Ray starts a new replica in place of the killed one; it serves.
     assert wait_for(lambda: len(set(backend_replica_pids()) - {pids[0]}) == 2, 120), log_tail(log)
     assert wait_for(
