@@ -77,12 +77,11 @@ from reranker.bench.http_load import (  # noqa: E402
     free_port,
     int_list,
     key_values,
-    level_line,
     log_tail,
     queue_needs,
+    run_levels,
     spawn,
     stop_service,
-    summarize_level,
     wait_ready,
 )
 from reranker.config import ServerSettings  # noqa: E402
@@ -235,17 +234,10 @@ def run_scenario(
                 status="failed", error=f"every warm-up request failed: {result['warmup']}"
             )
             return result
-        for clients, docs, bodies in requests_by_level:
-            if service.proc.poll() is not None:
-                result.update(status="failed", error=f"exited ({service.proc.returncode})")
-                return result
-            outcomes, wall, unsent = drive(
-                service.url, bodies, clients, args.max_seconds, args.request_timeout
-            )
-            level = summarize_level(clients, docs, outcomes, wall, unsent)
-            result["levels"].append(level)
-            print(f"   {level_line(level)}", file=sys.stderr, flush=True)
-            on_level(result)
+        if not run_levels(
+            service, requests_by_level, args.max_seconds, args.request_timeout, result, on_level
+        ):
+            return result
         result["status"] = "ok"
         return result
     finally:

