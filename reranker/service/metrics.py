@@ -2,9 +2,52 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
+
+# Counters a backend keeps itself (``runtime_counters()``), read at each scrape:
+# name in that dict -> (metric name without _total, help).
+BACKEND_COUNTERS = {
+    "recompiles": (
+        "reranker_backend_recompiles",
+        "torch.compile compilations after startup (each cost a request its time; the log "
+        "names the reason); qwen3_transformers",
+    ),
+    "graph_misses": (
+        "reranker_backend_graph_misses",
+        "Batches meant for a CUDA graph that no captured shape fits (run without one, "
+        "nothing captured at request time); qwen3_transformers",
+    ),
+}
+
+
+class BackendCounters:
+    """A collector of :data:`BACKEND_COUNTERS` from the backend behind the bound scheduler
+    (0 where there is none, or it keeps no such counter)."""
+
+    def __init__(self) -> None:
+        self.scheduler: Any = None
+
+    def values(self) -> dict[str, float]:
+        """The backend's counters now."""
+        backend = getattr(self.scheduler, "backend", None)
+        read = getattr(backend, "runtime_counters", None)
+        counters = read() if callable(read) else {}
+        return {key: float(counters.get(key, 0)) for key in BACKEND_COUNTERS}
+
+    def describe(self) -> Iterator[Metric]:
+        """The metric families, without reading the backend."""
+        for name, doc in BACKEND_COUNTERS.values():
+            yield CounterMetricFamily(name, doc)
+
+    def collect(self) -> Iterator[Metric]:
+        """The metric families with the backend's values."""
+        values = self.values()
+        for key, (name, doc) in BACKEND_COUNTERS.items():
+            yield CounterMetricFamily(name, doc, value=values[key])
 
 
 class ServiceMetrics:
@@ -84,6 +127,9 @@ class ServiceMetrics:
             registry=r,
         )
 
+        self.backend_counters = BackendCounters()
+        r.register(self.backend_counters)
+
         # Filled by a scaled-out service only (reranker.scale): which replica answered.
         self.replica_requests = Counter(
             "reranker_replica_requests_total",
@@ -99,7 +145,9 @@ class ServiceMetrics:
         )
 
     def bind_scheduler(self, scheduler: Any) -> None:
-        """Read the queue gauges and the measured rate from ``scheduler`` at each scrape."""
+        """Read the queue gauges, the measured rate and the backend's own counters from
+        ``scheduler`` at each scrape."""
+        self.backend_counters.scheduler = scheduler
         self.queue_depth.set_function(lambda: scheduler.queued_docs)
         self.queue_tokens.set_function(lambda: scheduler.queued_tokens)
         self.queue_chars.set_function(lambda: scheduler.queued_chars)

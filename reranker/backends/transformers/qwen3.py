@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from array import array
 from collections.abc import Callable, Iterator
 from itertools import chain
@@ -18,6 +19,7 @@ from typing import Any, ClassVar
 from reranker.backends.hf_loading import HFTextTokenizer, check_hub_model, load_or_explain
 from reranker.backends.runtime import resolve_device, resolve_dtype
 from reranker.backends.transformers import packed_attention, speedups
+from reranker.backends.transformers.compile_watch import WATCH
 from reranker.backends.transformers.cuda_graphs import BatchGraphs, StaticShape, static_shapes
 from reranker.backends.transformers.jobs import FlatPrompts, HeadSplit, read_ahead
 from reranker.backends.transformers.kernels import qk_norm_rope, swiglu, triton_support
@@ -34,6 +36,7 @@ from reranker.backends.transformers.sizing import (
     fit_batch_sizes,
     room_tokens,
 )
+from reranker.backends.transformers.warm_up import warm_up_batches
 from reranker.core.batching import plan_batches
 from reranker.core.errors import ConfigError, InvalidRequest
 from reranker.core.model_source import check_model_source
@@ -135,11 +138,17 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
         )
         self._fit_batches()  # before the warm-up batch and the graphs take their sizes
         self.compiled = False
-        if self._compile_wanted:
-            self._compile(required=opts.torch_compile is True)
         self._graphs: BatchGraphs | None = None
-        if self._graphs_wanted:
-            self._capture_graphs(required=opts.cuda_graphs is True)
+        self.graph_misses = 0  # first-wave batches that no captured CUDA graph fits
+        # compilations while starting are expected; any later one is logged and counted
+        with WATCH.starting():
+            started = time.perf_counter()
+            if self._compile_wanted:
+                self._compile(required=opts.torch_compile is True)
+            if self._graphs_wanted:
+                self._capture_graphs(required=opts.cuda_graphs is True)
+            built_s = time.perf_counter() - started
+            self._warm_up(built_s)
         logger.info(
             "qwen3_transformers ready: model=%s device=%s dtype=%s batches=%s "
             "fused_rms_norm=%s fused_qk_norm_rope=%s fused_swiglu=%s compiled=%s cuda_graphs=%s",
@@ -395,6 +404,64 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
             for k in range(count)
         ]
 
+    def _warm_up(self, built_s: float) -> None:
+        """Run every batch form requests make (:func:`warm_up.warm_up_batches`: the
+        largest the token budget allows, one prompt, two, several queries; through the
+        CUDA graphs too where they fit) and one scoring call of two queries through the
+        whole path (tokenizer, waves, read-ahead), so that no request is the first to
+        build anything. Logs how long compiling, capturing and warming up took."""
+        torch = self._torch
+        opts = self.options
+        started = time.perf_counter()
+        on_gpu = self.device.type == "cuda"
+        batches = warm_up_batches(
+            self._pad_id, opts.max_batch_tokens, opts.infer_batch_size, opts.max_model_len, on_gpu
+        )
+        outputs = []
+        for batch in batches:
+            try:
+                outputs.append(self._forward(batch.prompts))
+                graphs = self._graphs
+                if graphs is not None and batch.tokens <= graphs.max_tokens:
+                    outputs.append(self._forward(batch.prompts, graphed=True))
+            except torch.cuda.OutOfMemoryError:
+                outputs.clear()
+                torch.cuda.empty_cache()
+                logger.warning(
+                    "warm-up: the %s batch (%d prompts, %d tokens) ran out of GPU memory; "
+                    "requests that large will too: set max_batch_tokens lower",
+                    batch.name,
+                    len(batch.prompts),
+                    batch.tokens,
+                )
+        if outputs:
+            torch.cat(outputs).tolist()  # waits for the device
+        self._score_jobs(self._warm_up_jobs())
+        self.graph_misses = 0  # the warm-up's own batches do not count
+        logger.info(
+            "warm-up done in %.1f s (compiling and CUDA graphs before it: %.1f s): batches "
+            "%s and one call of two queries",
+            time.perf_counter() - started,
+            built_s,
+            ", ".join(f"{b.name} ({len(b.prompts)} prompts, {b.tokens} tokens)" for b in batches),
+        )
+
+    def _warm_up_jobs(self) -> list[ScoreJob]:
+        """Two queries' jobs for the warm-up call; the first has enough documents to be
+        split (``head_docs``), as a large request's are."""
+        docs = [f"warm-up document {k}: {'text ' * (k % 5)}" for k in range(2 * self.head_docs + 3)]
+        instruction = self.default_instruction()
+        return [
+            ScoreJob("warm-up query", docs, instruction),
+            ScoreJob("another warm-up query", docs[:2], instruction),
+        ]
+
+    def runtime_counters(self) -> dict[str, int]:
+        """What the service counts in /metrics: ``recompiles`` (torch.compile
+        compilations after startup, process-wide) and ``graph_misses`` (batches meant for
+        a CUDA graph that none of the captured shapes fits: they run without one)."""
+        return {"recompiles": WATCH.recompiles, "graph_misses": self.graph_misses}
+
     @property
     def batch_layout(self) -> str:
         """``packed`` or ``padded``: how prompts share a forward pass."""
@@ -450,6 +517,8 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
                     for b in batches
                 ]
             values = iter(self._torch.cat(outputs).tolist() if outputs else [])
+        if self.compiled:
+            WATCH.report()  # a compilation this call paid for: a WARNING with its reason
         results: list[PairScores | InvalidRequest] = []
         for flat, batches in waves:
             logits = [0.0] * len(flat.lengths)
@@ -479,7 +548,24 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
             logits = self._graphs.run(batch, self._pad_id)
             if logits is not None:
                 return logits
+            self._graph_missed(batch)
         return self._forward_packed(batch)
+
+    def _graph_missed(self, batch: PackedBatch) -> None:
+        """Count (and log: the first at INFO, later ones at DEBUG) a batch that no
+        captured CUDA graph fits; it runs through the compiled layers without one, which
+        capture nothing at request time."""
+        self.graph_misses += 1
+        log = logger.info if self.graph_misses == 1 else logger.debug
+        log(
+            "no CUDA graph fits a batch of %d tokens, %d prompts, %d sequences, %d key rows: "
+            "launched without one (%d so far)",
+            len(batch.ids),
+            len(batch.last_rows),
+            len(batch.query_lengths),
+            sum(batch.key_lengths),
+            self.graph_misses,
+        )
 
     def _forward_padded(self, prompts: list[PromptParts]) -> Any:
         torch = self._torch

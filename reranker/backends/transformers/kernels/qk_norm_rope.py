@@ -110,7 +110,9 @@ def fused_op() -> Callable[..., tuple[Any, Any, Any]] | None:
     except Exception:  # ImportError, or a Triton build that fails to load here
         return None
 
-    @triton.jit
+    # n_rows changes with every batch: not specialised (== 1, divisible by 16), so a new
+    # row count never compiles a variant at request time.
+    @triton.jit(do_not_specialize=["n_rows"])
     def norm_rope_rows(
         x_ptr,
         x_stride,

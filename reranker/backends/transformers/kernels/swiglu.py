@@ -120,7 +120,9 @@ def fused_op() -> Callable[..., Any] | None:
     except Exception:  # ImportError, or a Triton build that fails to load here
         return None
 
-    @triton.jit
+    # The row count changes with every batch: Triton would otherwise compile a variant
+    # for rows == 1 and one for rows divisible by 16, the first time a request has them.
+    @triton.jit(do_not_specialize=["rows"])
     def swiglu_tiles(
         x_desc,
         gate_desc,
