@@ -169,8 +169,17 @@ class ScaleSettings(BaseModel):
         description="Requests one replica holds at once (its scheduler queues and batches "
         "them); more wait in Ray's router",
     )
+    ingress: Literal["process", "ray"] = Field(
+        "process",
+        description="Where HTTP is served: 'process': by the `reranker serve` process, each "
+        "request one Ray call to a replica; 'ray': by Ray Serve's proxy on every node, "
+        "through ingress_replicas HTTP fronts (two Ray calls a request)",
+    )
     ingress_replicas: int = Field(
-        1, ge=1, description="Replicas of the HTTP front (validation, auth, routing; no model)"
+        1,
+        ge=1,
+        description="ingress: ray: replicas of the HTTP front (validation, auth, routing; "
+        "no model)",
     )
     retries: int = Field(
         2,

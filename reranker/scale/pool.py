@@ -1,4 +1,4 @@
-"""The HTTP front's view of the backend replicas: a :class:`ScoringPool` over a Ray Serve
+"""The HTTP app's view of the backend replicas: a :class:`ScoringPool` over a Ray Serve
 deployment handle, with retries when a replica dies under a request."""
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ class RayPool:
     once more, on the replica the router then prefers. Other errors are the replica's
     own, raised here as the same typed errors the single-process service raises.
 
-    Once the service is stopping (``reranker serve`` got SIGTERM and set the drain key),
-    new requests get 503 with ``Retry-After`` and ``/ready`` 503, while the requests in
-    flight finish (:attr:`in_flight` counts them).
+    With ``ingress: ray``, once the service is stopping (``reranker serve`` got SIGTERM
+    and set the drain key), new requests get 503 with ``Retry-After`` and ``/ready`` 503,
+    while the requests in flight finish (:attr:`in_flight` counts them).
     """
 
     def __init__(self, handle: Any, scale: ScaleSettings) -> None:
@@ -52,8 +52,10 @@ class RayPool:
         self._watcher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Watch the drain key (every 0.25 s)."""
-        self._watcher = asyncio.create_task(self._watch_drain())
+        """With ``ingress: ray``, watch the drain key (every 0.25 s); a pool in the
+        ``reranker serve`` process drains with its HTTP server."""
+        if self.scale.ingress == "ray":
+            self._watcher = asyncio.create_task(self._watch_drain())
 
     async def _watch_drain(self) -> None:
         from ray.experimental.internal_kv import _internal_kv_get
@@ -66,10 +68,20 @@ class RayPool:
                 logger.debug("reading the drain key: %s", exc)
                 flag = None
             if flag:
-                self.draining = True
-                logger.info("stopping: new requests are refused, %d in flight", self.in_flight)
+                self.begin()
                 return
             await asyncio.sleep(DRAIN_POLL_S)
+
+    def begin(self) -> None:
+        """Refuse new requests (503 + ``Retry-After``) from now on: the service is
+        stopping (:class:`reranker.service.server.Drain`)."""
+        if not self.draining:
+            self.draining = True
+            logger.info("stopping: new requests are refused, %d in flight", self.in_flight)
+
+    def idle(self) -> bool:
+        """Whether no request is in flight."""
+        return self.in_flight == 0
 
     def bind_metrics(self, metrics: Any) -> None:
         """Count answers per replica and retries in the app's metrics."""

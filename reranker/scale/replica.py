@@ -1,4 +1,5 @@
-"""The two Ray Serve deployments: :class:`BackendReplica` and :class:`HTTPFront`.
+"""The Ray Serve deployments: :class:`BackendReplica` and, with ``ingress: ray``,
+:class:`HTTPFront`.
 
 They are plain classes; :func:`reranker.scale.runner.build_application` turns them into
 deployments with the options of ``services.rerank.scale``.
@@ -108,6 +109,7 @@ class HTTPFront:
             self.backend_name,
             self.model,
             pool=self.pool,
+            request_ids_from_proxy=True,
         )
 
     def drain_state(self) -> tuple[bool, int]:

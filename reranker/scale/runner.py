@@ -20,7 +20,7 @@ from typing import Any
 
 from reranker.config import ScaleSettings, Settings
 from reranker.core.options import BackendOptions
-from reranker.scale.pool import BACKEND_DEPLOYMENT, KV_NAMESPACE, drain_key
+from reranker.scale.pool import BACKEND_DEPLOYMENT, KV_NAMESPACE, RayPool, drain_key
 
 logger = logging.getLogger("reranker.scale")
 
@@ -98,7 +98,8 @@ def deployment_options(scale: ScaleSettings, server_shutdown_s: float, cluster: 
 def build_application(
     settings: Settings, backend_name: str, options: BackendOptions, cluster: dict
 ) -> Any:
-    """The Ray Serve application: the HTTP front bound to the backend replicas."""
+    """The Ray Serve application: the backend replicas; with ``ingress: ray``, the HTTP
+    front bound to them."""
     from ray import serve
 
     from reranker.scale.replica import BackendReplica, HTTPFront
@@ -111,6 +112,13 @@ def build_application(
     backend = deployment(BackendReplica).options(
         **deployment_options(scale, section.server.shutdown_timeout_s, cluster)
     )
+    # Only what was set: a replica fills in defaults as one process does (a backend may
+    # choose its own for what is left unset).
+    replicas = backend.bind(
+        backend_name, options.model_dump(mode="json", exclude_unset=True), server
+    )
+    if scale.ingress == "process":
+        return replicas
     front = deployment(serve.ingress()(HTTPFront)).options(
         name=HTTP_DEPLOYMENT,
         num_replicas=scale.ingress_replicas,
@@ -120,9 +128,7 @@ def build_application(
         graceful_shutdown_wait_loop_s=0.5,
     )
     return front.bind(
-        # Only what was set: a replica fills in defaults as one process does (a backend
-        # may choose its own for what is left unset).
-        backend.bind(backend_name, options.model_dump(mode="json", exclude_unset=True), server),
+        replicas,
         backend_name,
         options.model_name,
         server,
@@ -207,13 +213,16 @@ def serve_on_ray(
             flush=True,
         )
         _set_drain_flag(scale, False)  # left by a service of this name that did not stop
-        serve.start(
-            http_options={
-                "host": host or server.host,
-                "port": server.port if port is None else port,
-                "keep_alive_timeout_s": math.ceil(server.keep_alive_timeout_s),
-            }
-        )
+        if scale.ingress == "ray":
+            serve.start(
+                http_options={
+                    "host": host or server.host,
+                    "port": server.port if port is None else port,
+                    "keep_alive_timeout_s": math.ceil(server.keep_alive_timeout_s),
+                }
+            )
+        else:
+            serve.start(proxy_location="Disabled")
         failure: list[BaseException] = []
         deployed = threading.Thread(
             target=_deploy, args=(application, scale, failure), name="deploy", daemon=True
@@ -237,8 +246,13 @@ def serve_on_ray(
                 why = f"{why} {lines[-1].strip() if lines else ''}".strip()
             print(f"error: the service could not start on Ray: {why}", file=sys.stderr)
             return EXIT_START_FAILED
-        if not stop.is_set():
-            print(f"[scale] application '{scale.app_name}' running", flush=True)
+        if stop.is_set():
+            return EXIT_OK
+        print(f"[scale] application '{scale.app_name}' running", flush=True)
+        if scale.ingress == "process":
+            # SIGTERM / SIGINT: new requests 503 until those in flight are answered.
+            _serve_http(settings, backend_name, options.model_name, host, port)
+            return EXIT_OK
         while not stop.wait(0.5):
             pass
         print(
@@ -252,6 +266,41 @@ def serve_on_ray(
         _stop(scale, started_here)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _serve_http(
+    settings: Settings, backend_name: str, model: str, host: str | None, port: int | None
+) -> None:
+    """The single-process service's HTTP server and app in this process, scoring through
+    the backend replicas (one Ray call a request); returns after a drained stop."""
+    from ray import serve
+
+    from reranker.service.app import create_app
+    from reranker.service.server import serve_http
+
+    scale = settings.rerank.scale
+    assert scale is not None
+    handle = serve.get_deployment_handle(BACKEND_DEPLOYMENT, app_name=scale.app_name)
+    server = settings.rerank.server
+    pool = RayPool(handle, scale)
+    app = create_app(None, server, backend_name, model, pool=pool)
+    serve_http(app, server, host, port, drain=_Drain(pool, app.state.service))
+
+
+class _Drain:
+    """A stop of the HTTP server in this process: the pool refuses new requests, and
+    every response from then on closes its connection (``ServiceState.stopping``)."""
+
+    def __init__(self, pool: RayPool, state: Any) -> None:
+        self.pool = pool
+        self.state = state
+
+    def begin(self) -> None:
+        self.state.stopping = True
+        self.pool.begin()
+
+    def idle(self) -> bool:
+        return self.pool.idle()
 
 
 class _Stop:
@@ -312,12 +361,12 @@ def _deploy(application: Any, scale: ScaleSettings, failure: list[BaseException]
     from ray import serve
 
     try:
-        # The HTTP front logs one access line per request itself (as the single-process
+        # The HTTP app logs one access line per request itself (as the single-process
         # service does); Ray's per-call lines would double them.
         serve.run(
             application,
             name=scale.app_name,
-            route_prefix="/",
+            route_prefix="/" if scale.ingress == "ray" else None,
             logging_config={"enable_access_log": False},
         )
     except BaseException as exc:

@@ -32,6 +32,7 @@ def create_app(
     on_load_error: Callable[[BaseException], None] | None = None,
     on_backend_failure: Callable[[str], None] | None = None,
     pool: ScoringPool | None = None,
+    request_ids_from_proxy: bool = False,
 ) -> FastAPI:
     """Build the FastAPI app. ``load_backend`` runs in a thread at startup.
 
@@ -41,6 +42,8 @@ def create_app(
 
     With a ``pool`` (and no ``load_backend``) the app loads nothing: it scores through the
     pool's backends (Ray Serve replicas), and ``/health`` and ``/ready`` report theirs.
+    ``request_ids_from_proxy``: a proxy in front (Ray Serve's) sets each request's
+    ``x-request-id`` and puts it on the response; the app keeps that id.
     """
     if (load_backend is None) == (pool is None):
         raise ValueError("create_app takes load_backend or pool, one of the two")
@@ -73,7 +76,7 @@ def create_app(
         state=state,
         known_routes=known_routes,
         on_unexpected=errors.on_unexpected,
-        behind_id_proxy=pool is not None,
+        behind_id_proxy=request_ids_from_proxy,
     )
     # For what answers outside the app (reranker.service.server: a request head too slow).
     app.state.record_response = functools.partial(record_response, state)

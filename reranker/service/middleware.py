@@ -161,7 +161,7 @@ class ServiceMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 extra = [] if self.behind_id_proxy else [(b"x-request-id", request_id.encode())]
-                if refusal is not None and refusal.status == 408:
+                if (refusal is not None and refusal.status == 408) or self.state.stopping:
                     extra.append((b"connection", b"close"))
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)

@@ -14,9 +14,10 @@ import logging
 import math
 import os
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from reranker.config import ServerSettings, load_settings, resolve_backend_options
 from reranker.core.errors import RerankerError
@@ -172,12 +173,34 @@ def uvicorn_config(
     )
 
 
-def _uvicorn_server(config: Any) -> Any:
+class Drain(Protocol):
+    """What answers requests while the HTTP server stops: :meth:`begin` makes new
+    requests get 503 with ``Retry-After`` (and ``/ready`` 503); :meth:`idle` says when no
+    request is left in flight."""
+
+    def begin(self) -> None:
+        """Refuse new requests from now on."""
+
+    def idle(self) -> bool:
+        """Whether every request taken before :meth:`begin` has been answered."""
+        ...
+
+
+def _uvicorn_server(config: Any, drain: Drain | None = None, drain_timeout_s: float = 0) -> Any:
     """A uvicorn server that returns from ``run()`` after a drained SIGTERM / SIGINT
-    instead of raising the signal again, so a clean stop exits 0 (not 143)."""
+    instead of raising the signal again, so a clean stop exits 0 (not 143).
+
+    With ``drain``, the first signal does not close connections at once: the server keeps
+    answering (new requests 503 + ``Retry-After``, with ``connection: close``) until the
+    requests in flight are done, ``drain_timeout_s`` at most, and then stops; a client
+    never has a kept-alive connection closed under a request it just sent. A second
+    signal stops it at once."""
     import uvicorn
 
     class Server(uvicorn.Server):
+        drain_asked = False
+        drain_deadline: float | None = None
+
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
             with super().capture_signals():
@@ -186,7 +209,37 @@ def _uvicorn_server(config: Any) -> Any:
                 # the drain is done, nothing is left for the default handler to do.
                 self._captured_signals.clear()
 
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if drain is None or self.drain_asked:
+                super().handle_exit(sig, frame)
+            else:
+                self._captured_signals.append(sig)
+                self.drain_asked = True
+
+        async def on_tick(self, counter: int) -> bool:
+            if drain is not None and self.drain_asked and not self.should_exit:
+                now = time.monotonic()
+                if self.drain_deadline is None:
+                    drain.begin()
+                    self.drain_deadline = now + drain_timeout_s
+                elif drain.idle() or now >= self.drain_deadline:
+                    self.should_exit = True
+            return await super().on_tick(counter)
+
     return Server(config)
+
+
+def serve_http(
+    app: Any,
+    settings: ServerSettings,
+    host: str | None = None,
+    port: int | None = None,
+    drain: Drain | None = None,
+) -> None:
+    """Serve ``app`` over HTTP until SIGTERM / SIGINT, then drain through ``drain``
+    (:func:`_uvicorn_server`) within ``settings.shutdown_timeout_s``."""
+    config = uvicorn_config(app, settings, host, port)
+    _uvicorn_server(config, drain, settings.shutdown_timeout_s).run()
 
 
 def serve(

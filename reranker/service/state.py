@@ -39,6 +39,9 @@ class ServiceState:
         self.backend: RerankBackend | None = None
         self.scheduler: BatchScheduler | None = None
         self.load_error: BaseException | None = None
+        self.stopping = False
+        """Set while the server drains: every response asks the client to close its
+        connection, so none sends its next request on a connection about to close."""
 
     def attach(self, backend: RerankBackend) -> None:
         """Put a loaded backend behind a scheduler."""

@@ -1,9 +1,10 @@
 """The service on Ray Serve (a local Ray instance, two replicas of the tiny model),
-started by ``scripts/start_reranker.sh`` with a ``scale`` section: the same answers as
-the single-process service on every route, both replicas serve, a replica killed under
-load loses no request and comes back, SIGTERM drains and exits 0.
+started by ``scripts/start_reranker.sh`` with a ``scale`` section, for each ingress
+(HTTP in the ``reranker serve`` process, or Ray Serve's proxy): the same answers as the
+single-process service on every route, both replicas serve, a replica killed under load
+loses no request and comes back, SIGTERM drains and exits 0.
 
-One Ray start for the module (CI cost): the tests share the service and run in order.
+One Ray start per ingress (CI cost): the tests share the service and run in order.
 """
 
 from __future__ import annotations
@@ -96,10 +97,12 @@ def same(a: Any, b: Any, where: str = "") -> None:
         assert a == b, (where, a, b)
 
 
-@pytest.fixture(scope="module")
-def configs(tmp_path_factory, tiny_model_dir) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("scale")
-    scale = {"engine": "ray", "replicas": 2, "cpus_per_replica": 0.5}
+@pytest.fixture(scope="module", params=["process", "ray"])
+def configs(request, tmp_path_factory, tiny_model_dir) -> dict[str, Path]:
+    """HTTP served by the ``reranker serve`` process (one Ray call a request), then by
+    Ray Serve's proxy and an HTTP front (two)."""
+    folder = tmp_path_factory.mktemp(f"scale-{request.param}")
+    scale = {"engine": "ray", "replicas": 2, "cpus_per_replica": 0.5, "ingress": request.param}
     return {
         "single": write_config(
             folder / "single.yaml", str(tiny_model_dir), None, max_docs_per_request=MAX_DOCS
