@@ -17,6 +17,21 @@ from reranker.core.chunking import Chunking
 
 DEFAULT_MODEL = "Qwen/Qwen3-Reranker-0.6B"
 
+# ``quantization``: none (the model's own weights, the default) or fp8 (W8A8: 8-bit
+# float e4m3 weights with a scale per output channel, activations quantised per token
+# as they come; opt-in, it trades a little fidelity for speed: docs/configuration.md).
+Quantization = Literal["none", "fp8"]
+
+
+def quantization_field(where: str) -> Any:
+    """The ``quantization`` option's field, ``where`` saying what runs fp8 and where."""
+    return Field(
+        "none",
+        description="none: the model's weights as loaded; fp8: W8A8, 8-bit float (e4m3) "
+        f"weights with a scale per output channel and activations quantised per token, "
+        f"{where}; scores move a little (docs/configuration.md)",
+    )
+
 
 class BackendOptions(BaseModel):
     """Options every backend understands, whatever its model family."""
@@ -123,6 +138,11 @@ class TransformersOptions(BackendOptions):
     cuda_graph_max_tokens: int = Field(
         32768, ge=2048, description="tokens of the largest batch captured as a CUDA graph"
     )
+    quantization: Quantization = quantization_field(
+        "the decoder layers' linear layers only (not the embeddings, not the yes/no "
+        "lm_head rows), matmuls through torch._scaled_mm; needs a CUDA GPU of compute "
+        "capability 8.9 or newer (Ada, Hopper), or the CPU"
+    )
     local_files_only: bool = False
 
     # options that only packed batches have, with what each does there (the error says it)
@@ -146,6 +166,16 @@ class TransformersOptions(BackendOptions):
             raise ValueError(
                 "compile_wrapper 'cpp' launches compiled layers; it needs torch_compile "
                 "true or auto (got false)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _fp8_runs_its_own_mlp(self) -> TransformersOptions:
+        if self.quantization == "fp8" and self.fused_swiglu is True:
+            raise ValueError(
+                "fused_swiglu is the 16-bit SwiGLU kernel; with quantization 'fp8' the MLP "
+                "runs its gate and up projections as one fp8 matmul instead: set "
+                "fused_swiglu to auto or false"
             )
         return self
 
@@ -184,4 +214,17 @@ class VLLMOptions(BackendOptions):
     auto_triton_attn_on_sm_lt_8: bool = True
     max_num_seqs: int | None = Field(None, ge=1)
     max_num_batched_tokens: int | None = Field(None, ge=64)
+    quantization: Quantization = quantization_field(
+        "as vLLM quantises a checkpoint at load (its quantization='fp8'); needs a GPU "
+        "vLLM runs fp8 on"
+    )
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _fp8_computes_in_16_bits(self) -> VLLMOptions:
+        if self.quantization == "fp8" and self.dtype in ("float32", "float"):
+            raise ValueError(
+                "quantization 'fp8' runs vLLM's fp8 kernels, which compute in bfloat16 or "
+                f"float16: set dtype to auto, bfloat16 or float16 (got {self.dtype!r})"
+            )
+        return self

@@ -23,6 +23,7 @@ from reranker.backends.hf_loading import HFTextTokenizer, check_hub_model, load_
 from reranker.backends.runtime import resolve_device, resolve_dtype
 from reranker.core.batching import plan_batches
 from reranker.core.errors import ConfigError, InvalidRequest
+from reranker.core.options import Quantization, quantization_field
 from reranker.core.protocol import PairScores, RerankBackend, ScoreJob
 from reranker.formats.cross_encoder import PairIds, Qwen3PairEncoder, pair_limit
 from reranker.formats.cross_encoder_format import CrossEncoderFormat, CrossEncoderFormatOptions
@@ -47,6 +48,11 @@ class CrossEncoderTransformersOptions(CrossEncoderFormatOptions):
         "auto", description="auto: bfloat16 (or float16) on GPU, float32 on CPU"
     )
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
+    quantization: Quantization = quantization_field(
+        "the encoder (or decoder) layers' linear layers only (not the embeddings, not the "
+        "pooler or classification head), matmuls through torch._scaled_mm; needs a CUDA "
+        "GPU of compute capability 8.9 or newer (Ada, Hopper), or the CPU"
+    )
     local_files_only: bool = False
 
 
@@ -86,6 +92,7 @@ class CrossEncoderTransformersBackend(CrossEncoderFormat, RerankBackend):
             ),
         )
         self.model = model.to(self.device).eval()
+        self.fp8_matmuls = self._quantize()
         self.max_len = pair_limit(self.tokenizer, opts.max_model_len)
         self._text_tokenizer = HFTextTokenizer(self.tokenizer)
         self.pairs = self._pair_encoder(self.tokenizer, self._text_tokenizer, self.max_len)
@@ -99,6 +106,30 @@ class CrossEncoderTransformersBackend(CrossEncoderFormat, RerankBackend):
             self.dtype,
             self.max_len,
         )
+
+    def _quantize(self) -> int:
+        """``quantization: fp8``: the linear layers of the model's layer stacks (the
+        ``nn.ModuleList`` of its base model: BERT's ``encoder.layer``, ModernBERT's and
+        Qwen3's ``layers``) as fp8 ones (:mod:`fp8`); embeddings, pooler and head keep
+        the model's dtype. Returns how many fp8 matmuls they run (0 without fp8)."""
+        if self.options.quantization != "fp8":
+            return 0
+        import torch
+
+        from reranker.backends.transformers import fp8
+
+        fp8.check_device(self.device)
+        body = self.model.base_model
+        stacks = [m for m in body.modules() if isinstance(m, torch.nn.ModuleList)]
+        count = fp8.quantize_layers(layer for stack in stacks for layer in stack)
+        if not count:
+            raise ConfigError(
+                f"quantization: fp8, but no linear layer of {self.options.model_name}'s "
+                "layers has widths the fp8 matmul takes (multiples of 16); set "
+                "quantization: none"
+            )
+        logger.info("quantization fp8: %d fp8 matmuls in the model's layers", count)
+        return count
 
     def _padding_id(self) -> int:
         """The id rows are padded with. A Qwen3 classifier reads a row at its last token
@@ -123,6 +154,7 @@ class CrossEncoderTransformersBackend(CrossEncoderFormat, RerankBackend):
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "family": self.model_info.family,
+            "quantization": self.options.quantization,
         }
 
     def _score_jobs(self, jobs: list[ScoreJob]) -> list[PairScores | InvalidRequest]:

@@ -265,7 +265,8 @@ def fuse_qk_norm_rope(model: Any, kernel_name: str = "torch") -> int:
     for module in model.modules():
         if not _fits_fused_forward(module):
             continue
-        module.qkv_weight = _stacked_weights(module, ("q_proj", "k_proj", "v_proj"))
+        module.qkv_proj = _stacked_linear(module, ("q_proj", "k_proj", "v_proj"))
+        module.qkv_weight = module.qkv_proj.weight
         module.forward = types.MethodType(_fused_forward(op, attend), module)
         count += 1
     return count
@@ -283,11 +284,12 @@ def _fits_fused_forward(module: Any) -> bool:
     return qk_norm_rope.supports(module.head_dim)
 
 
-def _stacked_weights(module: Any, names: tuple[str, ...]) -> Any:
-    """One parameter holding the weights of ``module``'s bias-free linear layers ``names``
-    stacked (output rows in that order); each layer's weight becomes a view of it, so the
-    stack costs no memory and the layers compute as before. One matmul over the stack
-    instead of three: +1.3% a coalesced call on an H200 (docs/performance.md)."""
+def _stacked_linear(module: Any, names: tuple[str, ...]) -> Any:
+    """One bias-free ``nn.Linear`` holding the weights of ``module``'s bias-free linear
+    layers ``names`` stacked (output rows in that order); each layer's weight becomes a
+    view of it, so the stack costs no memory and the layers compute as before. One matmul
+    over the stack instead of three: +1.3% a coalesced call on an H200
+    (docs/performance.md). ``quantization: fp8`` quantises the stack as one layer."""
     import torch
 
     layers = [getattr(module, name) for name in names]
@@ -297,7 +299,9 @@ def _stacked_weights(module: Any, names: tuple[str, ...]) -> Any:
         rows = layer.weight.shape[0]
         layer.weight = torch.nn.Parameter(stacked.detach()[start : start + rows], False)
         start += rows
-    return stacked
+    linear = torch.nn.Linear(stacked.shape[1], stacked.shape[0], bias=False, device="meta")
+    linear.weight = stacked
+    return linear
 
 
 def _fused_forward(op: Callable[..., Any], attend: Callable[..., Any]) -> Callable[..., Any]:
@@ -316,11 +320,9 @@ def _fused_forward(op: Callable[..., Any], attend: Callable[..., Any]) -> Callab
         key_index: Any = None,
         **bounds: Any,
     ) -> tuple[Any, None]:
-        import torch.nn.functional as F
-
         x = hidden_states[0]
         widths = [attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features]
-        q, k, v = F.linear(x, attn.qkv_weight).split(widths, -1)
+        q, k, v = attn.qkv_proj(x).split(widths, -1)
         cos, sin = position_embeddings
         q, k, v = op(
             q, k, v, attn.q_norm.weight, attn.k_norm.weight, cos[0], sin[0], key_index,

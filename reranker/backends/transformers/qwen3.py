@@ -130,12 +130,14 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
         if self.fused_rms_norm:
             speedups.fuse_rms_norms(self._model)
         self.fused_qk_norm_rope = self._fuse_qk_norm_rope()
-        self.fused_swiglu = self._use_triton_kernel(
+        # fp8: the MLP's gate and up projections run as one fp8 matmul, not this kernel
+        self.fused_swiglu = opts.quantization == "none" and self._use_triton_kernel(
             "fused_swiglu",
             swiglu.self_check,
             lambda: swiglu.fuse_mlps(self._model),
             "MLP is not a bias-free SiLU-gated one with rows TMA can read",
         )
+        self.fp8_matmuls = self._quantize()
         self._fit_batches()  # before the warm-up batch and the graphs take their sizes
         self.compiled = False
         self._graphs: BatchGraphs | None = None
@@ -151,7 +153,8 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
             self._warm_up(built_s)
         logger.info(
             "qwen3_transformers ready: model=%s device=%s dtype=%s batches=%s "
-            "fused_rms_norm=%s fused_qk_norm_rope=%s fused_swiglu=%s compiled=%s cuda_graphs=%s",
+            "fused_rms_norm=%s fused_qk_norm_rope=%s fused_swiglu=%s compiled=%s cuda_graphs=%s "
+            "quantization=%s",
             opts.model_name,
             self.device,
             self.dtype,
@@ -161,7 +164,27 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
             self.fused_swiglu,
             self.compiled,
             self._graphs is not None,
+            opts.quantization,
         )
+
+    def _quantize(self) -> int:
+        """``quantization: fp8``: the decoder layers' linear layers as fp8 ones
+        (:mod:`fp8`; the embeddings and the yes/no head rows keep the model's dtype).
+        Returns how many fp8 matmuls a layer stack runs (0 without fp8). A device fp8
+        cannot run on is a :class:`ConfigError`."""
+        if self.options.quantization != "fp8":
+            return 0
+        from reranker.backends.transformers import fp8
+
+        fp8.check_device(self.device)
+        count = fp8.quantize_layers(self._body.layers)
+        if not count:
+            raise ConfigError(
+                f"quantization: fp8, but no linear layer of {self.options.model_name} has "
+                "widths the fp8 matmul takes (multiples of 16); set quantization: none"
+            )
+        logger.info("quantization fp8: %d fp8 matmuls in the decoder layers", count)
+        return count
 
     def _choose_batching(self, opts: Qwen3TransformersOptions, on_cuda: bool) -> None:
         """Resolve how batches are built and run: the ``auto`` layout, prefix sharing, the
@@ -483,6 +506,7 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
             "cuda_graphs": self._graphs is not None,
             "cuda_graph_max_tokens": self._graphs.max_tokens if self._graphs else None,
             "batch_sizing": self.batch_sizing,
+            "quantization": self.options.quantization,
         }
 
     def _score_jobs(self, jobs: list[ScoreJob]) -> list[PairScores | InvalidRequest]:

@@ -111,7 +111,40 @@ def engine_kwargs(options: VLLMOptions, runner: str, **extra: Any) -> dict[str, 
     backend = attention_backend(options)
     if backend:
         kwargs["attention_config"] = {"backend": backend}
+    if options.quantization != "none":
+        kwargs["quantization"] = options.quantization
     return kwargs
+
+
+# fp8 tensor cores (W8A8): Ada (8.9), Hopper (9.0) and newer.
+FP8_MIN_CAPABILITY = (8, 9)
+
+
+def check_quantization(options: VLLMOptions) -> None:
+    """Refuse ``quantization: fp8`` where vLLM cannot run it, before any engine starts
+    (:func:`check_fp8_on`, with this host's first CUDA device)."""
+    if options.quantization == "fp8":
+        check_fp8_on(cuda_capability())
+
+
+def check_fp8_on(capability: tuple[int, int] | None) -> None:
+    """vLLM's fp8 on a GPU of this compute capability (None: no CUDA, vLLM's CPU build):
+    a :class:`ConfigError` without CUDA (the CPU build loads no fp8 weights: its engine
+    dies at load with an internal error); below 8.9 a warning, as vLLM then keeps fp8
+    weights but computes in 16 bits (its weight-only Marlin kernel), not W8A8."""
+    if capability is None:
+        raise ConfigError(
+            "quantization: fp8 runs vLLM's fp8 kernels, which need a CUDA GPU (compute "
+            "capability 8.9 or newer: Ada, Hopper); vLLM's CPU build cannot load fp8 "
+            "weights. Set quantization: none here, or use qwen3_transformers, whose fp8 "
+            "path also runs on the CPU"
+        )
+    if capability < FP8_MIN_CAPABILITY:
+        logger.warning(
+            "quantization: fp8 on a GPU of compute capability %d.%d (< 8.9, no fp8 tensor "
+            "cores): vLLM keeps fp8 weights but computes in 16 bits (weight-only)",
+            *capability,
+        )
 
 
 def visible_gpus() -> list[str]:
@@ -418,6 +451,7 @@ class VLLMBackendBase(RerankBackend):
     def __init__(self, options: Any = None) -> None:
         super().__init__(options)
         self._gpus = engine_gpus(self.options)  # too few GPUs: an error before any loading
+        check_quantization(self.options)
         quiet_engine_logs()
         self._cache_only = check_model_source(self.options.model_name) == "cache"
         self._lock = threading.Lock()
@@ -465,12 +499,13 @@ class VLLMBackendBase(RerankBackend):
                 raise BackendDead(dead) from exc
 
     def meta_extra(self) -> dict[str, Any]:
-        """The device and dtype the engine runs its model in."""
+        """The device and dtype the engine runs its model in, and its quantization."""
         config = getattr(getattr(self._llm, "llm_engine", None), "model_config", None)
         dtype = getattr(config, "dtype", None)
         return {
             "device": resolve_device("auto"),
             "dtype": str(dtype).removeprefix("torch.") if dtype is not None else None,
+            "quantization": self.options.quantization,
         }
 
     def health(self) -> str | None:
