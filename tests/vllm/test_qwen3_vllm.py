@@ -117,3 +117,25 @@ def test_starts_where_max_model_len_is_all_the_checkpoint_has(tmp_path):
         expected, t_meta = t.score_with_meta(QUERIES[0], docs)
     assert t_meta["scored_tokens"] == meta["scored_tokens"]
     assert scores == pytest.approx(expected, abs=1e-4)
+
+
+def test_a_call_streamed_to_the_engine_scores_as_one_generate_call(backend):
+    """More documents than one streamed chunk, over two queries (the coalesced form):
+    the same scores as the plain path (one ``LLM.generate`` call on every prompt)."""
+    from reranker.backends.vllm.qwen3 import Qwen3VLLMBackendBase
+    from reranker.backends.vllm.qwen3_generate import STREAM_DOCS
+    from reranker.core.protocol import ScoreJob
+
+    docs = [d for d in DOCS if isinstance(d, str) and d.strip()]
+    many = [f"{docs[k % len(docs)]} ({k})" for k in range(STREAM_DOCS + 5)]
+    instruction = backend.options.instruction
+    jobs = [ScoreJob(QUERIES[0], many, instruction), ScoreJob(QUERIES[1], docs[:3], instruction)]
+    streamed = backend._score_jobs(jobs)
+    plain = Qwen3VLLMBackendBase._score_jobs(backend, jobs)
+    for got, want in zip(streamed, plain, strict=True):
+        assert got.logits == pytest.approx(want.logits, abs=1e-5)
+        assert (got.tokens, got.truncated_docs, got.batches) == (
+            want.tokens,
+            want.truncated_docs,
+            1,
+        )

@@ -6,6 +6,12 @@ sigmoid(lp_yes - lp_no). vLLM's default top-k logprobs can leave "no" out, so th
 are requested explicitly (``SamplingParams.logprob_token_ids`` where vLLM has it; else
 ``allowed_token_ids=[yes, no]`` with processed logprobs). A missing value is an error,
 never a substituted constant.
+
+What a call adds to ``LLM.generate`` on the same token ids: nothing per request. The
+parameters are built once, detokenize nothing (the score reads two token ids, no text),
+and with one engine the call's documents go to the engine in chunks as they are
+tokenised (:mod:`streamed`), so the GPU starts on the first ones while the host
+tokenises the rest.
 """
 
 from __future__ import annotations
@@ -14,11 +20,19 @@ import logging
 from typing import Any, ClassVar
 
 from reranker.backends.hf_loading import load_or_explain
-from reranker.backends.vllm.engine import engine_kwargs, has_field
+from reranker.backends.transformers.jobs import FlatPrompts
+from reranker.backends.vllm.engine import engine_kwargs, engines_health, has_field, is_engine_death
 from reranker.backends.vllm.qwen3 import Qwen3VLLMBackendBase
+from reranker.backends.vllm.streamed import DocChunks, can_stream, run_streamed
+from reranker.core.errors import BackendDead, InvalidRequest
+from reranker.core.protocol import PairScores, ScoreJob
 from reranker.formats.qwen3_prompt import NO_TOKEN_ID, YES_TOKEN_ID
 
 logger = logging.getLogger(__name__)
+
+# Documents tokenised at a time before they go to the engine: enough to keep the GPU
+# busy while the next ones are tokenised (a few ms of the host's time each).
+STREAM_DOCS = 32
 
 
 class Qwen3VLLMBackend(Qwen3VLLMBackendBase):
@@ -33,18 +47,17 @@ class Qwen3VLLMBackend(Qwen3VLLMBackendBase):
         opts = self.options
         self._explicit_ids = has_field(SamplingParams, "logprob_token_ids")
         extra: dict[str, Any] = {}
+        # The score reads two token ids: no text is decoded (detokenize=False), and only
+        # the final output of each request is built (what LLM.generate asks for too).
+        common: dict[str, Any] = {"max_tokens": 1, "temperature": 0.0, "detokenize": False}
+        common.update(final_output_only())
         if self._explicit_ids:
-            self._params = SamplingParams(
-                max_tokens=1, temperature=0.0, logprob_token_ids=[YES_TOKEN_ID, NO_TOKEN_ID]
-            )
+            self._params = SamplingParams(**common, logprob_token_ids=[YES_TOKEN_ID, NO_TOKEN_ID])
         else:
             # Logprobs after the allowed-token mask: exactly yes and no remain.
             extra["logprobs_mode"] = "processed_logprobs"
             self._params = SamplingParams(
-                max_tokens=1,
-                temperature=0.0,
-                logprobs=2,
-                allowed_token_ids=[YES_TOKEN_ID, NO_TOKEN_ID],
+                **common, logprobs=2, allowed_token_ids=[YES_TOKEN_ID, NO_TOKEN_ID]
             )
         # One generated token needs one more position than the longest prompt.
         extra["max_model_len"] = opts.max_model_len + 1
@@ -78,7 +91,66 @@ class Qwen3VLLMBackend(Qwen3VLLMBackendBase):
     def _logits_on(self, llm: Any, prompts: list[Any]) -> list[float]:
         """lp(yes) - lp(no) at the first generated position of each prompt."""
         outputs = llm.generate(prompts, self._params, use_tqdm=False)
-        return [yes_minus_no(out.outputs[0].logprobs[0]) for out in outputs]
+        return [read_output(out) for out in outputs]
+
+    def _score_jobs(self, jobs: list[ScoreJob]) -> list[PairScores | InvalidRequest]:
+        """With one engine, the call streamed (see the module docstring); with several
+        (data parallel), each engine's share in one ``generate`` call."""
+        if len(self._engines) != 1 or not can_stream(self._llm):
+            return super()._score_jobs(jobs)
+        dead = self.health()
+        if dead:
+            raise BackendDead(dead)
+        with self._lock:
+            try:
+                return self._streamed(jobs)
+            except Exception as exc:
+                dead = engines_health(list(self._engines), dying=is_engine_death(exc))
+                if dead is None:
+                    raise
+                self._dead = dead
+                raise BackendDead(dead) from exc
+
+    def _streamed(self, jobs: list[ScoreJob]) -> list[PairScores | InvalidRequest]:
+        """The jobs' documents tokenised :data:`STREAM_DOCS` at a time, each chunk's
+        prompts (shortest first) added to the engine before the next is tokenised."""
+        from vllm.inputs import TokensPrompt
+
+        split = DocChunks.of(jobs, STREAM_DOCS)
+        encoded: list[tuple[FlatPrompts, list[int]]] = []
+
+        def chunks() -> Any:
+            for job in split.jobs:
+                flat = FlatPrompts.build(self._encoder, [job])
+                order = list(range(len(flat.lengths)))
+                if self.options.sort_by_doc_length:
+                    order.sort(key=flat.lengths.__getitem__)
+                encoded.append((flat, order))
+                yield [TokensPrompt(prompt_token_ids=flat.prompt_ids(k)) for k in order]
+
+        values = run_streamed(self._llm, chunks(), self._params, read_output)
+        results: list[PairScores | InvalidRequest] = []
+        for (flat, order), chunk_values in zip(encoded, values, strict=True):
+            logits = [0.0] * len(order)
+            for k, value in zip(order, chunk_values, strict=True):
+                logits[k] = value
+            results += flat.results(logits, 1)
+        return split.join(results, 1 if any(flat.lengths for flat, _ in encoded) else 0)
+
+
+def final_output_only() -> dict[str, Any]:
+    """``output_kind=FINAL_ONLY`` where this vLLM has it (LLM.generate sets it on every
+    request; requests added to the engine directly need it said)."""
+    try:
+        from vllm.sampling_params import RequestOutputKind
+    except ImportError:
+        return {}
+    return {"output_kind": RequestOutputKind.FINAL_ONLY}
+
+
+def read_output(output: Any) -> float:
+    """lp(yes) - lp(no) of one request's output (its first generated position)."""
+    return yes_minus_no(output.outputs[0].logprobs[0])
 
 
 def yes_minus_no(position_logprobs: dict[int, Any]) -> float:
