@@ -60,7 +60,7 @@ def test_fp8_on_the_default_cuda_path_ranks_as_bfloat16(tiny_model_dir):
         spearman = [
             agreement(bf16.score(q, DOCS), quantized.score(q, DOCS))["spearman"] for q in QUERIES
         ]
-        # the random tiny model: 0.93..0.98 per query on the CPU's fp8 matmul
+        # the random tiny model: 0.93..1.00 per query on the CPU's fp8 matmul
         assert min(spearman) >= 0.85 and sum(spearman) / len(spearman) >= 0.9
     finally:
         bf16.close()

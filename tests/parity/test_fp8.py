@@ -137,7 +137,7 @@ def test_fp8_scores_rank_as_the_unquantised_model(unquantized, fp8_padded):
     assert meta["quantization"] == "fp8" and meta["dtype"] == "float32"
     assert fp8_padded.fp8_matmuls == 12 and not fp8_padded.fused_swiglu
     spearman = spearman_per_query(unquantized, fp8_padded)
-    # the random tiny model, 17 documents a query: 0.93..0.98 measured
+    # the random tiny model, 17 documents a query: 0.93, 0.99, 1.00, 0.97 measured
     assert min(spearman) >= 0.85 and sum(spearman) / len(spearman) >= 0.9
 
 
