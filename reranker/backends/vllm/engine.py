@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from reranker.backends.hf_loading import check_hub_model, load_or_explain
 from reranker.backends.runtime import resolve_device, resolve_dtype
@@ -23,6 +23,8 @@ from reranker.core.errors import BackendDead, ConfigError
 from reranker.core.model_source import check_model_source
 from reranker.core.options import VLLMOptions
 from reranker.core.protocol import RerankBackend
+
+_T = TypeVar("_T")
 
 logger = logging.getLogger(__name__)
 
@@ -485,12 +487,17 @@ class VLLMBackendBase(RerankBackend):
     def _call(self, prompts: list[Any]) -> list[float]:
         """The engines' logits of ``prompts`` (one call at a time); a dead engine, before
         or during the call, becomes :class:`BackendDead`."""
+        return self._guarded(lambda: self._engine_logits(prompts))
+
+    def _guarded(self, run: Callable[[], _T]) -> _T:
+        """``run()`` on the engines, one call at a time; a dead engine, before or during
+        it, becomes :class:`BackendDead`."""
         dead = self.health()
         if dead:
             raise BackendDead(dead)
         with self._lock:
             try:
-                return self._engine_logits(prompts)
+                return run()
             except Exception as exc:
                 dead = engines_health(list(self._engines), dying=is_engine_death(exc))
                 if dead is None:

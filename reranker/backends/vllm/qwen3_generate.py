@@ -21,10 +21,10 @@ from typing import Any, ClassVar
 
 from reranker.backends.hf_loading import load_or_explain
 from reranker.backends.transformers.jobs import FlatPrompts
-from reranker.backends.vllm.engine import engine_kwargs, engines_health, has_field, is_engine_death
+from reranker.backends.vllm.engine import engine_kwargs, has_field
 from reranker.backends.vllm.qwen3 import Qwen3VLLMBackendBase
 from reranker.backends.vllm.streamed import DocChunks, can_stream, run_streamed
-from reranker.core.errors import BackendDead, InvalidRequest
+from reranker.core.errors import InvalidRequest
 from reranker.core.protocol import PairScores, ScoreJob
 from reranker.formats.qwen3_prompt import NO_TOKEN_ID, YES_TOKEN_ID
 
@@ -98,18 +98,7 @@ class Qwen3VLLMBackend(Qwen3VLLMBackendBase):
         (data parallel), each engine's share in one ``generate`` call."""
         if len(self._engines) != 1 or not can_stream(self._llm):
             return super()._score_jobs(jobs)
-        dead = self.health()
-        if dead:
-            raise BackendDead(dead)
-        with self._lock:
-            try:
-                return self._streamed(jobs)
-            except Exception as exc:
-                dead = engines_health(list(self._engines), dying=is_engine_death(exc))
-                if dead is None:
-                    raise
-                self._dead = dead
-                raise BackendDead(dead) from exc
+        return self._guarded(lambda: self._streamed(jobs))
 
     def _streamed(self, jobs: list[ScoreJob]) -> list[PairScores | InvalidRequest]:
         """The jobs' documents tokenised :data:`STREAM_DOCS` at a time, each chunk's
