@@ -55,6 +55,8 @@ sequential requests for each --docs (default 10,100,1000; no time bound unless
 --json-out one JSON line of the same. After the warm-up requests, a request that pays for
 compilation, graph capture or allocator growth shows as p99 / p50 well above 1.
     python scripts/bench_http.py --model DIR --spikes --json-out spikes.jsonl
+--python PYTHON runs this service with that interpreter instead of
+scripts/start_reranker.sh (an environment without the per-backend venvs).
 
 On a CPU (tiny model, vLLM's CPU build in .venv-reranker-qwen3_vllm):
     HF_HUB_OFFLINE=1 .venv-reranker-qwen3_vllm/bin/python scripts/bench_http.py \\
@@ -188,6 +190,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--check-scores", action="store_true", help="compare one request's scores")
     ap.add_argument("--score-tolerance", type=float, help="(1e-3 float32, 2e-2 16-bit)")
     ap.add_argument("--skip-vllm", action="store_true", help="run this service only")
+    ap.add_argument(
+        "--python",
+        help="run this service with this interpreter (python -m reranker.cli serve) "
+        "instead of scripts/start_reranker.sh and the backend's venv",
+    )
     ap.add_argument("--vllm-python", default=default_vllm_python(), help="the vLLM venv's python")
     ap.add_argument("--vllm-arg", action="append", default=[], metavar="ARG", help="to vllm serve")
     ap.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE")
@@ -307,7 +314,12 @@ def start_ours(args: argparse.Namespace, config_path: Path, port: int, log: Path
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     for key in ("RERANK_CONFIG", "RERANK_MODEL", "RERANK_BACKEND"):
         env.pop(key, None)
-    command = ["bash", str(ROOT / "scripts/start_reranker.sh"), "--backend", args.backend]
+    if args.python:
+        path = env.get("PYTHONPATH")
+        env["PYTHONPATH"] = str(ROOT) + (os.pathsep + path if path else "")
+        command = [args.python, "-m", "reranker.cli", "serve", "--backend", args.backend]
+    else:
+        command = ["bash", str(ROOT / "scripts/start_reranker.sh"), "--backend", args.backend]
     command += ["--config", str(config_path), "--host", "127.0.0.1", "--port", str(port)]
     return spawn(command, f"http://127.0.0.1:{port}", log, env)
 
