@@ -13,12 +13,27 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 backend="${RERANK_BACKEND:-}"
 config="${RERANK_CONFIG:-$root/config/config.yaml}"
+case "$config" in /*) ;; *) config="$PWD/$config" ;; esac
 serve_args=()
+# Paths named relative to where the script is started from, as absolute ones: the service
+# runs from the repository root.
+from_here() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
 while [ $# -gt 0 ]; do
   case "$1" in
+    --backend|--config|--host|--port|--model)
+      if [ $# -lt 2 ] || [ -z "$2" ]; then
+        echo "error: $1 needs a value (see --help)" >&2
+        exit 2
+      fi ;;
+  esac
+  case "$1" in
     --backend) backend="$2"; shift 2 ;;
-    --config) config="$2"; shift 2 ;;
-    --host|--port|--model) serve_args+=("$1" "$2"); shift 2 ;;
+    --config) config="$(from_here "$2")"; shift 2 ;;
+    --model)
+      # A local folder named from here; anything else (a hub id) as given.
+      if [ -d "$2" ]; then serve_args+=("$1" "$(from_here "$2")"); else serve_args+=("$1" "$2"); fi
+      shift 2 ;;
+    --host|--port) serve_args+=("$1" "$2"); shift 2 ;;
     -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "error: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac

@@ -53,6 +53,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from reranker.testing.files import weights_like_config
+
 BUILDER_VERSION = 1  # bump when a built model changes
 MARKER = "reranker_test_model.json"
 FAMILIES = ("bert", "xlm-roberta", "modernbert")
@@ -334,6 +336,7 @@ def _build_into(out: Path, family: str, seed: int, shape: str, dtype: str) -> No
     model.config.dtype = dtype
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    weights_like_config(out)
 
 
 def classifier_output_layer(model: Any, family: str) -> Any:

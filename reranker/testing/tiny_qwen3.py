@@ -22,6 +22,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from reranker.testing.files import weights_like_config
+
 VOCAB_SIZE = 151669
 FIRST_ADDED_ID = 151643
 # (text, special) in id order from 151643: Qwen3's added tokens.
@@ -232,6 +234,7 @@ def build_model(
     model.save_pretrained(out, safe_serialization=True, max_shard_size=MAX_SHARD_SIZE)
     del model
     tokenizer.save_pretrained(out)
+    weights_like_config(out)
     (out / "reranker_test_model.json").write_text(
         json.dumps(
             {"shape": shape, "seed": seed, "builder_version": BUILDER_VERSION, "dtype": dtype}

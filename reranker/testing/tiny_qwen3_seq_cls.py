@@ -22,6 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from reranker.testing.files import weights_like_config
+
 BUILDER_VERSION = 1  # bump when a built model changes
 MARKER = "reranker_test_model.json"
 FAMILY = "qwen3-seq-cls"
@@ -62,6 +64,7 @@ def convert(source: str | Path, out_dir: str | Path, dtype: str = "float32") -> 
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    weights_like_config(out)
     return out
 
 

@@ -17,14 +17,22 @@ VENV = Path(sys.executable).parent.parent  # the venv running these tests
 
 
 def test_start_script_serves_with_the_backend_venv_and_forwards_sigterm(tmp_path, tiny_model_dir):
+    """Started from another folder with a config named relative to it, as a user may."""
     if not VENV.name.startswith(".venv-reranker-"):
         pytest.skip("run from a .venv-reranker-<backend> venv (scripts/test.sh does)")
     backend = VENV.name.removeprefix(".venv-reranker-")
+    (tmp_path / "mine.yaml").write_text(
+        f"services:\n  rerank:\n    backend: {backend}\n    server:\n"
+        "      max_docs_per_request: 3\n"
+    )
     port = free_port()
     env = dict(os.environ, RERANK_MODEL=str(tiny_model_dir), RERANK_VENV_ROOT=str(VENV.parent))
+    env.pop("RERANK_BACKEND", None)
+    env.pop("RERANK_CONFIG", None)
     proc = subprocess.Popen(
-        ["bash", "scripts/start_reranker.sh", "--backend", backend, "--port", str(port)],
-        cwd=REPO,
+        ["bash", str(REPO / "scripts/start_reranker.sh"), "--config", "mine.yaml"]
+        + ["--port", str(port)],
+        cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -34,6 +42,12 @@ def test_start_script_serves_with_the_backend_venv_and_forwards_sigterm(tmp_path
         assert wait_ready(f"http://127.0.0.1:{port}", 120, proc)
         ready = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5).json()
         assert ready["backend"] == backend
+        too_many = httpx.post(
+            f"http://127.0.0.1:{port}/rerank",
+            json={"query": "q", "documents": ["a", "b", "c", "d"]},
+            timeout=30,
+        )
+        assert too_many.status_code == 400, too_many.text  # the config's limit holds
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0  # the drained stop's status, passed through
         out = proc.stdout.read() if proc.stdout else ""
@@ -41,6 +55,19 @@ def test_start_script_serves_with_the_backend_venv_and_forwards_sigterm(tmp_path
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.parametrize("flag", ["--backend", "--config", "--port", "--model"])
+def test_start_script_names_a_flag_without_its_value(flag):
+    proc = subprocess.run(
+        ["bash", "scripts/start_reranker.sh", flag],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: {flag} needs a value (see --help)"
 
 
 def test_start_script_refuses_a_missing_venv(tmp_path):

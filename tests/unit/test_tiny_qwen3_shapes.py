@@ -94,6 +94,9 @@ def test_a_benchmark_shape_is_built_in_its_dtype(tmp_path, monkeypatch):
         names = list(f.keys())
         assert "lm_head.weight" in names
         assert {f.get_slice(n).get_dtype() for n in names} == {"BF16"}
+    # weights as readable as the config (a service may run as another user)
+    mode = (out / "config.json").stat().st_mode & 0o777
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == mode
 
 
 def test_the_sequence_classifier_stays_at_0_6b(tmp_path, capsys):
