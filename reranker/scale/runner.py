@@ -96,10 +96,14 @@ def deployment_options(scale: ScaleSettings, server_shutdown_s: float, cluster: 
 
 
 def build_application(
-    settings: Settings, backend_name: str, options: BackendOptions, cluster: dict
+    settings: Settings,
+    backend_name: str,
+    options: BackendOptions,
+    cluster: dict,
+    model_label: str | None = None,
 ) -> Any:
     """The Ray Serve application: the backend replicas; with ``ingress: ray``, the HTTP
-    front bound to them."""
+    front bound to them, naming the model ``model_label`` (default: its ``model_name``)."""
     from ray import serve
 
     from reranker.scale.replica import BackendReplica, HTTPFront
@@ -130,7 +134,7 @@ def build_application(
     return front.bind(
         replicas,
         backend_name,
-        options.model_name,
+        model_label or options.model_name,
         server,
         scale.model_dump(mode="json"),
     )
@@ -162,7 +166,12 @@ def serve_on_ray(
     if unreachable is not None:
         print(f"error: cannot reach Ray at {scale.address}: {unreachable}", file=sys.stderr)
         return EXIT_START_FAILED
+    # The replicas get a local model folder as an absolute path; answers name the model
+    # as configured, as the single-process service does.
+    model_label = options.model_name
     options = _with_absolute_model_path(options)
+    # Ray holds back log lines that differ only in numbers (one per replica): show each.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # A signal handler only appends (no lock: a second signal may arrive inside the first
     # handler, e.g. Ctrl-C in a terminal plus the one start_reranker.sh forwards).
     caught: list[int] = []
@@ -194,7 +203,7 @@ def serve_on_ray(
             signal.signal(sig, on_signal)
         gcs = getattr(context, "address_info", {}).get
         cluster = ray.cluster_resources()
-        application = build_application(settings, backend_name, options, cluster)
+        application = build_application(settings, backend_name, options, cluster, model_label)
         count, per_replica = replica_count(scale, cluster)
         if per_replica > 0 and not cluster.get("GPU"):
             print(
@@ -248,10 +257,14 @@ def serve_on_ray(
             return EXIT_START_FAILED
         if stop.is_set():
             return EXIT_OK
-        print(f"[scale] application '{scale.app_name}' running", flush=True)
+        print(
+            f"[scale] application '{scale.app_name}' running: {_running_replicas(scale)} "
+            "backend replica(s)",
+            flush=True,
+        )
         if scale.ingress == "process":
             # SIGTERM / SIGINT: new requests 503 until those in flight are answered.
-            _serve_http(settings, backend_name, options.model_name, host, port)
+            _serve_http(settings, backend_name, model_label, host, port)
             return EXIT_OK
         while not stop.wait(0.5):
             pass
@@ -354,6 +367,19 @@ def _backend_status(scale: ScaleSettings) -> str:
     if deployment is None:
         return "the backend deployment does not exist yet"
     return deployment.message or str(deployment.status)
+
+
+def _running_replicas(scale: ScaleSettings) -> int:
+    """How many backend replicas Ray Serve reports running (0 if it cannot say)."""
+    from ray import serve
+
+    try:
+        app = serve.status().applications.get(scale.app_name)
+        deployment = app.deployments.get(BACKEND_DEPLOYMENT) if app else None
+        states = deployment.replica_states if deployment else {}
+    except Exception:  # the controller is busy: the count is only for the log
+        return 0
+    return sum(n for k, n in states.items() if str(getattr(k, "value", k)).upper() == "RUNNING")
 
 
 def _deploy(application: Any, scale: ScaleSettings, failure: list[BaseException]) -> None:
