@@ -148,6 +148,9 @@ def serve_on_ray(
     port: int | None = None,
 ) -> int:
     """Deploy, serve until SIGTERM / SIGINT, drain; returns the exit status."""
+    # Ray holds back log lines that differ only in numbers (one per replica): show each.
+    # Read when Ray is imported.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     try:
         import ray
         from ray import serve
@@ -170,8 +173,11 @@ def serve_on_ray(
     # as configured, as the single-process service does.
     model_label = options.model_name
     options = _with_absolute_model_path(options)
-    # Ray holds back log lines that differ only in numbers (one per replica): show each.
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if scale.ingress == "process":
+        taken = _port_taken(host or server.host, server.port if port is None else port)
+        if taken is not None:  # found now, not after every replica has loaded
+            print(f"error: {taken}", file=sys.stderr)
+            return EXIT_START_FAILED
     # A signal handler only appends (no lock: a second signal may arrive inside the first
     # handler, e.g. Ctrl-C in a terminal plus the one start_reranker.sh forwards).
     caught: list[int] = []
@@ -264,7 +270,9 @@ def serve_on_ray(
         )
         if scale.ingress == "process":
             # SIGTERM / SIGINT: new requests 503 until those in flight are answered.
-            _serve_http(settings, backend_name, model_label, host, port)
+            if not _serve_http(settings, backend_name, model_label, host, port, stop.is_set):
+                print("error: the HTTP server could not start (above)", file=sys.stderr)
+                return EXIT_START_FAILED
             return EXIT_OK
         while not stop.wait(0.5):
             pass
@@ -282,10 +290,17 @@ def serve_on_ray(
 
 
 def _serve_http(
-    settings: Settings, backend_name: str, model: str, host: str | None, port: int | None
-) -> None:
+    settings: Settings,
+    backend_name: str,
+    model: str,
+    host: str | None,
+    port: int | None,
+    stopped: Any,
+) -> bool:
     """The single-process service's HTTP server and app in this process, scoring through
-    the backend replicas (one Ray call a request); returns after a drained stop."""
+    the backend replicas (one Ray call a request); returns after a drained stop (True),
+    or False when the server could not start. ``stopped()``: a stop signal came before
+    the server took the signals over."""
     from ray import serve
 
     from reranker.service.app import create_app
@@ -297,7 +312,7 @@ def _serve_http(
     server = settings.rerank.server
     pool = RayPool(handle, scale)
     app = create_app(None, server, backend_name, model, pool=pool)
-    serve_http(app, server, host, port, drain=_Drain(pool, app.state.service))
+    return serve_http(app, server, host, port, _Drain(pool, app.state.service), stopped)
 
 
 class _Drain:
@@ -343,6 +358,20 @@ def _unreachable(address: str | None) -> str | None:
         socket.create_connection((host, int(port)), timeout=5).close()
     except OSError as exc:
         return f"nothing answers at {host}:{port} ({exc}); is `ray start --head` running there?"
+    return None
+
+
+def _port_taken(host: str, port: int) -> str | None:
+    """Why the HTTP server could not listen on ``host:port`` (taken, not an address of
+    this host), else None."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            why = exc.strerror or exc
+            return f"cannot listen on {host}:{port} ({why}); free the port or set server.port"
     return None
 
 

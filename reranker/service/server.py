@@ -186,19 +186,31 @@ class Drain(Protocol):
         ...
 
 
-def _uvicorn_server(config: Any, drain: Drain | None = None, drain_timeout_s: float = 0) -> Any:
+REPEAT_SIGNAL_S = 2.0
+"""A signal this soon after the first is the same stop (Ctrl-C in a terminal reaches
+both ``start_reranker.sh``, which forwards it, and the server)."""
+
+
+def _uvicorn_server(
+    config: Any,
+    drain: Drain | None = None,
+    drain_timeout_s: float = 0,
+    stopped: Callable[[], bool] | None = None,
+) -> Any:
     """A uvicorn server that returns from ``run()`` after a drained SIGTERM / SIGINT
     instead of raising the signal again, so a clean stop exits 0 (not 143).
 
     With ``drain``, the first signal does not close connections at once: the server keeps
     answering (new requests 503 + ``Retry-After``, with ``connection: close``) until the
-    requests in flight are done, ``drain_timeout_s`` at most, and then stops; a client
-    never has a kept-alive connection closed under a request it just sent. A second
-    signal stops it at once."""
+    requests in flight are done, ``drain_timeout_s`` at most, and then stops, giving
+    connections what is left of that time; a client never has a kept-alive connection
+    closed under a request it just sent. ``stopped()`` true counts as that first signal
+    (one that arrived before the server took the signals over). A signal more than
+    :data:`REPEAT_SIGNAL_S` after the first stops the server without waiting further."""
     import uvicorn
 
     class Server(uvicorn.Server):
-        drain_asked = False
+        drain_asked: float | None = None  # when the first signal came
         drain_deadline: float | None = None
 
         @contextlib.contextmanager
@@ -210,20 +222,31 @@ def _uvicorn_server(config: Any, drain: Drain | None = None, drain_timeout_s: fl
                 self._captured_signals.clear()
 
         def handle_exit(self, sig: int, frame: Any) -> None:
-            if drain is None or self.drain_asked:
+            now = time.monotonic()
+            if drain is None:
                 super().handle_exit(sig, frame)
-            else:
+            elif self.drain_asked is None:
                 self._captured_signals.append(sig)
-                self.drain_asked = True
+                self.drain_asked = now
+            elif now - self.drain_asked > REPEAT_SIGNAL_S:
+                super().handle_exit(sig, frame)
+                self.config.timeout_graceful_shutdown = 1
 
         async def on_tick(self, counter: int) -> bool:
-            if drain is not None and self.drain_asked and not self.should_exit:
+            if drain is not None and not self.should_exit:
                 now = time.monotonic()
-                if self.drain_deadline is None:
+                if self.drain_asked is None and stopped is not None and stopped():
+                    self.drain_asked = now
+                if self.drain_asked is not None and self.drain_deadline is None:
                     drain.begin()
                     self.drain_deadline = now + drain_timeout_s
-                elif drain.idle() or now >= self.drain_deadline:
+                elif self.drain_deadline is not None and (
+                    drain.idle() or now >= self.drain_deadline
+                ):
                     self.should_exit = True
+                    # what is left of the drain time, not that time again
+                    left = math.ceil(self.drain_deadline - now)
+                    self.config.timeout_graceful_shutdown = max(1, left)
             return await super().on_tick(counter)
 
     return Server(config)
@@ -235,11 +258,18 @@ def serve_http(
     host: str | None = None,
     port: int | None = None,
     drain: Drain | None = None,
-) -> None:
-    """Serve ``app`` over HTTP until SIGTERM / SIGINT, then drain through ``drain``
-    (:func:`_uvicorn_server`) within ``settings.shutdown_timeout_s``."""
+    stopped: Callable[[], bool] | None = None,
+) -> bool:
+    """Serve ``app`` over HTTP until SIGTERM / SIGINT (or ``stopped()``), then drain
+    through ``drain`` (:func:`_uvicorn_server`) within ``settings.shutdown_timeout_s``.
+    False when the server could not start (its port taken, ...; uvicorn logged why)."""
     config = uvicorn_config(app, settings, host, port)
-    _uvicorn_server(config, drain, settings.shutdown_timeout_s).run()
+    try:
+        _uvicorn_server(config, drain, settings.shutdown_timeout_s, stopped).run()
+    except SystemExit as exc:  # uvicorn's exit when it cannot bind or start
+        if exc.code not in (0, None):
+            return False
+    return True
 
 
 def serve(

@@ -155,6 +155,15 @@ def test_packed_fused_compiled_fp8_scores_as_padded_fp8(fp8_padded, tiny_model_d
     try:
         assert backend.compiled and backend.fused_qk_norm_rope
         assert backend.fp8_matmuls == 4 * 2  # qkv, o, gate_up, down a layer
+        # no 16-bit copy of a quantised weight is left in the layers
+        import torch
+
+        wide = [
+            name
+            for name, p in backend._body.layers.named_parameters()
+            if p.dim() == 2 and p.dtype != torch.float8_e4m3fn
+        ]
+        assert wide == [], wide
         spearman = spearman_per_query(fp8_padded, backend)
         assert min(spearman) >= 0.95
     finally:

@@ -35,3 +35,9 @@ def test_a_small_budget_or_a_short_model_length_is_respected():
         assert largest.tokens <= budget
         assert all(len(p.prefix) + len(p.rest) <= max_len for p in largest.prompts)
         assert all(t > 3 for p in largest.prompts for t in (*p.prefix, *p.rest))  # not pad
+
+
+def test_a_padded_batch_stays_within_the_budget_at_its_longest_prompt():
+    largest = warm_up_batches(3, 16384, 64, 4096, on_gpu=True, packed=False)[-1]
+    longest = max(len(p.prefix) + len(p.rest) for p in largest.prompts)
+    assert len(largest.prompts) * longest <= 16384

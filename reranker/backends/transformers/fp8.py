@@ -259,6 +259,8 @@ def _merge_qkv(attn: nn.Module) -> int:
         return 0
     merged = FP8Linear.from_linear(stacked)
     attn.qkv_proj = merged
+    if hasattr(attn, "qkv_weight"):  # the 16-bit stack's other name: free it too
+        del attn.qkv_weight
     for name, view in zip(("q_proj", "k_proj", "v_proj"), merged.split(widths), strict=True):
         setattr(attn, name, view)
     return 1

@@ -438,7 +438,12 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
         started = time.perf_counter()
         on_gpu = self.device.type == "cuda"
         batches = warm_up_batches(
-            self._pad_id, opts.max_batch_tokens, opts.infer_batch_size, opts.max_model_len, on_gpu
+            self._pad_id,
+            opts.max_batch_tokens,
+            opts.infer_batch_size,
+            opts.max_model_len,
+            on_gpu,
+            packed=self.batch_layout == "packed",
         )
         outputs = []
         for batch in batches:

@@ -57,9 +57,11 @@ def warm_up_batches(
     infer_batch_size: int,
     max_model_len: int,
     on_gpu: bool,
+    packed: bool = True,
 ) -> list[WarmUpBatch]:
     """The batches to run at startup (see the module docstring), smallest first, the
-    largest last."""
+    largest last. ``packed``: batches cost their tokens; else (padded) every prompt
+    costs the longest one's, so the largest batch is not filled further."""
     first_id = pad_id + 1
     batches = [
         WarmUpBatch("single", _prompts(first_id, 1, min(12, max_model_len), 1)),
@@ -78,7 +80,7 @@ def warm_up_batches(
         room = max_batch_tokens - WarmUpBatch("", largest).tokens
         last = largest[-1]
         grown = min(room, max_model_len - len(last.prefix) - len(last.rest))
-        if grown > 0:
+        if grown > 0 and packed:
             rest = [*last.rest, *[first_id + 5] * grown]
             largest[-1] = PromptParts(last.prefix_key, last.prefix, rest)
         batches.append(WarmUpBatch("largest", largest))
