@@ -41,7 +41,7 @@ def requests_of_every_size(backend) -> None:
 def test_without_the_warm_up_a_new_size_recompiles_and_is_logged(
     tiny_model_dir, monkeypatch, caplog
 ):
-    monkeypatch.setattr(qwen3, "warm_up_batches", lambda *args: [])
+    monkeypatch.setattr(qwen3, "warm_up_batches", lambda *args, **kwargs: [])
     monkeypatch.setattr(
         qwen3.Qwen3TransformersBackend,
         "_warm_up_jobs",
