@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from reranker.core.errors import ConfigError, InvalidRequest
+from reranker.core.protocol import PairScores
 from reranker.formats.qwen3_prompt import Qwen3PromptEncoder
 from reranker.formats.user_text import cuts_at_spaces, encode_heads, space_cut
 
@@ -278,6 +280,33 @@ class PairIds:
     ids: list[list[int]]
     types: list[list[int]] | None  # token type ids, where the model takes them
     truncated: int  # documents cut to fit
+
+
+def split_scores(
+    encoded: list[PairIds | InvalidRequest],
+    logits: list[float],
+    batches: Callable[[int, int], int],
+) -> list[PairScores | InvalidRequest]:
+    """Each job's :class:`PairScores` from the logits of all jobs' pairs in order (a
+    job that failed to encode keeps its error); ``batches(start, end)``: the backend
+    calls that rows ``start:end`` took."""
+    results: list[PairScores | InvalidRequest] = []
+    start = 0
+    for item in encoded:
+        if isinstance(item, InvalidRequest):
+            results.append(item)
+            continue
+        end = start + len(item.ids)
+        results.append(
+            PairScores(
+                logits[start:end],
+                batches=batches(start, end),
+                tokens=sum(map(len, item.ids)),
+                truncated_docs=item.truncated,
+            )
+        )
+        start = end
+    return results
 
 
 class PairEncoder(Protocol):

@@ -25,7 +25,7 @@ from reranker.core.batching import plan_batches
 from reranker.core.errors import ConfigError, InvalidRequest
 from reranker.core.options import Quantization, quantization_field
 from reranker.core.protocol import PairScores, RerankBackend, ScoreJob
-from reranker.formats.cross_encoder import PairIds, Qwen3PairEncoder, pair_limit
+from reranker.formats.cross_encoder import PairIds, Qwen3PairEncoder, pair_limit, split_scores
 from reranker.formats.cross_encoder_format import CrossEncoderFormat, CrossEncoderFormatOptions
 
 logger = logging.getLogger(__name__)
@@ -176,23 +176,7 @@ class CrossEncoderTransformersBackend(CrossEncoderFormat, RerankBackend):
             elif types is not None:
                 types.extend(pairs.types)
         logits, batch_of = self._forward(ids, types) if ids else ([], [])
-        results: list[PairScores | InvalidRequest] = []
-        start = 0
-        for item in encoded:
-            if isinstance(item, InvalidRequest):
-                results.append(item)
-                continue
-            end = start + len(item.ids)
-            results.append(
-                PairScores(
-                    logits[start:end],
-                    batches=len(set(batch_of[start:end])),
-                    tokens=sum(map(len, item.ids)),
-                    truncated_docs=item.truncated,
-                )
-            )
-            start = end
-        return results
+        return split_scores(encoded, logits, lambda a, b: len(set(batch_of[a:b])))
 
     def _forward(
         self, ids: list[list[int]], types: list[list[int]] | None

@@ -36,7 +36,7 @@ from reranker.backends.vllm.engine import (
 from reranker.core.errors import ConfigError, InvalidRequest
 from reranker.core.options import VLLMOptions
 from reranker.core.protocol import PairScores, ScoreJob
-from reranker.formats.cross_encoder import PairIds, pair_limit
+from reranker.formats.cross_encoder import PairIds, pair_limit, split_scores
 from reranker.formats.cross_encoder_format import CrossEncoderFormat, CrossEncoderFormatOptions
 
 logger = logging.getLogger(__name__)
@@ -160,23 +160,7 @@ class CrossEncoderVLLMBackend(CrossEncoderFormat, VLLMBackendBase):
         if prompts:
             for k, value in zip(order, self._call(prompts), strict=True):
                 logits[k] = value
-        results: list[PairScores | InvalidRequest] = []
-        start = 0
-        for item in encoded:
-            if isinstance(item, InvalidRequest):
-                results.append(item)
-                continue
-            n = len(item.ids)
-            results.append(
-                PairScores(
-                    logits=logits[start : start + n],
-                    batches=1,
-                    tokens=sum(map(len, item.ids)),
-                    truncated_docs=item.truncated,
-                )
-            )
-            start += n
-        return results
+        return split_scores(encoded, logits, lambda a, b: 1)
 
     def meta_extra(self) -> dict[str, Any]:
         """The device and dtype the engine runs its model in, and the model family."""
