@@ -144,6 +144,81 @@ def _matmul_ceiling(hidden: int, inter: int, q_dim: int, kv_dim: int, tokens: in
     print(f"  one layer's matmuls: {total_flop / total_s / 1e12:.1f} TFLOP/s")
 
 
+def _timed(fn: Any, repeat: int = 20) -> float:
+    """Seconds a call of ``fn`` takes on the GPU (mean of ``repeat`` after 3 warm-ups)."""
+    import torch
+
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeat
+
+
+def _fp8_ceiling(hidden: int, inter: int, q_dim: int, kv_dim: int, tokens: int) -> None:
+    """The fp8 counterparts of :func:`_matmul_ceiling`: ``torch._scaled_mm`` with row-wise
+    scales per shape, the per-token quantisation of an input, and the MLP's first half as
+    a ``_scaled_mm`` of the merged gate/up weight + gating vs the fused fp8 kernel."""
+    import torch
+
+    from reranker.backends.transformers import fp8
+    from reranker.backends.transformers.kernels import fp8_swiglu
+
+    def operand(rows: int, k: int) -> Any:
+        return fp8.quantize_rows(torch.randn(rows, k, device="cuda", dtype=torch.bfloat16))
+
+    shapes = {
+        "qkv": (hidden, q_dim + 2 * kv_dim),
+        "o": (q_dim, hidden),
+        "gate_up": (hidden, 2 * inter),
+        "down": (inter, hidden),
+    }
+    total_flop = total_s = 0.0
+    for name, (k, n) in shapes.items():
+        x, sx = operand(tokens, k)
+        w, sw = operand(n, k)
+        wt, swt = w.t(), sw.t().contiguous()
+        seconds = _timed(
+            lambda x=x, sx=sx, wt=wt, swt=swt: torch._scaled_mm(
+                x, wt, scale_a=sx, scale_b=swt, out_dtype=torch.bfloat16
+            )
+        )
+        flop = 2 * tokens * k * n
+        total_flop += flop
+        total_s += seconds
+        print(f"  fp8 {name:8s} ({tokens}x{k} @ {k}x{n}): {flop / seconds / 1e12:6.1f} TFLOP/s")
+    print(f"  one layer's fp8 matmuls: {total_flop / total_s / 1e12:.1f} TFLOP/s")
+    quantize = torch.compile(fp8.quantize_rows, dynamic=True)
+    for k in (hidden, inter):
+        a = torch.randn(tokens, k, device="cuda", dtype=torch.bfloat16)
+        print(
+            f"  quantise ({tokens}x{k}, compiled): {1e3 * _timed(lambda a=a: quantize(a)):.3f} ms"
+        )
+    x, sx = operand(tokens, hidden)
+    w, sw = operand(2 * inter, hidden)
+    gate, up, sg, su = w[:inter], w[inter:], sw[:inter].t(), sw[inter:].t()
+
+    def unfused() -> Any:
+        out = torch._scaled_mm(x, w.t(), scale_a=sx, scale_b=sw.t(), out_dtype=torch.bfloat16)
+        g, u = out.chunk(2, dim=-1)
+        return torch.nn.functional.silu(g) * u
+
+    op = fp8_swiglu.fused_op()
+    flop = 2 * tokens * hidden * 2 * inter
+    for label, fn in (
+        ("_scaled_mm + silu*up (compiled)", torch.compile(unfused)),
+        ("fused fp8_swiglu kernel", lambda: op(x, sx, gate, sg, up, su, torch.bfloat16)),
+    ):
+        seconds = _timed(fn)
+        print(
+            f"  MLP first half, {label}: {1e3 * seconds:.3f} ms, "
+            f"{flop / seconds / 1e12:.0f} TFLOP/s"
+        )
+
+
 def main() -> None:
     """Run the profile (see the module docstring)."""
     import torch
@@ -250,6 +325,9 @@ def main() -> None:
     kv_dim = cfg.num_key_value_heads * cfg.head_dim
     print("matmul ceiling (bf16):")
     _matmul_ceiling(cfg.hidden_size, cfg.intermediate_size, q_dim, kv_dim, opts.max_batch_tokens)
+    if opts.quantization == "fp8":
+        print("matmul ceiling (fp8):")
+        _fp8_ceiling(cfg.hidden_size, cfg.intermediate_size, q_dim, kv_dim, opts.max_batch_tokens)
 
 
 if __name__ == "__main__":

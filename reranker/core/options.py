@@ -103,8 +103,9 @@ class TransformersOptions(BackendOptions):
     fused_swiglu: bool | Literal["auto"] = Field(
         "auto",
         description="one Triton kernel per layer computes the MLP's gate and up "
-        "projections and their SiLU-gated product (Hopper GPUs: TMA); auto: on CUDA where "
-        "Triton is installed and the GPU is sm90 or newer",
+        "projections and their SiLU-gated product (Hopper GPUs: TMA; with quantization "
+        "fp8, its fp8 form); auto: on CUDA where Triton is installed and the GPU is sm90 "
+        "or newer",
     )
     torch_compile: bool | Literal["auto"] = Field(
         "auto",
@@ -166,16 +167,6 @@ class TransformersOptions(BackendOptions):
             raise ValueError(
                 "compile_wrapper 'cpp' launches compiled layers; it needs torch_compile "
                 "true or auto (got false)"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _fp8_runs_its_own_mlp(self) -> TransformersOptions:
-        if self.quantization == "fp8" and self.fused_swiglu is True:
-            raise ValueError(
-                "fused_swiglu is the 16-bit SwiGLU kernel; with quantization 'fp8' the MLP "
-                "runs its gate and up projections as one fp8 matmul instead: set "
-                "fused_swiglu to auto or false"
             )
         return self
 

@@ -170,12 +170,6 @@ def test_packed_fused_compiled_fp8_scores_as_padded_fp8(fp8_padded, tiny_model_d
         backend.close()
 
 
-def test_fp8_with_the_16_bit_swiglu_kernel_is_a_clear_startup_error(tiny_model_dir):
-    # the options model refuses it (a config file's value: a ConfigError naming the key)
-    with pytest.raises(ValueError, match="set fused_swiglu to auto or false"):
-        make(tiny_model_dir, quantization="fp8", fused_swiglu=True)
-
-
 def test_cross_encoder_fp8_keeps_its_head_and_ranks_alike(tmp_path):
     from reranker.testing import tiny_cross_encoders as tce
 

@@ -68,11 +68,12 @@ def test_unknown_quantization_names_the_variable(tmp_path):
     assert "'none' or 'fp8'" in str(err.value)
 
 
-def test_fp8_with_the_16_bit_swiglu_kernel_is_refused_in_the_config(tmp_path):
+def test_fp8_takes_the_swiglu_kernel_setting(tmp_path):
+    """Under fp8, ``fused_swiglu`` chooses the kernel's fp8 form: any value is valid."""
     env = {"RERANK_HF_QUANTIZATION": "fp8", "RERANK_HF_FUSED_SWIGLU": "true"}
     settings = load_settings(write(tmp_path, ""), env=env)
-    with pytest.raises(ConfigError, match="set fused_swiglu to auto or false"):
-        resolve_backend_options(settings, env=env)
+    _, options = resolve_backend_options(settings, env=env)
+    assert options.quantization == "fp8" and options.fused_swiglu is True
 
 
 def test_vllm_gets_quantization_fp8_only_when_set():

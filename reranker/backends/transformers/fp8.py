@@ -9,9 +9,10 @@ accumulation, both scales applied to the result). Embeddings, norms and the scor
 
 Layers computed from one input are quantised as one weight, so the input is quantised
 once and one matmul runs instead of several: a SiLU-gated MLP's gate and up projections
-(``gate_up_proj``, then ``silu(gate) * up``: the fp8 path's SwiGLU, which replaces the
-16-bit SwiGLU kernel) and, where ``packed_attention`` stacked them, the attention's
-q/k/v projections (``qkv_proj``). The single layers stay as views of the merged weight
+(``gate_up_proj``, then ``silu(gate) * up``; with :func:`fuse_gated_mlps`, one Triton
+kernel for both products and the gating, :mod:`.kernels.fp8_swiglu`) and, where
+``packed_attention`` stacked them, the attention's q/k/v projections (``qkv_proj``). The
+single layers stay as views of the merged weight
 (scales are per row, so a row block of the merged weight is exactly that layer
 quantised alone), for code that calls them one by one.
 
@@ -243,6 +244,36 @@ def _gated_forward() -> Callable[..., Any]:
     def forward(mlp: Any, x: Any) -> Any:
         gate, up = mlp.gate_up_proj(x).chunk(2, dim=-1)
         return mlp.down_proj(nn.functional.silu(gate) * up)
+
+    return forward
+
+
+def fuse_gated_mlps(layers: Iterable[nn.Module], op: Callable[..., Any]) -> int:
+    """Give each MLP whose gate and up projections :func:`quantize_layers` merged a
+    forward through ``op`` (:func:`..kernels.fp8_swiglu.fused_op`: both fp8 products and
+    the SiLU gating in one kernel, the products never written out); returns how many."""
+    count = 0
+    for layer in layers:
+        for module in layer.modules():
+            if isinstance(getattr(module, "gate_up_proj", None), FP8Linear) and isinstance(
+                getattr(module, "down_proj", None), FP8Linear
+            ):
+                module.forward = types.MethodType(_kernel_gated_forward(op), module)
+                count += 1
+    return count
+
+
+def _kernel_gated_forward(op: Callable[..., Any]) -> Callable[..., Any]:
+    """The fp8 MLP forward over the fused kernel ``op`` (a closure: dynamo traces it).
+    ``gate_proj``/``up_proj`` are row blocks of the merged weight: their transposes'
+    transposes are (intermediate, hidden) row-major fp8 views, no copies."""
+
+    def forward(mlp: Any, x: Any) -> Any:
+        rows = x.reshape(-1, x.shape[-1])
+        q, scale = quantize_rows(rows)
+        gate, up = mlp.gate_proj, mlp.up_proj
+        gated = op(q, scale, gate.weight_t.t(), gate.scale, up.weight_t.t(), up.scale, x.dtype)
+        return mlp.down_proj(gated).view(*x.shape[:-1], -1)
 
     return forward
 

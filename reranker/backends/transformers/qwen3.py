@@ -130,14 +130,8 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
         if self.fused_rms_norm:
             speedups.fuse_rms_norms(self._model)
         self.fused_qk_norm_rope = self._fuse_qk_norm_rope()
-        # fp8: the MLP's gate and up projections run as one fp8 matmul, not this kernel
-        self.fused_swiglu = opts.quantization == "none" and self._use_triton_kernel(
-            "fused_swiglu",
-            swiglu.self_check,
-            lambda: swiglu.fuse_mlps(self._model),
-            "MLP is not a bias-free SiLU-gated one with rows TMA can read",
-        )
         self.fp8_matmuls = self._quantize()
+        self.fused_swiglu = self._fuse_swiglu()
         self._fit_batches()  # before the warm-up batch and the graphs take their sizes
         self.compiled = False
         self._graphs: BatchGraphs | None = None
@@ -185,6 +179,26 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
             )
         logger.info("quantization fp8: %d fp8 matmuls in the decoder layers", count)
         return count
+
+    def _fuse_swiglu(self) -> bool:
+        """``fused_swiglu``: the MLPs' gate and up products and SiLU gating as one Triton
+        kernel, its fp8 form where the layers are quantised (after :meth:`_quantize`)."""
+        unlike_qwen3 = "MLP is not a bias-free SiLU-gated one with rows TMA can read"
+        if not self.fp8_matmuls:
+            return self._use_triton_kernel(
+                "fused_swiglu",
+                swiglu.self_check,
+                lambda: swiglu.fuse_mlps(self._model),
+                unlike_qwen3,
+            )
+        from reranker.backends.transformers import fp8
+        from reranker.backends.transformers.kernels import fp8_swiglu
+
+        def fuse() -> int:
+            op = fp8_swiglu.fused_op()
+            return fp8.fuse_gated_mlps(self._body.layers, op) if op else 0
+
+        return self._use_triton_kernel("fused_swiglu", fp8_swiglu.self_check, fuse, unlike_qwen3)
 
     def _choose_batching(self, opts: Qwen3TransformersOptions, on_cuda: bool) -> None:
         """Resolve how batches are built and run: the ``auto`` layout, prefix sharing, the
