@@ -25,6 +25,9 @@ OP_NAME = "reranker::fp8_swiglu"
 # as the 16-bit kernel's (the same 128 bytes a row); the interpreter's are small.
 _TILES_FP8 = (128, 128, 128, 3, 8)
 _TILES_INTERPRETED = (32, 32, 32, 1, 4)
+# Hopper's fp8 tensor cores add their products in less than float32 precision: Triton's
+# default there keeps that for a whole dot; the kernel adds each tile's depth (128) into
+# the float32 accumulators, as cuBLAS's fp8 matmul (``torch._scaled_mm``) does.
 # row tiles a group of programs walks together (they share weight columns in L2)
 _GROUP_ROWS = 8
 
@@ -104,6 +107,7 @@ def fused_op() -> Callable[..., Any] | None:
         BLOCK_DEPTH: tl.constexpr,
         GROUP_ROWS: tl.constexpr,
         PROGRAMS: tl.constexpr,
+        PRECISE_EVERY: tl.constexpr,
     ):
         row_tiles = tl.cdiv(rows, BLOCK_ROWS)
         column_tiles = tl.cdiv(columns, BLOCK_COLUMNS)
@@ -117,8 +121,9 @@ def fused_op() -> Callable[..., Any] | None:
             up = tl.zeros((BLOCK_ROWS, BLOCK_COLUMNS), dtype=tl.float32)
             for k in range(0, depth, BLOCK_DEPTH):
                 x = x_desc.load([row, k])
-                gate = tl.dot(x, gate_desc.load([column, k]).T, gate)
-                up = tl.dot(x, up_desc.load([column, k]).T, up)
+                w_gate, w_up = gate_desc.load([column, k]), up_desc.load([column, k])
+                gate = tl.dot(x, w_gate.T, gate, max_num_imprecise_acc=PRECISE_EVERY)
+                up = tl.dot(x, w_up.T, up, max_num_imprecise_acc=PRECISE_EVERY)
             row_ids = row + tl.arange(0, BLOCK_ROWS)
             column_ids = column + tl.arange(0, BLOCK_COLUMNS)
             sx = tl.load(x_scale + row_ids, mask=row_ids < rows, other=0.0)[:, None]
@@ -165,7 +170,7 @@ def fused_op() -> Callable[..., Any] | None:
             TensorDescriptor.from_tensor(out, [block_rows, block_columns]),
             rows, columns, depth,
             BLOCK_ROWS=block_rows, BLOCK_COLUMNS=block_columns, BLOCK_DEPTH=block_depth,
-            GROUP_ROWS=_GROUP_ROWS, PROGRAMS=sms,
+            GROUP_ROWS=_GROUP_ROWS, PROGRAMS=sms, PRECISE_EVERY=block_depth,
             num_stages=stages, num_warps=warps,
         )  # fmt: skip
         return out
