@@ -233,7 +233,7 @@ def _cmd_build_test_model(args: argparse.Namespace) -> int:
     else:
         from reranker.testing.tiny_qwen3 import main as build
 
-        build([args.out_dir, *sizes])
+        build([args.out_dir, *sizes, "--device", args.device])
     return 0
 
 
@@ -343,6 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["float32", "bfloat16", "float16"],
         help="dtype the weights are saved in (default: bfloat16 for 4b and 8b, which are "
         "built in it, 16 GB for 8b; else float32)",
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="qwen3 0.6b/4b/8b: where the random weights are drawn (cpu; cuda: seconds "
+        "instead of minutes for 4b and 8b, other random numbers for the same seed)",
     )
     p.set_defaults(func=_cmd_build_test_model)
     return parser

@@ -182,7 +182,8 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
 
     def _fuse_swiglu(self) -> bool:
         """``fused_swiglu``: the MLPs' gate and up products and SiLU gating as one Triton
-        kernel, its fp8 form where the layers are quantised (after :meth:`_quantize`)."""
+        kernel; where the layers are quantised (after :meth:`_quantize`), its fp8 form,
+        and only when set to true."""
         unlike_qwen3 = "MLP is not a bias-free SiLU-gated one with rows TMA can read"
         if not self.fp8_matmuls:
             return self._use_triton_kernel(
@@ -191,6 +192,10 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
                 lambda: swiglu.fuse_mlps(self._model),
                 unlike_qwen3,
             )
+        if self.options.fused_swiglu is not True:
+            # measured on an H200 (4B shape): no faster than the fp8 matmul of the merged
+            # gate/up weight + the compiled gating (docs/performance.md), so opt-in
+            return False
         from reranker.backends.transformers import fp8
         from reranker.backends.transformers.kernels import fp8_swiglu
 
