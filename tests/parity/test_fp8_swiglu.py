@@ -77,6 +77,7 @@ def test_self_check_passes_where_the_kernel_runs():
 
 
 def test_fp8_model_with_the_kernel_scores_as_without_it(tiny_model_dir):
+    """``fused_swiglu: true`` under fp8 puts the kernel in every MLP, compiled layers too."""
     from reranker.core.registry import load_backend
 
     def make(**options):
@@ -86,9 +87,10 @@ def test_fp8_model_with_the_kernel_scores_as_without_it(tiny_model_dir):
              "batch_layout": "packed", **options},
         )  # fmt: skip
 
-    plain, fused = make(fused_swiglu=False), make(fused_swiglu=True)
+    # the kernel as the custom op inside compiled layers (its fake registration traced)
+    plain, fused = make(fused_swiglu=False), make(fused_swiglu=True, torch_compile=True)
     try:
-        assert fused.fused_swiglu and not plain.fused_swiglu
+        assert fused.fused_swiglu and fused.compiled and not plain.fused_swiglu
         for query in QUERIES[:2]:
             want = plain.score_with_meta(query, DOCS)[0]
             got = fused.score_with_meta(query, DOCS)[0]
