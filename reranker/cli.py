@@ -220,6 +220,11 @@ def _cmd_build_test_model(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--shape {args.shape}: the {args.family} family is built as {' or '.join(shapes)}"
         )
+    if args.device != "cpu" and (args.family != "qwen3" or args.shape == "tiny"):
+        raise ConfigError(
+            "--device: the qwen3 family's 0.6b, 4b and 8b shapes draw their weights there; "
+            f"{args.family} {args.shape} is built on the CPU"
+        )
     dtype = args.dtype or ("bfloat16" if args.shape in ("4b", "8b") else "float32")
     sizes = ["--shape", args.shape, "--dtype", dtype]
     if args.family == "qwen3-seq-cls":
@@ -347,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--device",
         default="cpu",
+        choices=["cpu", "cuda"],
         help="qwen3 0.6b/4b/8b: where the random weights are drawn (cpu; cuda: seconds "
         "instead of minutes for 4b and 8b, other random numbers for the same seed)",
     )

@@ -206,12 +206,15 @@ def _fp8_ceiling(hidden: int, inter: int, q_dim: int, kv_dim: int, tokens: int) 
         g, u = out.chunk(2, dim=-1)
         return torch.nn.functional.silu(g) * u
 
-    op = fp8_swiglu.fused_op()
     flop = 2 * tokens * hidden * 2 * inter
-    for label, fn in (
-        ("_scaled_mm + silu*up (compiled)", torch.compile(unfused)),
-        ("fused fp8_swiglu kernel", lambda: op(x, sx, gate, sg, up, su, torch.bfloat16)),
-    ):
+    forms: list[tuple[str, Any]] = [("_scaled_mm + silu*up (compiled)", torch.compile(unfused))]
+    why_not = fp8_swiglu.self_check("cuda", torch.bfloat16)  # Triton, TMA (sm90+)
+    if why_not is None:
+        op = fp8_swiglu.fused_op()
+        forms.append(("fp8_swiglu kernel", lambda: op(x, sx, gate, sg, up, su, torch.bfloat16)))
+    else:
+        print(f"  (no fp8_swiglu kernel here: {why_not})")
+    for label, fn in forms:
         seconds = _timed(fn)
         print(
             f"  MLP first half, {label}: {1e3 * seconds:.3f} ms, "

@@ -72,14 +72,23 @@ def ensure_model(root: Path, shape: str) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     partial = root / f".{shape}.partial"
     shutil.rmtree(partial, ignore_errors=True)
-    print(f"{shape}: building a random-weight model in {path} ...", file=sys.stderr, flush=True)
     command = [sys.executable, "-m", "reranker.testing.tiny_qwen3", str(partial)]
     command += ["--shape", shape, "--dtype", BUILD_DTYPE]
-    if _has_cuda():  # random weights drawn on the GPU: seconds, not minutes, for 4b/8b
-        command += ["--device", "cuda"]
-    done = subprocess.run(command, env=_child_env(), stdout=subprocess.DEVNULL)
-    if done.returncode != 0:
+    # random weights drawn on the GPU take seconds, not minutes, for 4b/8b; the CPU is
+    # the fallback (a GPU without room for the model). The marker file says which.
+    for device in ["cuda", "cpu"] if _has_cuda() else ["cpu"]:
+        print(
+            f"{shape}: building a random-weight model in {path} (weights drawn on {device}) ...",
+            file=sys.stderr,
+            flush=True,
+        )
+        done = subprocess.run(
+            [*command, "--device", device], env=_child_env(), stdout=subprocess.DEVNULL
+        )
+        if done.returncode == 0:
+            break
         shutil.rmtree(partial, ignore_errors=True)
+    else:
         raise ConfigError(f"building the {shape} model failed (exit status {done.returncode})")
     partial.rename(path)
     return path
@@ -152,6 +161,7 @@ def _check_qwen3_backend(args: argparse.Namespace) -> None:
 
 
 def _has_cuda() -> bool:
+    """Whether torch sees a CUDA device here (models are then built on it)."""
     import torch
 
     return bool(torch.cuda.is_available())

@@ -103,9 +103,9 @@ class TransformersOptions(BackendOptions):
     fused_swiglu: bool | Literal["auto"] = Field(
         "auto",
         description="one Triton kernel per layer computes the MLP's gate and up "
-        "projections and their SiLU-gated product (Hopper GPUs: TMA; with quantization "
-        "fp8, its fp8 form); auto: on CUDA where Triton is installed and the GPU is sm90 "
-        "or newer",
+        "projections and their SiLU-gated product (Hopper GPUs: TMA); auto: on CUDA where "
+        "Triton is installed and the GPU is sm90 or newer; with quantization fp8 only "
+        "true turns on its fp8 form",
     )
     torch_compile: bool | Literal["auto"] = Field(
         "auto",

@@ -241,7 +241,14 @@ def build_model(
     weights_like_config(out)
     (out / "reranker_test_model.json").write_text(
         json.dumps(
-            {"shape": shape, "seed": seed, "builder_version": BUILDER_VERSION, "dtype": dtype}
+            {
+                "shape": shape,
+                "seed": seed,
+                "builder_version": BUILDER_VERSION,
+                "dtype": dtype,
+                # where the random numbers were drawn: the same seed gives other weights
+                "device": "cpu" if shape == "tiny" else torch.device(device).type,
+            }
         )
     )
     return out
@@ -313,6 +320,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--device",
         default="cpu",
+        choices=["cpu", "cuda"],
         help="where the random weights of 0.6b/4b/8b are drawn (cpu; cuda: much faster)",
     )
     args = parser.parse_args(argv)

@@ -32,8 +32,9 @@ def quantized(rows: int, columns: int, seed: int, spread: float = 1.0):
 @pytest.mark.parametrize(
     "rows, hidden, intermediate",
     # whole tiles; partial row and column tiles; a depth no multiple of a tile's; one
-    # row (the last layer reads few rows); no rows at all
-    [(64, 64, 64), (70, 96, 80), (33, 48, 112), (1, 64, 64), (0, 64, 64)],
+    # row (the last layer reads few rows); no rows at all; several tiles of every
+    # dimension on a GPU (128-wide tiles: the persistent walk, float32 sums per block)
+    [(64, 64, 64), (70, 96, 80), (33, 48, 112), (1, 64, 64), (0, 64, 64), (300, 400, 272)],
 )
 def test_kernel_matches_its_reference(out_dtype, rows, hidden, intermediate):
     op = fp8_swiglu.fused_op()
@@ -59,8 +60,8 @@ def test_kernel_reads_gate_and_up_as_row_blocks_of_the_merged_weight():
     """What the model passes: views of one merged FP8Linear, not copies."""
     op = fp8_swiglu.fused_op()
     torch.manual_seed(0)
-    gate_l, up_l = (torch.nn.Linear(64, 96, bias=False) for _ in range(2))
-    merged = fp8.FP8Linear.merged([gate_l, up_l]).to(DEVICE)
+    gate_l, up_l = (torch.nn.Linear(64, 96, bias=False).to(DEVICE) for _ in range(2))
+    merged = fp8.FP8Linear.merged([gate_l, up_l])
     gate, up = merged.split([96, 96])
     x, sx = quantized(40, 64, 4)
     got = op(x, sx, gate.weight_t.t(), gate.scale, up.weight_t.t(), up.scale, torch.float32)

@@ -83,9 +83,42 @@ def test_a_stale_model_is_rebuilt_in_place(tmp_path, monkeypatch):
     monkeypatch.setattr(sizes.subprocess, "run", build)
     _fake_model(tmp_path / "0.6b", shape="0.6b", builder_version=0, dtype="float32")
     assert sizes.ensure_model(tmp_path, "0.6b") == tmp_path / "0.6b"
-    assert calls[0][-4:] == ["--shape", "0.6b", "--dtype", "bfloat16"]
+    assert calls[0][-6:] == ["--shape", "0.6b", "--dtype", "bfloat16", "--device", "cpu"]
     assert sizes.model_is_built(tmp_path / "0.6b", "0.6b")
     assert not (tmp_path / ".0.6b.partial").exists()
+
+
+def test_a_build_that_fails_on_the_gpu_is_made_on_the_cpu(tmp_path, monkeypatch, capsys):
+    devices = []
+
+    def build(command, **kwargs):
+        devices.append(command[-1])
+        if command[-1] == "cuda":  # e.g. no room on the GPU for the model
+            (tmp_path / ".4b.partial").mkdir()  # a half-written folder, removed
+            return type("Done", (), {"returncode": 1})()
+        _fake_model(
+            tmp_path / ".4b.partial",
+            shape="4b",
+            builder_version=sizes_builder_version(),
+            dtype="bfloat16",
+        )
+        return type("Done", (), {"returncode": 0})()
+
+    monkeypatch.setattr(sizes, "_has_cuda", lambda: True)
+    monkeypatch.setattr(sizes.subprocess, "run", build)
+    assert sizes.ensure_model(tmp_path, "4b") == tmp_path / "4b"
+    assert devices == ["cuda", "cpu"] and sizes.model_is_built(tmp_path / "4b", "4b")
+    assert "(weights drawn on cpu)" in capsys.readouterr().err
+
+
+def test_a_build_that_fails_everywhere_is_a_config_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(sizes, "_has_cuda", lambda: True)
+    monkeypatch.setattr(
+        sizes.subprocess, "run", lambda *a, **k: type("Done", (), {"returncode": 3})()
+    )
+    with pytest.raises(ConfigError, match="building the 8b model failed"):
+        sizes.ensure_model(tmp_path, "8b")
+    assert not (tmp_path / "8b").exists() and not (tmp_path / ".8b.partial").exists()
 
 
 def sizes_builder_version():

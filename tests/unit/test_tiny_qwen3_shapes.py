@@ -87,7 +87,13 @@ def test_a_benchmark_shape_is_built_in_its_dtype(tmp_path, monkeypatch):
     out = tiny_qwen3.build_model(tmp_path / "small", shape="small", dtype="bfloat16")
     assert made == [{torch.bfloat16}]
     marker = json.loads((out / "reranker_test_model.json").read_text())
-    assert marker == {"shape": "small", "seed": 0, "builder_version": 2, "dtype": "bfloat16"}
+    assert marker == {
+        "shape": "small",
+        "seed": 0,
+        "builder_version": 2,
+        "dtype": "bfloat16",
+        "device": "cpu",  # where the random numbers were drawn
+    }
     config = json.loads((out / "config.json").read_text())
     assert config["dtype"] == "bfloat16" and config["tie_word_embeddings"] is False
     with safe_open(str(out / "model.safetensors"), "pt") as f:
@@ -103,4 +109,14 @@ def test_the_sequence_classifier_stays_at_0_6b(tmp_path, capsys):
     code = main(["build-test-model", str(tmp_path / "x"), "--family", "qwen3-seq-cls"] + [
         "--shape", "8b"])  # fmt: skip
     assert code == 2 and "built as tiny or 0.6b" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    "family, shape", [("bert", "base"), ("qwen3-seq-cls", "0.6b"), ("qwen3", "tiny")]
+)
+def test_device_is_for_the_published_qwen3_shapes_only(tmp_path, capsys, family, shape):
+    code = main(["build-test-model", str(tmp_path / "x"), "--family", family] + [
+        "--shape", shape, "--device", "cuda"])  # fmt: skip
+    assert code == 2 and f"{family} {shape} is built on the CPU" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

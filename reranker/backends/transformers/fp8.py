@@ -133,8 +133,6 @@ class FP8Linear(nn.Module):
         self.register_buffer("scale", scale)
         self.register_buffer("bias", bias)
         self.out_dtype = out_dtype
-        # cuBLAS's row-wise scaled fp8 matmul writes bfloat16 only; the CPU's any dtype
-        self.mm_dtype = torch.bfloat16 if weight_t.device.type == "cuda" else out_dtype
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> FP8Linear:
@@ -184,8 +182,11 @@ class FP8Linear(nn.Module):
         """``x @ W^T (+ bias)`` with ``x`` quantised per row; any leading dims."""
         rows = x.reshape(-1, x.shape[-1])
         q, scale = quantize_rows(rows)
+        # cuBLAS's row-wise scaled fp8 matmul writes bfloat16 only; the CPU's any dtype
+        # (read here, not at construction: ``.to(device)`` may move the layer)
+        mm_dtype = torch.bfloat16 if self.weight_t.is_cuda else self.out_dtype
         out = torch._scaled_mm(
-            q, self.weight_t, scale_a=scale, scale_b=self.scale, out_dtype=self.mm_dtype
+            q, self.weight_t, scale_a=scale, scale_b=self.scale, out_dtype=mm_dtype
         )
         if self.bias is not None:
             out = out + self.bias

@@ -22,12 +22,11 @@ from reranker.backends.transformers.kernels import triton_support
 
 OP_NAME = "reranker::fp8_swiglu"
 # (rows, columns, depth) of a tile, pipeline stages, warps: fp8 tiles are twice as deep
-# as the 16-bit kernel's (the same 128 bytes a row); the interpreter's are small.
+# as the 16-bit kernel's (the same 128 bytes a row); a float32 result (tests) takes twice
+# the shared memory to store, so fewer rows; the interpreter's tiles are small.
 _TILES_FP8 = (128, 128, 128, 3, 8)
+_TILES_FP8_FLOAT32_OUT = (64, 128, 128, 3, 4)
 _TILES_INTERPRETED = (32, 32, 32, 1, 4)
-# Hopper's fp8 tensor cores add their products in less than float32 precision: Triton's
-# default there keeps that for a whole dot; the kernel adds each tile's depth (128) into
-# the float32 accumulators, as cuBLAS's fp8 matmul (``torch._scaled_mm``) does.
 # row tiles a group of programs walks together (they share weight columns in L2)
 _GROUP_ROWS = 8
 
@@ -46,12 +45,6 @@ def reference(
     return (F.silu(g) * u).to(out_dtype)
 
 
-def supports(hidden: int, intermediate: int) -> bool:
-    """Whether the kernel takes these sizes: TMA reads rows whose byte length is a
-    multiple of 16 (one byte an fp8 value, two a 16-bit output)."""
-    return hidden % 16 == 0 and intermediate % 16 == 0
-
-
 def self_check(device: Any, out_dtype: Any) -> str | None:
     """Run the kernel once on ``device`` against :func:`reference`: None where it agrees,
     else why not (Triton missing, a GPU older than Hopper, a failure, a wrong result)."""
@@ -65,7 +58,8 @@ def self_check(device: Any, out_dtype: Any) -> str | None:
     if torch.device(device).type == "cuda" and torch.cuda.get_device_capability(device)[0] < 9:
         return "it needs a Hopper (sm90) or newer GPU: it loads tiles with TMA"
     g = torch.Generator().manual_seed(0)
-    x, gate, up = ((torch.randn(rows, 64, generator=g) / 4).to(device) for rows in (70, 96, 96))
+    # two tiles and a partial one in every dimension on a GPU (128-wide tiles)
+    x, gate, up = ((torch.randn(rows, 272, generator=g) / 4).to(device) for rows in (200, 304, 304))
     qx, sx = fp8.quantize_rows(x)
     qg, sg = fp8.quantize_rows(gate)
     qu, su = fp8.quantize_rows(up)
@@ -81,7 +75,10 @@ def self_check(device: Any, out_dtype: Any) -> str | None:
 def fused_op() -> Callable[..., Any] | None:
     """The kernel as the torch custom op ``reranker::fp8_swiglu`` (the arguments and
     result of :func:`reference`; compiled layers call it as one opaque kernel, CUDA
-    graphs capture it), or None where Triton is not importable."""
+    graphs capture it), or None where Triton is not importable. TMA reads ``gate`` and
+    ``up`` in place: row-major (unit last stride) with a 16-byte aligned start and row
+    length, as row blocks of a merged (out, in) fp8 weight whose widths are multiples of
+    16 are; ``x`` and the scales are made contiguous."""
     try:
         import torch
         import triton
@@ -155,9 +152,11 @@ def fused_op() -> Callable[..., Any] | None:
         out = torch.empty(rows, columns, device=x.device, dtype=out_dtype)
         if rows == 0:
             return out
-        block_rows, block_columns, block_depth, stages, warps = (
-            _TILES_INTERPRETED if in_interpreter else _TILES_FP8
-        )
+        if in_interpreter:
+            tiles_config = _TILES_INTERPRETED
+        else:
+            tiles_config = _TILES_FP8_FLOAT32_OUT if out_dtype == torch.float32 else _TILES_FP8
+        block_rows, block_columns, block_depth, stages, warps = tiles_config
         tiles = triton.cdiv(rows, block_rows) * triton.cdiv(columns, block_columns)
         sms = programs(x.device)
         fp8_swiglu_tiles[(min(sms, tiles),)](
@@ -170,7 +169,11 @@ def fused_op() -> Callable[..., Any] | None:
             TensorDescriptor.from_tensor(out, [block_rows, block_columns]),
             rows, columns, depth,
             BLOCK_ROWS=block_rows, BLOCK_COLUMNS=block_columns, BLOCK_DEPTH=block_depth,
-            GROUP_ROWS=_GROUP_ROWS, PROGRAMS=sms, PRECISE_EVERY=block_depth,
+            GROUP_ROWS=_GROUP_ROWS, PROGRAMS=sms,
+            # Hopper's fp8 tensor cores add products in less than float32 precision, and
+            # Triton's default there keeps that for a whole dot: add each tile's depth
+            # into the float32 accumulators instead, as cuBLAS's fp8 matmul does
+            PRECISE_EVERY=block_depth,
             num_stages=stages, num_warps=warps,
         )  # fmt: skip
         return out
