@@ -129,14 +129,7 @@ def _matmul_ceiling(hidden: int, inter: int, q_dim: int, kv_dim: int, tokens: in
     for name, (k, n) in shapes.items():
         x = torch.randn(tokens, k, device="cuda", dtype=torch.bfloat16)
         w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
-        for _ in range(3):
-            x @ w.T
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(20):
-            x @ w.T
-        torch.cuda.synchronize()
-        seconds = (time.perf_counter() - start) / 20
+        seconds = _timed(lambda x=x, w=w: x @ w.T)
         flop = 2 * tokens * k * n
         total_flop += flop
         total_s += seconds

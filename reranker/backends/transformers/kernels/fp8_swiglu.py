@@ -132,12 +132,6 @@ def fused_op() -> Callable[..., Any] | None:
 
     in_interpreter = triton_support.interpreted()
 
-    @functools.cache
-    def programs(device: Any) -> int:
-        if in_interpreter:
-            return 4
-        return int(torch.cuda.get_device_properties(device).multi_processor_count)
-
     def fp8_swiglu(
         x: Any,
         x_scale: Any,
@@ -158,7 +152,7 @@ def fused_op() -> Callable[..., Any] | None:
             tiles_config = _TILES_FP8_FLOAT32_OUT if out_dtype == torch.float32 else _TILES_FP8
         block_rows, block_columns, block_depth, stages, warps = tiles_config
         tiles = triton.cdiv(rows, block_rows) * triton.cdiv(columns, block_columns)
-        sms = programs(x.device)
+        sms = triton_support.persistent_programs(x.device)
         fp8_swiglu_tiles[(min(sms, tiles),)](
             TensorDescriptor.from_tensor(x.contiguous(), [block_rows, block_depth]),
             x_scale.contiguous(),

@@ -160,12 +160,6 @@ def fused_op() -> Callable[..., Any] | None:
     # read once, not per launch: launches sit on the host's path of every layer
     in_interpreter = triton_support.interpreted()
 
-    @functools.cache
-    def programs(device: Any) -> int:
-        if in_interpreter:
-            return 4
-        return int(torch.cuda.get_device_properties(device).multi_processor_count)
-
     def swiglu(x: Any, gate_weight: Any, up_weight: Any) -> Any:
         rows, depth = x.shape
         columns = gate_weight.shape[0]
@@ -180,7 +174,7 @@ def fused_op() -> Callable[..., Any] | None:
         tiles = triton.cdiv(rows, block_rows) * triton.cdiv(columns, block_columns)
         # one program per SM, fewer where there are fewer tiles: the stride stays the SM
         # count (a constant, so that batch sizes do not recompile the kernel)
-        sms = programs(x.device)
+        sms = triton_support.persistent_programs(x.device)
         swiglu_tiles[(min(sms, tiles),)](
             TensorDescriptor.from_tensor(x, [block_rows, block_depth]),
             TensorDescriptor.from_tensor(gate_weight, [block_columns, block_depth]),

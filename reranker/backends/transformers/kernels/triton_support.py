@@ -4,6 +4,7 @@ of a kernel against its torch reference. Imports nothing heavy at module level."
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +14,18 @@ def interpreted() -> bool:
     """Whether Triton kernels run in its CPU interpreter here (``TRITON_INTERPRET=1``:
     slow, for tests on machines without a GPU)."""
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on")
+
+
+@functools.cache
+def persistent_programs(device: Any) -> int:
+    """How many programs a persistent kernel launches at most on ``device``: one per SM
+    (4 in the interpreter). Kernels take it as a constant stride, so that batch sizes do
+    not compile new variants."""
+    if interpreted():
+        return 4
+    import torch
+
+    return int(torch.cuda.get_device_properties(device).multi_processor_count)
 
 
 def check_against_reference(run: Callable[[], Any], want: Any, device: Any) -> str | None:
