@@ -116,15 +116,20 @@ def _timeline(trace: dict[str, Any]) -> None:
         )
 
 
-def _matmul_ceiling(hidden: int, inter: int, q_dim: int, kv_dim: int, tokens: int) -> None:
-    import torch
-
-    shapes = {
+def _layer_shapes(hidden: int, inter: int, q_dim: int, kv_dim: int) -> dict[str, tuple[int, int]]:
+    """A decoder layer's four matmuls as (inner width, output width)."""
+    return {
         "qkv": (hidden, q_dim + 2 * kv_dim),
         "o": (q_dim, hidden),
         "gate_up": (hidden, 2 * inter),
         "down": (inter, hidden),
     }
+
+
+def _matmul_ceiling(hidden: int, inter: int, q_dim: int, kv_dim: int, tokens: int) -> None:
+    import torch
+
+    shapes = _layer_shapes(hidden, inter, q_dim, kv_dim)
     total_flop = total_s = 0.0
     for name, (k, n) in shapes.items():
         x = torch.randn(tokens, k, device="cuda", dtype=torch.bfloat16)
@@ -163,12 +168,7 @@ def _fp8_ceiling(hidden: int, inter: int, q_dim: int, kv_dim: int, tokens: int) 
     def operand(rows: int, k: int) -> Any:
         return fp8.quantize_rows(torch.randn(rows, k, device="cuda", dtype=torch.bfloat16))
 
-    shapes = {
-        "qkv": (hidden, q_dim + 2 * kv_dim),
-        "o": (q_dim, hidden),
-        "gate_up": (hidden, 2 * inter),
-        "down": (inter, hidden),
-    }
+    shapes = _layer_shapes(hidden, inter, q_dim, kv_dim)
     total_flop = total_s = 0.0
     for name, (k, n) in shapes.items():
         x, sx = operand(tokens, k)
