@@ -222,9 +222,14 @@ def _cmd_build_test_model(args: argparse.Namespace) -> int:
         )
     if args.device != "cpu" and (args.family != "qwen3" or args.shape == "tiny"):
         raise ConfigError(
-            "--device: the qwen3 family's 0.6b, 4b and 8b shapes draw their weights there; "
+            "--device cuda applies to the qwen3 family's 0.6b, 4b and 8b shapes; "
             f"{args.family} {args.shape} is built on the CPU"
         )
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda, but torch sees no CUDA device here; leave it out")
     dtype = args.dtype or ("bfloat16" if args.shape in ("4b", "8b") else "float32")
     sizes = ["--shape", args.shape, "--dtype", dtype]
     if args.family == "qwen3-seq-cls":

@@ -120,3 +120,13 @@ def test_device_is_for_the_published_qwen3_shapes_only(tmp_path, capsys, family,
         "--shape", shape, "--device", "cuda"])  # fmt: skip
     assert code == 2 and f"{family} {shape} is built on the CPU" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_device_cuda_without_a_gpu_is_one_line_and_no_folder(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this host has a CUDA device")
+    code = main(["build-test-model", str(tmp_path / "x"), "--shape", "0.6b", "--device", "cuda"])
+    assert code == 2 and "torch sees no CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
