@@ -45,6 +45,14 @@ def qwen3_sized(record: dict) -> bool:
     return "cross_encoder" not in record["backend"]
 
 
+def run_label(record: dict, name: str | None = None) -> str:
+    """A record's row name (``name``, else its raw baseline's or its backend's), with its
+    quantization where that is not ``none``: bf16 and fp8 runs of one backend read apart."""
+    label = name or record.get("baseline") or record["backend"]
+    quantization = record.get("quantization")
+    return f"{label} [{quantization}]" if quantization not in (None, "none") else label
+
+
 def table(records: list[dict], host_memory: bool = False) -> str:
     """One row per record: pairs/s, tokens/s, share of bf16 peak (Qwen3-Reranker-shaped
     runs, each at its size's FLOPs a token), memory (``host_memory``: also the process's
@@ -69,7 +77,7 @@ def table(records: list[dict], host_memory: bool = False) -> str:
         share = "-"
         if tps and peak and qwen3_sized(r):
             share = f"{100 * tps * flops_per_token(record_params(r)) / (peak * 1e12):.1f}"
-        label = r.get("baseline") or r["backend"]
+        label = run_label(r)
         tokens = f"{tps:,.0f} | {share}" if tps else "- | -"
         rss = f" {r.get('peak_host_mem_gib') or '-'} |" if host_memory else ""
         rows.append(
@@ -97,7 +105,7 @@ def against_baselines(records: list[dict]) -> str:
     of each raw counterpart timed in the same run."""
     best: dict[str, float] = {}
     for r in records:
-        name = r["backend"].removesuffix(" (queries coalesced)")
+        name = run_label(r, r["backend"].removesuffix(" (queries coalesced)"))
         best[name] = max(best.get(name, 0.0), r["pairs_per_s"])
     baselines = [
         (label, best[key])

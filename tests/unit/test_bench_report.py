@@ -55,3 +55,20 @@ def test_cross_encoder_runs_against_their_baselines_without_a_qwen3_peak_share()
     assert "| cross_encoder_vllm | 900.0 | 1.50 | 3.00 |" in rows
     assert "| cross_encoder_transformers | 450.0 | 0.75 | 1.50 |" in rows
     assert "| cross_encoder_vllm | 900.0 | 300,000 | - |" in table(records).splitlines()[2]
+
+
+def test_fp8_and_bf16_runs_of_one_backend_are_rows_of_their_own():
+    records = [
+        record("qwen3_transformers", 175.0, quantization="none"),
+        record("qwen3_transformers (queries coalesced)", 174.0, quantization="none"),
+        record("qwen3_transformers", 227.0, quantization="fp8"),
+        record("qwen3_transformers (queries coalesced)", 233.0, quantization="fp8"),
+        record("baseline:qwen3_transformers", 50.0, baseline="model card"),
+    ]
+    rows = table(records).splitlines()
+    assert rows[4].startswith("| qwen3_transformers [fp8] | 227.0 |")
+    assert rows[5].startswith("| qwen3_transformers (queries coalesced) [fp8] | 233.0 |")
+    assert rows[2].startswith("| qwen3_transformers | 175.0 |")
+    best = against_baselines(records).splitlines()
+    assert "| qwen3_transformers | 175.0 | 3.50 |" in best
+    assert "| qwen3_transformers [fp8] | 233.0 | 4.66 |" in best
