@@ -27,6 +27,10 @@ OP_NAME = "reranker::fp8_swiglu"
 _TILES_FP8 = (128, 128, 128, 3, 8)
 _TILES_FP8_FLOAT32_OUT = (64, 128, 128, 3, 4)
 _TILES_INTERPRETED = (32, 32, 32, 1, 4)
+# The shared tile order (:mod:`.tile_walk`, which imports Triton): bound by
+# :func:`fused_op`, read by the kernel as a module global, where both Triton's compiler
+# and its interpreter (globals only, no closures) find it.
+tile_walk: Any = None
 # row tiles a group of programs walks together (they share weight columns in L2)
 _GROUP_ROWS = 8
 
@@ -84,8 +88,12 @@ def fused_op() -> Callable[..., Any] | None:
         import triton
         import triton.language as tl
         from triton.tools.tensor_descriptor import TensorDescriptor
+
+        from reranker.backends.transformers.kernels import tile_walk as walk
     except Exception:  # ImportError, or a Triton build that fails to load here
         return None
+    global tile_walk
+    tile_walk = walk
 
     @triton.jit(do_not_specialize=["rows"])
     def fp8_swiglu_tiles(
@@ -108,12 +116,10 @@ def fused_op() -> Callable[..., Any] | None:
     ):
         row_tiles = tl.cdiv(rows, BLOCK_ROWS)
         column_tiles = tl.cdiv(columns, BLOCK_COLUMNS)
-        tiles_per_group = GROUP_ROWS * column_tiles
         for tile in range(tl.program_id(0), row_tiles * column_tiles, PROGRAMS):
-            first_row_tile = tile // tiles_per_group * GROUP_ROWS
-            group_rows = min(row_tiles - first_row_tile, GROUP_ROWS)
-            row = (first_row_tile + tile % group_rows) * BLOCK_ROWS
-            column = (tile % tiles_per_group) // group_rows * BLOCK_COLUMNS
+            row, column = tile_walk.grouped_tile(
+                tile, row_tiles, column_tiles, BLOCK_ROWS, BLOCK_COLUMNS, GROUP_ROWS
+            )
             gate = tl.zeros((BLOCK_ROWS, BLOCK_COLUMNS), dtype=tl.float32)
             up = tl.zeros((BLOCK_ROWS, BLOCK_COLUMNS), dtype=tl.float32)
             for k in range(0, depth, BLOCK_DEPTH):

@@ -31,6 +31,10 @@ OP_NAME = "reranker::swiglu"
 # (IEEE) products.
 _TILES_16BIT = (128, 128, 64, 3, 8)
 _TILES_FLOAT32 = (64, 64, 32, 2, 4)
+# The shared tile order (:mod:`.tile_walk`, which imports Triton): bound by
+# :func:`fused_op`, read by the kernel as a module global, where both Triton's compiler
+# and its interpreter (globals only, no closures) find it.
+tile_walk: Any = None
 # row tiles a group of programs walks together (they share weight columns in L2)
 _GROUP_ROWS = 8
 
@@ -117,8 +121,12 @@ def fused_op() -> Callable[..., Any] | None:
         import triton
         import triton.language as tl
         from triton.tools.tensor_descriptor import TensorDescriptor
+
+        from reranker.backends.transformers.kernels import tile_walk as walk
     except Exception:  # ImportError, or a Triton build that fails to load here
         return None
+    global tile_walk
+    tile_walk = walk
 
     # The row count changes with every batch: Triton would otherwise compile a variant
     # for rows == 1 and one for rows divisible by 16, the first time a request has them.
@@ -140,14 +148,11 @@ def fused_op() -> Callable[..., Any] | None:
     ):
         row_tiles = tl.cdiv(rows, BLOCK_ROWS)
         column_tiles = tl.cdiv(columns, BLOCK_COLUMNS)
-        tiles_per_group = GROUP_ROWS * column_tiles
-        # persistent: each program walks tiles PROGRAMS apart, grouped so that programs
-        # running together share input rows and weight columns in L2
+        # persistent: each program walks tiles PROGRAMS apart, in grouped order
         for tile in range(tl.program_id(0), row_tiles * column_tiles, PROGRAMS):
-            first_row_tile = tile // tiles_per_group * GROUP_ROWS
-            group_rows = min(row_tiles - first_row_tile, GROUP_ROWS)
-            row = (first_row_tile + tile % group_rows) * BLOCK_ROWS
-            column = (tile % tiles_per_group) // group_rows * BLOCK_COLUMNS
+            row, column = tile_walk.grouped_tile(
+                tile, row_tiles, column_tiles, BLOCK_ROWS, BLOCK_COLUMNS, GROUP_ROWS
+            )
             gate = tl.zeros((BLOCK_ROWS, BLOCK_COLUMNS), dtype=tl.float32)
             up = tl.zeros((BLOCK_ROWS, BLOCK_COLUMNS), dtype=tl.float32)
             for k in range(0, depth, BLOCK_DEPTH):
