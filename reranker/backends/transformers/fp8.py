@@ -38,7 +38,7 @@ FP8_MAX = 448.0
 # CUDA GPUs with fp8 tensor cores: Ada (8.9), Hopper (9.0) and newer.
 MIN_CAPABILITY = (8, 9)
 # The smallest scale: an all-zero row quantises to zeros instead of dividing by zero.
-_MIN_SCALE = 1e-12
+MIN_SCALE = 1e-12
 # cuBLAS's fp8 matmul wants both the inner and the output widths in multiples of 16.
 _ALIGN = 16
 
@@ -97,7 +97,7 @@ def self_check(device: Any) -> str | None:
 def quantize_rows(x: Any) -> tuple[Any, Any]:
     """``x`` (rows, columns) as float8 e4m3 with one float32 scale a row, (rows, 1):
     ``x ~= q * scale``, each row's largest magnitude mapped to :data:`FP8_MAX`."""
-    scale = (x.abs().amax(dim=-1, keepdim=True).float() / FP8_MAX).clamp(min=_MIN_SCALE)
+    scale = (x.abs().amax(dim=-1, keepdim=True).float() / FP8_MAX).clamp(min=MIN_SCALE)
     q = (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
     return q, scale
 
@@ -145,7 +145,7 @@ class FP8Linear(nn.Module):
         """One layer computing ``linears`` (same input width, same dtype) side by side:
         their outputs concatenated in that order. Use :meth:`rows` for the views."""
         weight = torch.cat([layer.weight.detach() for layer in linears])
-        scale = (weight.abs().amax(dim=1).float() / FP8_MAX).clamp(min=_MIN_SCALE)
+        scale = (weight.abs().amax(dim=1).float() / FP8_MAX).clamp(min=MIN_SCALE)
         q = (weight.float() / scale[:, None]).clamp(-FP8_MAX, FP8_MAX)
         q = q.to(torch.float8_e4m3fn).contiguous()
         biases = [layer.bias for layer in linears]
@@ -180,8 +180,12 @@ class FP8Linear(nn.Module):
 
     def forward(self, x: Any) -> Any:
         """``x @ W^T (+ bias)`` with ``x`` quantised per row; any leading dims."""
-        rows = x.reshape(-1, x.shape[-1])
-        q, scale = quantize_rows(rows)
+        q, scale = quantize_rows(x.reshape(-1, x.shape[-1]))
+        return self.quantized_forward(q, scale).view(*x.shape[:-1], self.out_features)
+
+    def quantized_forward(self, q: Any, scale: Any) -> Any:
+        """The layer on an input already quantised per row: ``q`` (rows, in) float8
+        e4m3, ``scale`` (rows, 1) float32 (:func:`quantize_rows`) -> (rows, out)."""
         # cuBLAS's row-wise scaled fp8 matmul writes bfloat16 only; the CPU's any dtype
         # (read here, not at construction: ``.to(device)`` may move the layer)
         mm_dtype = torch.bfloat16 if self.weight_t.is_cuda else self.out_dtype
@@ -190,7 +194,7 @@ class FP8Linear(nn.Module):
         )
         if self.bias is not None:
             out = out + self.bias
-        return out.to(self.out_dtype).view(*x.shape[:-1], self.out_features)
+        return out.to(self.out_dtype)
 
     def extra_repr(self) -> str:
         """Widths and the bias, as ``nn.Linear`` shows them."""
@@ -249,32 +253,63 @@ def _gated_forward() -> Callable[..., Any]:
     return forward
 
 
-def fuse_gated_mlps(layers: Iterable[nn.Module], op: Callable[..., Any]) -> int:
+def fuse_gated_mlps(
+    layers: Iterable[nn.Module],
+    gated_quant: Callable[..., Any] | None = None,
+    swiglu: Callable[..., Any] | None = None,
+    quant: Callable[..., Any] | None = None,
+) -> int:
     """Give each MLP whose gate and up projections :func:`quantize_layers` merged a
-    forward through ``op`` (:func:`..kernels.fp8_swiglu.fused_op`: both fp8 products and
-    the SiLU gating in one kernel, the products never written out); returns how many."""
+    forward through Triton kernels; returns how many MLPs took it. Either
+    ``gated_quant`` (:func:`..kernels.fp8_quant.gated_quant_op`: after the merged fp8
+    matmul, the SiLU gating and the quantisation of down's input in one pass), or
+    ``swiglu`` (:func:`..kernels.fp8_swiglu.fused_op`: both fp8 products and the gating
+    in one kernel, the products never written out) with ``quant``
+    (:func:`..kernels.fp8_quant.quantize_op`, or None for :func:`quantize_rows`)
+    quantising its result for down."""
+    if (gated_quant is None) == (swiglu is None):
+        raise ValueError("pass gated_quant or swiglu, not both")
     count = 0
     for layer in layers:
         for module in layer.modules():
             if isinstance(getattr(module, "gate_up_proj", None), FP8Linear) and isinstance(
                 getattr(module, "down_proj", None), FP8Linear
             ):
-                module.forward = types.MethodType(_kernel_gated_forward(op), module)
+                if gated_quant is not None:
+                    forward = _gated_quant_forward(gated_quant)
+                else:
+                    assert swiglu is not None
+                    forward = _kernel_gated_forward(swiglu, quant or quantize_rows)
+                module.forward = types.MethodType(forward, module)
                 count += 1
     return count
 
 
-def _kernel_gated_forward(op: Callable[..., Any]) -> Callable[..., Any]:
-    """The fp8 MLP forward over the fused kernel ``op`` (a closure: dynamo traces it).
-    ``gate_proj``/``up_proj`` are row blocks of the merged weight: their transposes'
-    transposes are (intermediate, hidden) row-major fp8 views, no copies."""
+def _gated_quant_forward(gated_quant: Callable[..., Any]) -> Callable[..., Any]:
+    """The fp8 MLP forward: one matmul for gate and up, then ``gated_quant`` (SiLU gating
+    and per-token quantisation in one kernel) feeding down (a closure: dynamo traces it)."""
+
+    def forward(mlp: Any, x: Any) -> Any:
+        gate_up = mlp.gate_up_proj(x)
+        q, scale = gated_quant(gate_up.reshape(-1, gate_up.shape[-1]))
+        return mlp.down_proj.quantized_forward(q, scale).view(*x.shape[:-1], -1)
+
+    return forward
+
+
+def _kernel_gated_forward(op: Callable[..., Any], quant: Callable[..., Any]) -> Callable[..., Any]:
+    """The fp8 MLP forward over the fused kernel ``op``, its result quantised for down by
+    ``quant`` (a closure: dynamo traces it). ``gate_proj``/``up_proj`` are row blocks of
+    the merged weight: their transposes' transposes are (intermediate, hidden) row-major
+    fp8 views, no copies."""
 
     def forward(mlp: Any, x: Any) -> Any:
         rows = x.reshape(-1, x.shape[-1])
         q, scale = quantize_rows(rows)
         gate, up = mlp.gate_proj, mlp.up_proj
         gated = op(q, scale, gate.weight_t.t(), gate.scale, up.weight_t.t(), up.scale, x.dtype)
-        return mlp.down_proj(gated).view(*x.shape[:-1], -1)
+        q, scale = quant(gated)
+        return mlp.down_proj.quantized_forward(q, scale).view(*x.shape[:-1], -1)
 
     return forward
 

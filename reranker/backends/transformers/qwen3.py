@@ -182,8 +182,9 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
 
     def _fuse_swiglu(self) -> bool:
         """``fused_swiglu``: the MLPs' gate and up products and SiLU gating as one Triton
-        kernel; where the layers are quantised (after :meth:`_quantize`), its fp8 form,
-        and only when set to true."""
+        kernel. Where the layers are quantised (after :meth:`_quantize`): under ``auto``
+        the gating and the quantisation of down's input as one kernel after the fp8
+        matmul of gate/up; under ``true`` also the products in a kernel (its fp8 form)."""
         unlike_qwen3 = "MLP is not a bias-free SiLU-gated one with rows TMA can read"
         if not self.fp8_matmuls:
             return self._use_triton_kernel(
@@ -192,18 +193,30 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
                 lambda: swiglu.fuse_mlps(self._model),
                 unlike_qwen3,
             )
-        if self.options.fused_swiglu is not True:
-            # measured on an H200 (4B shape): no faster than the fp8 matmul of the merged
-            # gate/up weight + the compiled gating (docs/performance.md), so opt-in
-            return False
         from reranker.backends.transformers import fp8
-        from reranker.backends.transformers.kernels import fp8_swiglu
+        from reranker.backends.transformers.kernels import fp8_quant, fp8_swiglu
 
-        def fuse() -> int:
-            op = fp8_swiglu.fused_op()
-            return fp8.fuse_gated_mlps(self._body.layers, op) if op else 0
+        layers = self._body.layers
+        if self.options.fused_swiglu is not True:
 
-        return self._use_triton_kernel("fused_swiglu", fp8_swiglu.self_check, fuse, unlike_qwen3)
+            def fuse_gating() -> int:
+                op = fp8_quant.gated_quant_op()
+                return fp8.fuse_gated_mlps(layers, gated_quant=op) if op else 0
+
+            return self._use_triton_kernel(
+                "fused_swiglu", fp8_quant.self_check, fuse_gating, unlike_qwen3
+            )
+
+        # measured on an H200 (4B shape): the products in a kernel are no faster than
+        # the fp8 matmul of the merged gate/up weight (docs/performance.md), so opt-in
+        def check(device: Any, dtype: Any) -> str | None:
+            return fp8_swiglu.self_check(device, dtype) or fp8_quant.self_check(device, dtype)
+
+        def fuse_products() -> int:
+            op, quant = fp8_swiglu.fused_op(), fp8_quant.quantize_op()
+            return fp8.fuse_gated_mlps(layers, swiglu=op, quant=quant) if op and quant else 0
+
+        return self._use_triton_kernel("fused_swiglu", check, fuse_products, unlike_qwen3)
 
     def _choose_batching(self, opts: Qwen3TransformersOptions, on_cuda: bool) -> None:
         """Resolve how batches are built and run: the ``auto`` layout, prefix sharing, the

@@ -1,0 +1,170 @@
+"""Per-token fp8 quantisation of a wide row in one pass (``quantization: fp8``), with the
+SiLU gating of a gated MLP optionally in front of it.
+
+Down's input in an fp8 MLP is ``silu(gate) * up`` quantised per token: each row's largest
+magnitude, then every value divided by it. Compiled by inductor, rows as wide as an MLP's
+(thousands of values) are reduced in a loop, so the (tokens, 2 x intermediate) gate/up
+products are read twice (the maximum, then the division). Here one program holds a
+whole row in registers: the products are read once, the fp8 row and its float32 scale
+written once. The same kernel without the gating quantises any row-major matrix
+(:func:`quantize_op`). Runs on CUDA GPUs, or in Triton's CPU interpreter (tests).
+
+Triton is imported only when an op is first asked for.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from reranker.backends.transformers.kernels import triton_support
+
+GATED_OP_NAME = "reranker::fp8_silu_mul_quant"
+QUANT_OP_NAME = "reranker::fp8_quant_rows"
+# one program a row: warps grow with the row (a 16,384-wide row: 16 warps, 32 values a
+# thread for each of gate and up), so a row stays in registers
+_MIN_WARPS, _MAX_WARPS, _VALUES_PER_WARP = 4, 16, 1024
+
+
+def reference(x: Any, gated: bool) -> tuple[Any, Any]:
+    """The kernels' arithmetic in torch: ``x`` (rows, width), or with ``gated`` (rows,
+    2 x width) holding gate then up; ``silu(gate) * up`` in float32, then each row as
+    float8 e4m3 with its float32 scale (rows, 1), as :func:`..fp8.quantize_rows`."""
+    import torch.nn.functional as F
+
+    from reranker.backends.transformers import fp8
+
+    x = x.float()
+    if gated:
+        gate, up = x.chunk(2, dim=-1)
+        x = F.silu(gate) * up
+    return fp8.quantize_rows(x)
+
+
+def self_check(device: Any, dtype: Any) -> str | None:
+    """Run both ops once on ``device`` with ``dtype`` input against :func:`reference`:
+    None where they agree, else why not (Triton missing, a failure, a wrong result)."""
+    gated_op, quant_op = gated_quant_op(), quantize_op()
+    if gated_op is None or quant_op is None:
+        return "Triton is not installed here"
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(37, 2 * 1000, generator=g) * 3).to(device=device, dtype=dtype)
+
+    def dequantized(pair: tuple[Any, Any]) -> Any:
+        return pair[0].float() * pair[1]
+
+    return triton_support.check_against_reference(
+        lambda: (dequantized(gated_op(x)), dequantized(quant_op(x))),
+        (dequantized(reference(x, True)), dequantized(reference(x, False))),
+        device,
+    )
+
+
+@functools.cache
+def _kernel() -> Any:
+    """The Triton kernel (one program per row), or None where Triton is not importable."""
+    try:
+        import triton
+        import triton.language as tl
+    except Exception:  # ImportError, or a Triton build that fails to load here
+        return None
+
+    @triton.jit
+    def quant_rows(
+        src,
+        src_stride,
+        out,
+        scales,
+        width,
+        GATED: tl.constexpr,
+        BLOCK: tl.constexpr,
+        FP8_MAX: tl.constexpr,
+        MIN_SCALE: tl.constexpr,
+        ROUND_FIRST: tl.constexpr,
+    ):
+        row = tl.program_id(0).to(tl.int64)
+        columns = tl.arange(0, BLOCK)
+        inside = columns < width
+        x = tl.load(src + row * src_stride + columns, mask=inside, other=0.0).to(tl.float32)
+        if GATED:
+            up = tl.load(src + row * src_stride + width + columns, mask=inside, other=0.0)
+            x = x / (1.0 + tl.exp(-x)) * up.to(tl.float32)
+        scale = tl.maximum(tl.max(tl.abs(x), axis=0) / FP8_MAX, MIN_SCALE)
+        q = tl.clamp(x / scale, -FP8_MAX, FP8_MAX)
+        if ROUND_FIRST:
+            # Triton's interpreter casts to fp8 without carrying a rounded-up mantissa
+            # into the exponent (127.6 becomes 64): round to e4m3's grid (3 mantissa
+            # bits; below 2^-6 a fixed step of 2^-9) here, so that its cast is exact
+            binade = (q.to(tl.int32, bitcast=True) & 0x7F800000).to(tl.float32, bitcast=True)
+            step = tl.maximum(binade * 0.125, 0.001953125)
+            q = ((q / step + 12582912.0) - 12582912.0) * step  # + 1.5 x 2^23: nearest even
+        tl.store(out + row * width + columns, q.to(out.dtype.element_ty), mask=inside)
+        tl.store(scales + row, scale)
+
+    return quant_rows
+
+
+def _launch(x: Any, gated: bool) -> tuple[Any, Any]:
+    """Quantise the rows of ``x`` (2-D, unit column stride) with the kernel."""
+    import torch
+    import triton
+
+    from reranker.backends.transformers import fp8
+
+    rows = x.shape[0]
+    width = x.shape[1] // 2 if gated else x.shape[1]
+    out = torch.empty(rows, width, device=x.device, dtype=torch.float8_e4m3fn)
+    scales = torch.empty(rows, 1, device=x.device, dtype=torch.float32)
+    if rows == 0:
+        return out, scales
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    block = triton.next_power_of_2(width)
+    warps = max(_MIN_WARPS, min(_MAX_WARPS, block // _VALUES_PER_WARP))
+    _kernel()[(rows,)](
+        x, x.stride(0), out, scales, width,
+        GATED=gated, BLOCK=block, FP8_MAX=fp8.FP8_MAX, MIN_SCALE=fp8.MIN_SCALE,
+        ROUND_FIRST=triton_support.interpreted(),
+        num_warps=warps,
+    )  # fmt: skip
+    return out, scales
+
+
+def _register(name: str, gated: bool) -> Callable[..., Any] | None:
+    """The kernel as the torch custom op ``name``: (x) -> (fp8 rows, float32 scales);
+    compiled layers call it as one opaque kernel, CUDA graphs capture it."""
+    if _kernel() is None:
+        return None
+    import torch
+
+    op = torch.library.custom_op(name, mutates_args=(), schema="(Tensor x) -> (Tensor, Tensor)")(
+        lambda x: _launch(x, gated)
+    )
+
+    def fake(x: Any) -> tuple[Any, Any]:
+        width = x.shape[1] // 2 if gated else x.shape[1]
+        return (
+            x.new_empty(x.shape[0], width, dtype=torch.float8_e4m3fn),
+            x.new_empty(x.shape[0], 1, dtype=torch.float32),
+        )
+
+    op.register_fake(fake)
+    return op
+
+
+@functools.cache
+def gated_quant_op() -> Callable[..., Any] | None:
+    """``reranker::fp8_silu_mul_quant``: ``x`` (rows, 2 x width), gate then up (a merged
+    gate/up projection's output) -> ``silu(gate) * up`` as fp8 rows and their scales
+    (rows, 1), as :func:`reference`; None where Triton is not importable."""
+    return _register(GATED_OP_NAME, gated=True)
+
+
+@functools.cache
+def quantize_op() -> Callable[..., Any] | None:
+    """``reranker::fp8_quant_rows``: ``x`` (rows, width) -> its fp8 rows and their scales
+    (rows, 1), as :func:`..fp8.quantize_rows`; None where Triton is not importable."""
+    return _register(QUANT_OP_NAME, gated=False)

@@ -1,0 +1,126 @@
+"""The one-pass fp8 quantisation kernels (``fp8_quant``: per-token quantisation, and the
+SiLU gating in front of it) against their torch reference, inside a compiled MLP, and the
+fp8 model whose MLPs run them against the fp8 model without them. Without a GPU the
+kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, set by this folder's
+conftest): the same kernel source on the CPU."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("triton")
+
+from pairs import DOCS, QUERIES  # noqa: E402
+
+from reranker.backends.transformers import fp8  # noqa: E402
+from reranker.backends.transformers.kernels import fp8_quant  # noqa: E402
+from reranker.compare.metrics import agreement  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# e4m3 keeps 3 mantissa bits: one step is at most 1/8 of a value
+ONE_FP8_STEP = 0.125
+
+
+def rows_of_magnitudes(rows: int, columns: int, seed: int, dtype) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, columns, generator=g) * torch.logspace(-3, 3, rows)[:, None]
+    return x.to(device=DEVICE, dtype=dtype)
+
+
+def assert_quantised_alike(got, want):
+    """Same scales; fp8 values equal, or on a GPU (its exp and division) one step apart
+    where a value sits on a rounding boundary."""
+    (q, scale), (q_want, scale_want) = got, want
+    assert q.dtype == torch.float8_e4m3fn and scale.dtype == torch.float32
+    assert q.shape == q_want.shape and scale.shape == scale_want.shape
+    torch.testing.assert_close(scale, scale_want, rtol=1e-5, atol=0)
+    if DEVICE == "cpu":
+        assert torch.equal(q.float(), q_want.float())
+    else:
+        diff = (q.float() - q_want.float()).abs()
+        assert bool((diff <= ONE_FP8_STEP * q_want.float().abs() + 2**-9).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("gated", [True, False])
+@pytest.mark.parametrize(
+    "rows, width",
+    # a width no power of two (the row is masked); a wide MLP row (16 warps); one row;
+    # no rows at all
+    [(9, 200), (3, 9728), (1, 64), (0, 64)],
+)
+def test_kernel_matches_its_reference(dtype, gated, rows, width):
+    op = fp8_quant.gated_quant_op() if gated else fp8_quant.quantize_op()
+    assert op is not None
+    x = rows_of_magnitudes(rows, 2 * width if gated else width, 1, dtype)
+    if rows:
+        x[0, :3] = 0.0  # zeros, and a subnormal-sized value of e4m3 after scaling
+        x[0, 3] = x[0].abs().max() * 2**-12
+    assert_quantised_alike(op(x), fp8_quant.reference(x, gated))
+
+
+def test_a_row_of_zeros_quantises_to_zeros():
+    q, scale = fp8_quant.quantize_op()(torch.zeros(2, 48, device=DEVICE))
+    assert not q.float().any() and bool((scale == fp8.MIN_SCALE).all())
+
+
+def test_kernel_reads_rows_of_a_strided_view():
+    """A column slice of a wider matrix: rows a stride apart, read in place."""
+    wide = rows_of_magnitudes(6, 160, 2, torch.float32)
+    x = wide[:, 16:144]
+    assert not x.is_contiguous()
+    assert_quantised_alike(fp8_quant.quantize_op()(x), fp8.quantize_rows(x))
+
+
+def test_self_check_passes_where_the_kernel_runs():
+    dtype = torch.bfloat16 if DEVICE == "cuda" else torch.float32
+    assert fp8_quant.self_check(DEVICE, dtype) is None
+
+
+def test_compiled_mlp_calls_the_gated_kernel_as_one_op():
+    """The op's fake registration traces: a compiled fp8 MLP over it, no graph break."""
+    torch.manual_seed(0)
+    gate, up, down = (torch.nn.Linear(a, b, bias=False) for a, b in ((64, 96),) * 2 + ((96, 64),))
+    gate_up = fp8.FP8Linear.merged([gate, up]).to(DEVICE)
+    down_fp8 = fp8.FP8Linear.from_linear(down).to(DEVICE)
+    op = fp8_quant.gated_quant_op()
+
+    def mlp(x):
+        q, scale = op(gate_up(x))
+        return down_fp8.quantized_forward(q, scale)
+
+    x = torch.randn(10, 64, device=DEVICE)
+    compiled = torch.compile(mlp, fullgraph=True, dynamic=False)
+    want = down_fp8(torch.nn.functional.silu(gate_up(x)[:, :96]) * gate_up(x)[:, 96:])
+    torch.testing.assert_close(compiled(x), mlp(x))
+    torch.testing.assert_close(compiled(x), want, rtol=0.1, atol=0.1 * float(want.abs().max()))
+
+
+def test_fp8_model_with_the_gating_kernel_scores_as_without_it(tiny_model_dir):
+    """Every MLP over the gate/up matmul + the gating kernel (what ``fused_swiglu: auto``
+    puts in under fp8 on a GPU) against the fp8 model with the gating in torch."""
+    from reranker.core.registry import load_backend
+
+    def make():
+        return load_backend(
+            "qwen3_transformers",
+            {"model_name": str(tiny_model_dir), "quantization": "fp8", "dtype": "float32",
+             "batch_layout": "packed", "fused_swiglu": False},
+        )  # fmt: skip
+
+    plain, fused = make(), make()
+    try:
+        assert fp8.fuse_gated_mlps(fused._body.layers, gated_quant=fp8_quant.gated_quant_op())
+        for query in QUERIES[:2]:
+            want = plain.score_with_meta(query, DOCS)[0]
+            got = fused.score_with_meta(query, DOCS)[0]
+            # one float32 gating either way; a value on an fp8 rounding boundary may round
+            # the other way (the division's last bit): rankings, and P within one step's
+            # worth of the random model's sensitivity
+            assert agreement(want, got)["spearman"] >= 0.95
+            torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=0, atol=0.04)
+    finally:
+        plain.close()
+        fused.close()
