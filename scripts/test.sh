@@ -35,7 +35,7 @@ if [ "$which" = gpu ]; then
   py="${PYTHON:-python3}"
   [ -f "$RERANK_TEST_MODEL/config.json" ] || "$py" -m reranker.testing.tiny_qwen3 "$RERANK_TEST_MODEL"
   RERANK_REQUIRE_GPU=1 run_pytest "$py" tests/gpu tests/parity/test_qk_norm_rope.py \
-    tests/parity/test_swiglu.py tests/parity/test_fp8_swiglu.py -s
+    tests/parity/test_swiglu.py tests/parity/test_fp8_swiglu.py tests/parity/test_fp8_quant.py -s
   echo "scripts/test.sh gpu: passed"
   exit 0
 fi
