@@ -28,17 +28,20 @@ def persistent_programs(device: Any) -> int:
     return int(torch.cuda.get_device_properties(device).multi_processor_count)
 
 
-def check_against_reference(run: Callable[[], Any], want: Any, device: Any) -> str | None:
+def check_against_reference(
+    run: Callable[[], Any], want: Any, device: Any, rtol: float = 2e-2, atol: float = 2e-2
+) -> str | None:
     """Run a kernel once (``run``) and compare its output tensor, or tuple of tensors, with
-    ``want`` (its reference's); None where they agree, else why not. The comparison waits
-    for the kernel, so a fault in it surfaces here too: backends call this at startup,
-    so that a device Triton cannot serve falls back instead of failing requests."""
+    ``want`` (its reference's) within ``rtol``/``atol``; None where they agree, else why
+    not. The comparison waits for the kernel, so a fault in it surfaces here too: backends
+    call this at startup, so that a device Triton cannot serve falls back instead of
+    failing requests."""
     import torch
 
     try:
         got = run()
         pairs = zip(*(t if isinstance(t, tuple) else (t,) for t in (got, want)), strict=True)
-        agree = all(torch.allclose(a.float(), b.float(), rtol=2e-2, atol=2e-2) for a, b in pairs)
+        agree = all(torch.allclose(a.float(), b.float(), rtol=rtol, atol=atol) for a, b in pairs)
     except Exception as exc:
         return f"the kernel fails on {device} ({type(exc).__name__}: {exc})"
     return None if agree else f"the kernel's results on {device} disagree with its reference"
