@@ -9,9 +9,11 @@ One server at a time, each on 127.0.0.1 (--port, default a free port):
 
 1. this service, started with scripts/start_reranker.sh --backend B --config FILE (the
    backend's venv), FILE written to a temporary folder from the base config (--config,
-   default config/config.yaml) with the model (--model), dtype, max_model_len and queue
-   bounds that admit every client's request; ready when GET /ready answers 200. Requests
-   go to POST /rerank (Cohere v2 body: query, documents).
+   default config/config.yaml) with the model (--model), dtype, max_model_len, queue
+   bounds that admit every client's request and a request timeout (request_timeout_s) no
+   shorter than the client's (--request-timeout: the service would otherwise answer 429
+   at once to a request its queue cannot score in time); ready when GET /ready answers
+   200. Requests go to POST /rerank (Cohere v2 body: query, documents).
 2. `vllm serve MODEL --runner pooling --hf-overrides '{"architectures":
    ["Qwen3ForSequenceClassification"], "classifier_from_token": ["no", "yes"],
    "is_original_qwen3_reranker": true}' --max-model-len L --dtype D` (the overrides vLLM
@@ -271,6 +273,11 @@ def service_config(
         current = server.get(key, ServerSettings.model_fields[key].default)
         if int(current) < need:
             server[key] = need
+    # the service answers 429 at once when its queue would outlast a request's timeout;
+    # vllm serve has none: give each request as long as the client waits for it
+    default_timeout = ServerSettings.model_fields["request_timeout_s"].default
+    timeout = float(server.get("request_timeout_s", default_timeout))
+    server["request_timeout_s"] = max(timeout, float(args.request_timeout))
     server.update(key_values(args.server_option))
     return config
 

@@ -21,7 +21,7 @@ def test_spikes_mode_reports_p50_p99_max_per_document_count(tmp_path, tiny_model
         "--model", str(tiny_model_dir),
         "--docs", "1,4", "--requests", "3", "--warmup", "1",
         "--min-words", "10", "--max-words", "60", "--max-model-len", "512",
-        "--dtype", "float32", "--start-timeout", "300",
+        "--dtype", "float32", "--start-timeout", "300", "--request-timeout", "900",
         "--out", str(tmp_path / "bench-http.json"), "--json-out", str(spikes),
     ]  # fmt: skip
     env = dict(os.environ, HF_HUB_OFFLINE="1")
@@ -38,4 +38,7 @@ def test_spikes_mode_reports_p50_p99_max_per_document_count(tmp_path, tiny_model
         assert row["p99_over_p50"] >= 1
     full = json.loads((tmp_path / "bench-http.json").read_text())
     assert set(full["servers"]) == {"ours"}  # no vllm serve in this mode
+    # the service waits for a request as long as the client does (no early 429s)
+    server = full["servers"]["ours"]["config"]["services"]["rerank"]["server"]
+    assert server["request_timeout_s"] == 900
     assert "| docs | requests | p50 ms | p99 ms | max ms | p99 / p50 |" in done.stdout
