@@ -104,8 +104,9 @@ class TransformersOptions(BackendOptions):
         "auto",
         description="one Triton kernel per layer computes the MLP's gate and up "
         "projections and their SiLU-gated product (Hopper GPUs: TMA); auto: on CUDA where "
-        "Triton is installed and the GPU is sm90 or newer; with quantization fp8 only "
-        "true turns on its fp8 form",
+        "Triton is installed and the GPU is sm90 or newer; with quantization fp8, auto "
+        "fuses the gating with the quantisation of down's input and true also the "
+        "products (its fp8 form)",
     )
     torch_compile: bool | Literal["auto"] = Field(
         "auto",
