@@ -27,7 +27,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-MODES = ("none", "fp8")
+# fp8 first: a setting it cannot run on is reported before the unquantised run
+MODES = ("fp8", "none")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -92,14 +93,19 @@ def fidelity(base: list[list[float]], quantized: list[list[float]]) -> dict[str,
 def main(argv: list[str] | None = None) -> int:
     """Score the workload both ways, print the comparison and the JSON record."""
     from reranker.bench.workload import make_workload
+    from reranker.core.errors import RerankerError
 
     args = parse_args(argv)
     workload = make_workload(args.queries, args.docs, args.min_words, args.max_words, args.seed)
     runs = {}
     for mode in MODES:
-        runs[mode] = score_workload(
-            args.backend, backend_options(args, mode), workload.queries, workload.docs
-        )
+        try:
+            runs[mode] = score_workload(
+                args.backend, backend_options(args, mode), workload.queries, workload.docs
+            )
+        except RerankerError as exc:  # a setting or device that cannot run: one line
+            print(f"error: quantization {mode}: {exc}", file=sys.stderr)
+            return 2
     summary = fidelity(runs["none"][0], runs["fp8"][0])
     record = {
         "bench": "fp8_fidelity",

@@ -105,8 +105,8 @@ class TransformersOptions(BackendOptions):
         description="one Triton kernel per layer computes the MLP's gate and up "
         "projections and their SiLU-gated product (Hopper GPUs: TMA); auto: on CUDA where "
         "Triton is installed and the GPU is sm90 or newer; with quantization fp8, auto "
-        "fuses the gating with the quantisation of down's input and true also the "
-        "products (its fp8 form)",
+        "fuses the gating with the quantisation of down's input (any fp8 GPU) and true "
+        "also the products (its fp8 form, sm90+)",
     )
     torch_compile: bool | Literal["auto"] = Field(
         "auto",

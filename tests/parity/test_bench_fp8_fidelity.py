@@ -32,3 +32,15 @@ def test_reports_spearman_and_largest_probability_change(tiny_model_dir, tmp_pat
     assert record["spearman_mean"] > 0.5  # fp8 moves scores, it does not scramble them
     assert 0 < record["max_abs_dp"] < 1 and record["mean_abs_dp"] <= record["max_abs_dp"]
     assert json.loads(run.stdout.strip().splitlines()[-1]) == record
+
+
+def test_a_setting_that_cannot_run_is_one_error_line(tiny_model_dir):
+    """CUDA graphs on the CPU: refused at startup, before any scoring; exit 2, no traceback."""
+    args = ["--model", str(tiny_model_dir), "--queries", "1", "--docs", "2"]
+    args += ["--option", "cuda_graphs=true"]
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines()[-1].startswith("error: quantization fp8: ")

@@ -69,7 +69,7 @@ def test_unknown_quantization_names_the_variable(tmp_path):
 
 
 def test_fp8_takes_the_swiglu_kernel_setting(tmp_path):
-    """Under fp8, ``fused_swiglu`` chooses the kernel's fp8 form: any value is valid."""
+    """Under fp8, ``fused_swiglu`` chooses between the fp8 kernels: any value is valid."""
     env = {"RERANK_HF_QUANTIZATION": "fp8", "RERANK_HF_FUSED_SWIGLU": "true"}
     settings = load_settings(write(tmp_path, ""), env=env)
     _, options = resolve_backend_options(settings, env=env)

@@ -9,8 +9,9 @@ accumulation, both scales applied to the result). Embeddings, norms and the scor
 
 Layers computed from one input are quantised as one weight, so the input is quantised
 once and one matmul runs instead of several: a SiLU-gated MLP's gate and up projections
-(``gate_up_proj``, then ``silu(gate) * up``; with :func:`fuse_gated_mlps`, one Triton
-kernel for both products and the gating, :mod:`.kernels.fp8_swiglu`) and, where
+(``gate_up_proj``, then ``silu(gate) * up``; with :func:`fuse_gated_mlps`, the gating and
+the quantisation of down's input as one Triton kernel, :mod:`.kernels.fp8_quant`, or
+both products and the gating as one, :mod:`.kernels.fp8_swiglu`) and, where
 ``packed_attention`` stacked them, the attention's q/k/v projections (``qkv_proj``). The
 single layers stay as views of the merged weight
 (scales are per row, so a row block of the merged weight is exactly that layer
@@ -265,10 +266,9 @@ def fuse_gated_mlps(
     matmul, the SiLU gating and the quantisation of down's input in one pass), or
     ``swiglu`` (:func:`..kernels.fp8_swiglu.fused_op`: both fp8 products and the gating
     in one kernel, the products never written out) with ``quant``
-    (:func:`..kernels.fp8_quant.quantize_op`, or None for :func:`quantize_rows`)
-    quantising its result for down."""
-    if (gated_quant is None) == (swiglu is None):
-        raise ValueError("pass gated_quant or swiglu, not both")
+    (:func:`..kernels.fp8_quant.quantize_op`) quantising its result for down."""
+    if (gated_quant is None) == (swiglu is None) or (swiglu is None) != (quant is None):
+        raise ValueError("pass gated_quant alone, or swiglu with quant")
     count = 0
     for layer in layers:
         for module in layer.modules():
@@ -278,8 +278,8 @@ def fuse_gated_mlps(
                 if gated_quant is not None:
                     forward = _gated_quant_forward(gated_quant)
                 else:
-                    assert swiglu is not None
-                    forward = _kernel_gated_forward(swiglu, quant or quantize_rows)
+                    assert swiglu is not None and quant is not None
+                    forward = _kernel_gated_forward(swiglu, quant)
                 module.forward = types.MethodType(forward, module)
                 count += 1
     return count

@@ -204,13 +204,21 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
                 return fp8.fuse_gated_mlps(layers, gated_quant=op) if op else 0
 
             return self._use_triton_kernel(
-                "fused_swiglu", fp8_quant.self_check, fuse_gating, unlike_qwen3
+                "fused_swiglu",
+                fp8_quant.self_check,
+                fuse_gating,
+                "MLP is not a bias-free SiLU-gated one with merged fp8 gate/up weights",
             )
 
-        # measured on an H200 (4B shape): the products in a kernel are no faster than
-        # the fp8 matmul of the merged gate/up weight (docs/performance.md), so opt-in
+        # measured on an H200 (4B shape, down's input then quantised by inductor): the
+        # products in a kernel were no faster than the fp8 matmul of the merged gate/up
+        # weight (docs/performance.md), so opt-in
         def check(device: Any, dtype: Any) -> str | None:
-            return fp8_swiglu.self_check(device, dtype) or fp8_quant.self_check(device, dtype)
+            why = fp8_swiglu.self_check(device, dtype)
+            if why:
+                return f"fp8 SwiGLU kernel: {why}"
+            why = fp8_quant.self_check(device, dtype)
+            return f"fp8 quantisation kernel: {why}" if why else None
 
         def fuse_products() -> int:
             op, quant = fp8_swiglu.fused_op(), fp8_quant.quantize_op()
@@ -378,7 +386,7 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
         if why_not and wanted is True:
             raise ConfigError(f"{option}: true, but {why_not}; set it to auto or false")
         if why_not:
-            logger.warning("%s off, transformers' code runs: %s", option, why_not)
+            logger.warning("%s off, the unfused code runs: %s", option, why_not)
         return why_not is None
 
     def _compile(self, required: bool) -> None:

@@ -1,6 +1,7 @@
 """What the transformers backend's Triton kernels (``qk_norm_rope``, ``swiglu``,
-``fp8_swiglu``) share: whether Triton runs in its CPU interpreter, and the startup check
-of a kernel against its torch reference. Imports nothing heavy at module level."""
+``fp8_swiglu``, ``fp8_quant``) share: whether Triton runs in its CPU interpreter, and the
+startup check of a kernel against its torch reference. Imports nothing heavy at module
+level."""
 
 from __future__ import annotations
 
