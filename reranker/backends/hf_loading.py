@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from reranker.backends.threaded_tokenize import encode_in_slices
 from reranker.core.errors import ModelUnavailable
 from reranker.core.model_source import check_model_source, hub_offline, offline_hint
 from reranker.formats.user_text import cuts_exactly, encode_heads, plain_tokenizer
@@ -65,7 +66,11 @@ class HFTextTokenizer:
         self._added = re.compile("|".join(map(re.escape, by_length))) if added else None
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids of each text."""
+        """Token ids of each text (a long list on several threads with a Rust tokenizer:
+        :mod:`reranker.backends.threaded_tokenize`)."""
+        return encode_in_slices(self._encode_batch, texts, None if self._encode_fast else 1)
+
+    def _encode_batch(self, texts: list[str]) -> list[list[int]]:
         if self._encode_fast is not None:
             return [e.ids for e in self._encode_fast(list(texts), add_special_tokens=False)]
         return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
@@ -76,7 +81,15 @@ class HFTextTokenizer:
         """Token ids of each user text, in which no added token (``<|im_end|>``, ...) is
         ever recognised: the ids of its characters instead. With ``max_tokens``, a text
         holding more tokens may come back cut after any ``k > max_tokens`` of them; the
-        ids are always exactly a prefix of the whole text's ids."""
+        ids are always exactly a prefix of the whole text's ids. With a Rust tokenizer, a
+        long list is tokenised on several threads (:mod:`reranker.backends.threaded_tokenize`)."""
+        return encode_in_slices(
+            lambda part: self._encode_text_slice(part, max_tokens),
+            texts,
+            None if self._plain is not None else 1,  # a Python tokenizer holds the GIL
+        )
+
+    def _encode_text_slice(self, texts: list[str], max_tokens: int | None) -> list[list[int]]:
         if self._plain is None:  # a slow tokenizer: its special tokens split as text
             return self.tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True)[
                 "input_ids"

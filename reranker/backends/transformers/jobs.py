@@ -6,8 +6,10 @@ import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import TypeVar
 
+from reranker.backends.threaded_tokenize import map_in_order
 from reranker.backends.transformers.packing import PromptParts
 from reranker.core.errors import InvalidRequest
 from reranker.core.protocol import PairScores, ScoreJob
@@ -27,10 +29,11 @@ class FlatPrompts:
 
     @classmethod
     def build(cls, encoder: Qwen3PromptEncoder, jobs: list[ScoreJob]) -> FlatPrompts:
-        """Encode each job; a job whose input is invalid keeps its error and no prompts."""
+        """Encode each job (several at once: :func:`encode_jobs`); a job whose input is
+        invalid keeps its error and no prompts."""
         flat = cls([], [])
-        for job in jobs:
-            flat.add(encoder, job)
+        for job, encoded in zip(jobs, encode_jobs(encoder, jobs), strict=True):
+            flat.add(job, encoded)
         return flat
 
     @classmethod
@@ -46,9 +49,9 @@ class FlatPrompts:
         group on the device while the next is being tokenised. With ``first_alone`` the
         first job is a group of its own, however small (see :class:`HeadSplit`)."""
         flat, tokens = cls([], []), 0
-        for job in jobs:
+        for job, encoded in zip(jobs, encode_jobs(encoder, jobs), strict=True):
             known = len(flat.lengths)
-            flat.add(encoder, job)
+            flat.add(job, encoded)
             tokens += sum(flat.lengths[known:])
             if tokens >= min_tokens or first_alone:
                 yield flat
@@ -56,18 +59,14 @@ class FlatPrompts:
         if flat.jobs:
             yield flat
 
-    def add(self, encoder: Qwen3PromptEncoder, job: ScoreJob) -> None:
-        """Encode one more job (an invalid one keeps its error and adds no prompts)."""
+    def add(self, job: ScoreJob, enc: EncodedPairs | InvalidRequest) -> None:
+        """One more job and its encoding (:func:`encode_job`: an invalid one keeps its
+        error and adds no prompts)."""
         j = len(self.jobs)
         self.jobs.append(job)
-        if job.instruction is None:  # the Qwen3 prompt always has one (a default)
-            raise TypeError("a Qwen3 prompt needs an instruction")
-        try:
-            enc = encoder.encode(job.query, job.docs, job.instruction, job.max_doc_tokens)
-        except InvalidRequest as exc:
-            self.encoded.append(exc)
-            return
         self.encoded.append(enc)
+        if isinstance(enc, InvalidRequest):
+            return
         self.owners += [(j, d) for d in range(len(job.docs))]
         self.lengths += enc.lengths()
 
@@ -99,6 +98,24 @@ class FlatPrompts:
             else:
                 out.append(PairScores(values, batches, sum(enc.lengths()), sum(enc.truncated)))
         return out
+
+
+def encode_job(encoder: Qwen3PromptEncoder, job: ScoreJob) -> EncodedPairs | InvalidRequest:
+    """A job's prompts, or the :class:`InvalidRequest` its input raises."""
+    if job.instruction is None:  # the Qwen3 prompt always has one (a default)
+        raise TypeError("a Qwen3 prompt needs an instruction")
+    try:
+        return encoder.encode(job.query, job.docs, job.instruction, job.max_doc_tokens)
+    except InvalidRequest as exc:
+        return exc
+
+
+def encode_jobs(
+    encoder: Qwen3PromptEncoder, jobs: list[ScoreJob]
+) -> Iterator[EncodedPairs | InvalidRequest]:
+    """:func:`encode_job` of each job, in order, several tokenised at once
+    (:func:`reranker.backends.threaded_tokenize.map_in_order`)."""
+    return map_in_order(partial(encode_job, encoder), jobs, None if len(jobs) > 1 else 1)
 
 
 @dataclass
