@@ -83,14 +83,14 @@ def encode_in_slices(
     later = [(pool.submit(encode, part), part) for part in slices[1:]]
     try:
         out = list(encode(slices[0]))
+        for future, part in later:
+            done: list[T] = _result(future, encode, part)
+            out.extend(done)
     except BaseException:
         for future, _ in later:
             if not future.cancel():
                 future.exception()  # waits: no slice outlives the call
         raise
-    for future, part in later:
-        done: list[T] = _result(future, encode, part)
-        out.extend(done)
     return out
 
 
