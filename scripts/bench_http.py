@@ -98,6 +98,7 @@ from reranker.bench.http_load import (  # noqa: E402
     has_gpu,
     int_list,
     key_values,
+    level_list,
     log_tail,
     queue_needs,
     run_levels,
@@ -148,21 +149,6 @@ LABELS = {"ours": "this service", "vllm": "vllm serve"}
 
 
 # ---------------------------------------------------------------- arguments
-
-
-def level_list(raw: str) -> list[tuple[int, int]]:
-    """``"1x10,64x1000"`` -> ``[(1, 10), (64, 1000)]``; ``"none"`` -> no level."""
-    if raw.strip().lower() == "none":
-        return []
-    out = []
-    for item in (x.strip() for x in raw.split(",") if x.strip()):
-        m = re.fullmatch(r"(\d+)x(\d+)", item)
-        if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
-            raise argparse.ArgumentTypeError(f"expected CLIENTSxDOCS[,...] or none, got {item!r}")
-        out.append((int(m.group(1)), int(m.group(2))))
-    if not out:
-        raise argparse.ArgumentTypeError("expected CLIENTSxDOCS[,...] or none")
-    return out
 
 
 def default_vllm_python() -> str:
@@ -225,6 +211,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         key_values(args.server_option)
     except ValueError as exc:
         ap.error(str(exc))
+    if args.check_scores and args.skip_vllm and not args.spikes:
+        print(
+            "note: --check-scores compares with vllm serve; with --skip-vllm no score is checked",
+            file=sys.stderr,
+        )
     if args.spikes:
         args.skip_vllm = True
         args.requests = args.requests or SPIKE_REQUESTS

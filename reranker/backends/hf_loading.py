@@ -65,6 +65,12 @@ class HFTextTokenizer:
         by_length = sorted(added, key=len, reverse=True)
         self._added = re.compile("|".join(map(re.escape, by_length))) if added else None
 
+    @property
+    def releases_gil(self) -> bool:
+        """Whether user text is encoded by the Rust tokenizer, which releases the GIL:
+        then a long list is tokenised on several threads."""
+        return self._plain is not None
+
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text (a long list on several threads with a Rust tokenizer:
         :mod:`reranker.backends.threaded_tokenize`)."""
@@ -86,7 +92,7 @@ class HFTextTokenizer:
         return encode_in_slices(
             lambda part: self._encode_text_slice(part, max_tokens),
             texts,
-            None if self._plain is not None else 1,  # a Python tokenizer holds the GIL
+            None if self.releases_gil else 1,  # a Python tokenizer holds the GIL
         )
 
     def _encode_text_slice(self, texts: list[str], max_tokens: int | None) -> list[list[int]]:

@@ -51,7 +51,7 @@ def _shared_pool() -> ThreadPoolExecutor:
     with _pool_lock:
         if _pool is None:
             _pool = ThreadPoolExecutor(
-                max_workers=max(1, MAX_THREADS - 1), thread_name_prefix="reranker-tokenize"
+                max_workers=max(1, default_threads() - 1), thread_name_prefix="reranker-tokenize"
             )
         return _pool
 
@@ -110,8 +110,12 @@ def map_in_order(
     ahead: deque[tuple[Future[T], A]] = deque(
         (pool.submit(fn, item), item) for item in islice(queue, threads)
     )
-    while ahead:
-        future, item = ahead.popleft()
-        for following in islice(queue, 1):
-            ahead.append((pool.submit(fn, following), following))
-        yield _result(future, fn, item)
+    try:
+        while ahead:
+            future, item = ahead.popleft()
+            for following in islice(queue, 1):
+                ahead.append((pool.submit(fn, following), following))
+            yield _result(future, fn, item)
+    finally:  # the consumer stopped early, or an item raised: start nothing more
+        for future, _ in ahead:
+            future.cancel()

@@ -25,6 +25,7 @@ import math
 import os
 import platform
 import random
+import re
 import shutil
 import signal
 import socket
@@ -80,6 +81,21 @@ def key_values(items: list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise ValueError(f"expected KEY=VALUE, got {item!r}")
         out[key] = option_value(value)
+    return out
+
+
+def level_list(raw: str) -> list[tuple[int, int]]:
+    """``"1x10,64x1000"`` -> ``[(1, 10), (64, 1000)]``; ``"none"`` -> no level."""
+    if raw.strip().lower() == "none":
+        return []
+    out = []
+    for item in (x.strip() for x in raw.split(",") if x.strip()):
+        m = re.fullmatch(r"(\d+)x(\d+)", item)
+        if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+            raise argparse.ArgumentTypeError(f"expected CLIENTSxDOCS[,...] or none, got {item!r}")
+        out.append((int(m.group(1)), int(m.group(2))))
+    if not out:
+        raise argparse.ArgumentTypeError("expected CLIENTSxDOCS[,...] or none")
     return out
 
 

@@ -223,6 +223,12 @@ class Qwen3PromptEncoder:
                     "at its added tokens: this tokenizer matches added tokens differently"
                 )
 
+    @property
+    def releases_gil(self) -> bool:
+        """Whether its tokenizer encodes without the GIL (a Rust one), so that several
+        requests tokenised on threads run at once."""
+        return bool(getattr(self._tokenizer, "releases_gil", False))
+
     def _encode_parts(self, parts: Sequence[tuple[str | int, bool]]) -> list[int]:
         """Ids of ``(text, is_user_text)`` pieces: added tokens are looked for in the
         template's text only; all text between them is tokenised as plain text."""

@@ -58,6 +58,7 @@ def test_fp8_on_the_default_cuda_path_ranks_as_bfloat16(tiny_model_dir):
         assert meta["quantization"] == "fp8" and meta["dtype"] == "bfloat16"
         # fused_swiglu: auto under fp8 puts in the one-pass gating + quantisation kernel
         assert meta["compiled"] and meta["fused_swiglu"]
+        assert meta["swiglu_kernel"] == "fp8_gating"
         spearman = [
             agreement(bf16.score(q, DOCS), quantized.score(q, DOCS))["spearman"] for q in QUERIES
         ]

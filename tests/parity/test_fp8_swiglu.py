@@ -92,6 +92,8 @@ def test_fp8_model_with_the_kernel_scores_as_without_it(tiny_model_dir):
     plain, fused = make(fused_swiglu=False), make(fused_swiglu=True, torch_compile=True)
     try:
         assert fused.fused_swiglu and fused.compiled and not plain.fused_swiglu
+        assert fused.meta_extra()["swiglu_kernel"] == "fp8_swiglu"
+        assert plain.meta_extra()["swiglu_kernel"] is None
         for query in QUERIES[:2]:
             want = plain.score_with_meta(query, DOCS)[0]
             got = fused.score_with_meta(query, DOCS)[0]

@@ -95,6 +95,7 @@ def test_meta_reports_the_layout_in_force(backend):
     assert meta["fused_rms_norm"] is (options.fused_rms_norm is True)
     assert meta["fused_qk_norm_rope"] is (options.fused_qk_norm_rope is True)
     assert meta["fused_swiglu"] is (options.fused_swiglu is True)
+    assert meta["swiglu_kernel"] == ("swiglu" if options.fused_swiglu is True else None)
     assert meta["attention_kernel"] == ("torch" if packed else None)  # CPU: no FA3
 
 

@@ -9,7 +9,12 @@ import time
 import pytest
 
 from reranker.backends import threaded_tokenize
-from reranker.backends.threaded_tokenize import MIN_SLICE, encode_in_slices, map_in_order
+from reranker.backends.threaded_tokenize import (
+    MIN_SLICE,
+    default_threads,
+    encode_in_slices,
+    map_in_order,
+)
 from reranker.bench.workload import make_workload
 
 
@@ -51,21 +56,29 @@ def test_slices_give_the_ids_of_one_call_in_order(tok, docs):
 
 
 def test_a_long_list_is_spread_over_threads_a_short_one_is_not():
-    """Slices of at least MIN_SLICE texts, one per thread, the caller's thread among them."""
+    """Slices of at least MIN_SLICE texts, on as many threads as the process has cores
+    (the caller's among them, the pool's the others), up to the number asked for."""
     seen: list[tuple[int, str]] = []
+    met: set[str] = set()
     lock = threading.Lock()
+    threads = min(4, default_threads())
+    together = threading.Barrier(threads, timeout=10)  # each thread's first slice waits
 
     def encode(part: list[str]) -> list[int]:
+        name = threading.current_thread().name
         with lock:
-            seen.append((len(part), threading.current_thread().name))
-        time.sleep(0.05)  # every slice is handed out before the first one ends
+            seen.append((len(part), name))
+            first = name not in met
+            met.add(name)
+        if first:
+            together.wait()
         return [len(text) for text in part]
 
     texts = [str(i) for i in range(4 * MIN_SLICE + 3)]
     assert encode_in_slices(encode, texts, 4) == [len(t) for t in texts]
     assert sorted(n for n, _ in seen) == [MIN_SLICE, MIN_SLICE + 1, MIN_SLICE + 1, MIN_SLICE + 1]
-    assert len({name for _, name in seen}) == 4
-    assert threading.current_thread().name in {name for _, name in seen}
+    assert len(met) == threads
+    assert threading.current_thread().name in met
     seen.clear()
     assert encode_in_slices(encode, texts[: 2 * MIN_SLICE - 1], 8) == [1] * 10 + [2] * 21
     assert len(seen) == 1  # too short to split
@@ -78,12 +91,12 @@ def test_an_error_in_any_slice_reaches_the_caller_once_no_slice_runs():
 
     def failing_at(bad: str):
         def encode(part: list[str]) -> list[str]:
+            if part[0] == bad:
+                raise ValueError(f"bad slice {bad}")
             with lock:
                 active.append(part[0])
             try:
-                time.sleep(0.05)
-                if part[0] == bad:
-                    raise ValueError(f"bad slice {bad}")
+                time.sleep(0.3)
                 return part
             finally:
                 with lock:
@@ -91,7 +104,7 @@ def test_an_error_in_any_slice_reaches_the_caller_once_no_slice_runs():
 
         return encode
 
-    for bad in ("0", "32"):  # the caller's own slice; a pool thread's slice
+    for bad in ("0", "32"):  # the caller's own slice; one handed to the pool
         with pytest.raises(ValueError, match=f"bad slice {bad}"):
             encode_in_slices(failing_at(bad), texts, 4)
         assert active == []
@@ -108,10 +121,29 @@ def test_map_in_order_keeps_order_runs_ahead_and_raises_at_the_failing_item():
         return n * n
 
     results = map_in_order(work, range(10), threads=4)
-    assert [next(results) for _ in range(7)] == [n * n for n in range(7)]
+    assert next(results) == 0
+    time.sleep(0.3)
+    assert 1 in started  # computed before the consumer asked for it
+    assert [next(results) for _ in range(6)] == [n * n for n in range(1, 7)]
     with pytest.raises(ValueError, match="item 7"):
         next(results)
     assert list(map_in_order(str, [3, 1, 2], threads=1)) == ["3", "1", "2"]
+
+
+def test_map_in_order_starts_nothing_more_once_the_consumer_stops():
+    started: list[int] = []
+
+    def work(n: int) -> int:
+        started.append(n)
+        time.sleep(0.05)
+        return n
+
+    results = map_in_order(work, range(100), threads=4)
+    assert next(results) == 0
+    results.close()
+    at_close = len(started)
+    time.sleep(0.5)
+    assert len(started) == at_close <= 1 + 4  # what was queued ahead never starts
 
 
 def test_work_that_hands_out_work_never_waits_for_a_busy_pool():

@@ -43,13 +43,28 @@ class FlatPrompts:
         jobs: list[ScoreJob],
         min_tokens: int,
         first_alone: bool = False,
+        ahead: bool = True,
     ) -> Iterator[FlatPrompts]:
         """Encode the jobs in order, handing over a group as soon as it holds
         ``min_tokens`` prompt tokens (and the rest at the end), so the caller can put one
         group on the device while the next is being tokenised. With ``first_alone`` the
-        first job is a group of its own, however small (see :class:`HeadSplit`)."""
+        first job is a group of its own, however small (see :class:`HeadSplit`), encoded
+        on the caller's thread before any other job is started. With ``ahead`` the jobs
+        are tokenised several at a time ahead of the caller (:func:`encode_jobs`); without
+        it, one by one as the caller asks (nothing to overlap: a CPU's forward pass)."""
+
+        def encodings() -> Iterator[EncodedPairs | InvalidRequest]:
+            rest = jobs
+            if first_alone and jobs:
+                yield encode_job(encoder, jobs[0])
+                rest = jobs[1:]
+            if ahead:
+                yield from encode_jobs(encoder, rest)
+            else:
+                yield from (encode_job(encoder, job) for job in rest)
+
         flat, tokens = cls([], []), 0
-        for job, encoded in zip(jobs, encode_jobs(encoder, jobs), strict=True):
+        for job, encoded in zip(jobs, encodings(), strict=True):
             known = len(flat.lengths)
             flat.add(job, encoded)
             tokens += sum(flat.lengths[known:])
@@ -113,9 +128,10 @@ def encode_job(encoder: Qwen3PromptEncoder, job: ScoreJob) -> EncodedPairs | Inv
 def encode_jobs(
     encoder: Qwen3PromptEncoder, jobs: list[ScoreJob]
 ) -> Iterator[EncodedPairs | InvalidRequest]:
-    """:func:`encode_job` of each job, in order, several tokenised at once
-    (:func:`reranker.backends.threaded_tokenize.map_in_order`)."""
-    return map_in_order(partial(encode_job, encoder), jobs, None if len(jobs) > 1 else 1)
+    """:func:`encode_job` of each job, in order, several tokenised at once with a
+    tokenizer that releases the GIL (:func:`reranker.backends.threaded_tokenize.map_in_order`)."""
+    threads = None if len(jobs) > 1 and encoder.releases_gil else 1
+    return map_in_order(partial(encode_job, encoder), jobs, threads)
 
 
 @dataclass

@@ -546,6 +546,7 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
             "fused_rms_norm": self.fused_rms_norm,
             "fused_qk_norm_rope": self.fused_qk_norm_rope,
             "fused_swiglu": self.fused_swiglu,
+            "swiglu_kernel": self.swiglu_kernel,
             "compiled": self.compiled,
             "compile_wrapper": self.options.compile_wrapper if self.compiled else None,
             "cuda_graphs": self._graphs is not None,
@@ -553,6 +554,18 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
             "batch_sizing": self.batch_sizing,
             "quantization": self.options.quantization,
         }
+
+    @property
+    def swiglu_kernel(self) -> str | None:
+        """Which Triton kernel runs the MLPs' gating (``fused_swiglu``): ``swiglu`` (gate
+        and up products and the gating), ``fp8_gating`` (under fp8: the gating and the
+        quantisation of down's input, after the fp8 gate/up matmul), ``fp8_swiglu``
+        (under fp8: the products from fp8 operands and the gating), or None."""
+        if not self.fused_swiglu:
+            return None
+        if not self.fp8_matmuls:
+            return "swiglu"
+        return "fp8_swiglu" if self.options.fused_swiglu is True else "fp8_gating"
 
     def _score_jobs(self, jobs: list[ScoreJob]) -> list[PairScores | InvalidRequest]:
         opts = self.options
@@ -567,7 +580,11 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
             # Results stay on the device until everything is queued: one host sync a call.
             half_budget = max(1, opts.max_batch_tokens // 2)
             encoded = FlatPrompts.in_waves(
-                self._encoder, split.jobs, half_budget, first_alone=split.split
+                self._encoder,
+                split.jobs,
+                half_budget,
+                first_alone=split.split,
+                ahead=self.tokenise_ahead,
             )
             # The first wave's batches, which the device would otherwise wait for the host
             # to launch, are cut to the size of the CUDA graphs and replayed.
