@@ -33,6 +33,14 @@ def qwen3_tokenizer(tiny_model_dir: Path):
     return AutoTokenizer.from_pretrained(str(tiny_model_dir))
 
 
+@pytest.fixture(scope="session")
+def qwen3_text_tokenizer(qwen3_tokenizer):
+    """The real Qwen3 tokenizer as the prompt encoders use it (``HFTextTokenizer``)."""
+    from reranker.backends.hf_loading import HFTextTokenizer
+
+    return HFTextTokenizer(qwen3_tokenizer)
+
+
 @pytest.fixture(scope="module")
 def reference(tiny_model_dir: Path):
     """The model card's recipe (tests/parity/model_card_reference.py) on the tiny model."""

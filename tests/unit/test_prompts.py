@@ -19,10 +19,8 @@ from reranker.testing.tiny_qwen3 import EXPECTED_SUFFIX_IDS  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def tok(qwen3_tokenizer):
-    from reranker.backends.hf_loading import HFTextTokenizer
-
-    return HFTextTokenizer(qwen3_tokenizer)
+def tok(qwen3_text_tokenizer):
+    return qwen3_text_tokenizer
 
 
 @pytest.fixture(scope="module")

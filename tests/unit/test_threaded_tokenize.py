@@ -19,13 +19,6 @@ from reranker.bench.workload import make_workload
 
 
 @pytest.fixture(scope="module")
-def tok(qwen3_tokenizer):
-    from reranker.backends.hf_loading import HFTextTokenizer
-
-    return HFTextTokenizer(qwen3_tokenizer)
-
-
-@pytest.fixture(scope="module")
 def docs() -> list[str]:
     """200 documents of 40-700 words, and a few texts a tokenizer treats specially."""
     texts = make_workload(1, 200, seed=3).docs[0]
@@ -35,9 +28,10 @@ def docs() -> list[str]:
     return texts
 
 
-def test_slices_give_the_ids_of_one_call_in_order(tok, docs):
+def test_slices_give_the_ids_of_one_call_in_order(qwen3_text_tokenizer, docs):
     """Every slice count from one thread to eight gives exactly the single-call ids, for
     whole texts, user texts and user texts cut at a token budget."""
+    tok = qwen3_text_tokenizer
     whole = tok._encode_batch(docs)
     user = tok._encode_text_slice(docs, None)
     heads = tok._encode_text_slice(docs, 64)
@@ -167,7 +161,7 @@ def test_work_that_hands_out_work_never_waits_for_a_busy_pool():
     assert out == [[t + "!" for t in texts]] * (3 * threads)
 
 
-def test_many_requests_of_one_call_encode_as_they_would_one_by_one(tok):
+def test_many_requests_of_one_call_encode_as_they_would_one_by_one(qwen3_text_tokenizer):
     """FlatPrompts of a call's jobs, tokenised side by side, equal the jobs tokenised one
     at a time; an invalid job keeps its error in its place."""
     from reranker.backends.transformers.jobs import FlatPrompts, encode_job
@@ -184,7 +178,7 @@ def test_many_requests_of_one_call_encode_as_they_would_one_by_one(tok):
         ScoreJob(q, d, DEFAULT_INSTRUCTION) for q, d in zip(work.queries, work.docs, strict=True)
     ]
     jobs[4] = ScoreJob("word " * 600, jobs[4].docs, DEFAULT_INSTRUCTION)  # query too long
-    encoder = Qwen3PromptEncoder(Qwen3PromptTemplate.build(), tok, 512)
+    encoder = Qwen3PromptEncoder(Qwen3PromptTemplate.build(), qwen3_text_tokenizer, 512)
     flat = FlatPrompts.build(encoder, jobs)
     one_by_one = [encode_job(encoder, job) for job in jobs]
     assert isinstance(flat.encoded[4], InvalidRequest)
