@@ -32,6 +32,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         for clients, docs in args.level_list:
             bodies = requests.take(max(args.requests, 4 * clients), docs)
             httpx.post(f"{url}/rerank", json=bodies[0], timeout=600)  # this size's first call
-            path = Path(os.environ.get("TMPDIR", "/tmp")) / f"profile-service-{os.getpid()}.json"
+            path = Path(tempfile.gettempdir()) / f"profile-service-{os.getpid()}.json"
             path.write_text(json.dumps(bodies))
             before = dict(busy)
             with Sampler() as sampler:
