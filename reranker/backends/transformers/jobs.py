@@ -58,10 +58,7 @@ class FlatPrompts:
             if first_alone and jobs:
                 yield encode_job(encoder, jobs[0])
                 rest = jobs[1:]
-            if ahead:
-                yield from encode_jobs(encoder, rest)
-            else:
-                yield from (encode_job(encoder, job) for job in rest)
+            yield from encode_jobs(encoder, rest, ahead)
 
         flat, tokens = cls([], []), 0
         for job, encoded in zip(jobs, encodings(), strict=True):
@@ -126,11 +123,12 @@ def encode_job(encoder: Qwen3PromptEncoder, job: ScoreJob) -> EncodedPairs | Inv
 
 
 def encode_jobs(
-    encoder: Qwen3PromptEncoder, jobs: list[ScoreJob]
+    encoder: Qwen3PromptEncoder, jobs: list[ScoreJob], ahead: bool = True
 ) -> Iterator[EncodedPairs | InvalidRequest]:
-    """:func:`encode_job` of each job, in order, several tokenised at once with a
-    tokenizer that releases the GIL (:func:`reranker.backends.threaded_tokenize.map_in_order`)."""
-    threads = None if len(jobs) > 1 and encoder.releases_gil else 1
+    """:func:`encode_job` of each job, in order; with ``ahead`` and a tokenizer that
+    releases the GIL, several tokenised at once ahead of the caller
+    (:func:`reranker.backends.threaded_tokenize.map_in_order`), else one by one as asked."""
+    threads = None if ahead and len(jobs) > 1 and encoder.releases_gil else 1
     return map_in_order(partial(encode_job, encoder), jobs, threads)
 
 
