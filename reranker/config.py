@@ -106,6 +106,11 @@ class ServerSettings(BaseModel):
     max_queue_chars: int = Field(
         32 * 1024 * 1024, ge=1, description="Characters of text held by queued requests before 429"
     )
+    overlap_calls: bool = Field(
+        True,
+        description="Start the next backend call while the device runs the current one "
+        "(backends that run asynchronously: the transformers backends on a GPU)",
+    )
 
 
 class ScaleSettings(BaseModel):

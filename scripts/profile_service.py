@@ -2,7 +2,7 @@
 
     python scripts/profile_service.py --model DIR [--backend qwen3_transformers]
         [--levels 1x10,1x100,1x1000,16x100,64x10] [--requests 8] [-o KEY=VALUE ...]
-        [--samples FILE] [--json-out FILE]
+        [--server-option KEY=VALUE ...] [--samples FILE] [--json-out FILE]
 
 Loads the backend once (the config's defaults, `max_model_len` 4096, and each `-o`),
 then:
@@ -119,6 +119,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="in-process calls and requests a level (at least 4 x clients over HTTP)",
     )
     p.add_argument("-o", "--option", action="append", default=[], help="backend option KEY=VALUE")
+    p.add_argument(
+        "--server-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="services.rerank.server setting (e.g. overlap_calls=false)",
+    )
     p.add_argument("--max-model-len", type=int, default=4096)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--min-words", type=int, default=100)
@@ -183,22 +190,36 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
 
-    busy = {"seconds": 0.0, "calls": 0, "docs": 0}
-    score_requests = backend.score_requests
+    busy = {"seconds": 0.0, "calls": 0, "docs": 0, "last_end": 0.0}
+    start_requests = backend.start_requests
+
+    def timed_start(batch: list[Any]) -> Any:
+        # a call is busy from its start, or from the previous call's end where calls
+        # overlap (the service starts the next one while the device runs this one)
+        t = time.perf_counter()
+        collect = start_requests(batch)
+
+        def timed_collect() -> Any:
+            try:
+                return collect()
+            finally:
+                end = time.perf_counter()
+                busy["seconds"] += end - max(t, busy["last_end"])
+                busy["last_end"] = end
+                busy["calls"] += 1
+                busy["docs"] += sum(len(r.docs) for r in batch)
+
+        return timed_collect
 
     def timed(batch: list[Any]) -> Any:
-        t = time.perf_counter()
-        try:
-            return score_requests(batch)
-        finally:
-            busy["seconds"] += time.perf_counter() - t
-            busy["calls"] += 1
-            busy["docs"] += sum(len(r.docs) for r in batch)
+        return timed_start(batch)()
 
+    backend.start_requests = timed_start  # type: ignore[method-assign]
     backend.score_requests = timed  # type: ignore[method-assign]
     settings = ServerSettings(
         max_docs_per_request=most_docs, max_request_bytes=1 << 30, max_queue_docs=1 << 24,
         max_queue_tokens=1 << 34, max_queue_chars=1 << 40, request_timeout_s=600,
+        **key_values(args.server_option),
     )  # fmt: skip
     app = create_app(lambda: backend, settings, backend_name=args.backend, model=args.model)
     port = free_port()
@@ -245,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             calls = busy["calls"] - before["calls"]
             level.update(
                 mode="http",
+                overlap_calls=settings.overlap_calls and backend.overlaps_calls,
                 busy_share=round((busy["seconds"] - before["seconds"]) / wall, 3),
                 backend_calls=calls,
                 docs_per_call=round((busy["docs"] - before["docs"]) / max(calls, 1), 1),

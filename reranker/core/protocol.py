@@ -5,7 +5,9 @@ A backend implements :meth:`RerankBackend._score_pairs` (one query) or
 logit per already cleaned, deduplicated document (its sigmoid is the probability that
 the document is relevant). The base class does the rest, once for all backends and model
 families: input cleaning, instruction handling, dedup, normalisation, scattering back to
-input order, meta.
+input order, meta. A backend whose device runs asynchronously also implements
+:meth:`RerankBackend._start_jobs` (queue the work, return how to collect it), so that a
+caller can prepare its next call while the device runs this one.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -61,6 +63,10 @@ class ScoreJob:
     docs: list[str]
     instruction: str | None  # None: the model takes no instruction
     max_doc_tokens: int | None = None
+
+
+Outcome = tuple[list[float], ScoreMeta] | InvalidRequest
+"""One request's result: ``(scores, meta)``, or the input error it alone raised."""
 
 
 @dataclass
@@ -164,6 +170,10 @@ class RerankBackend:
     with one sent to a backend whose model takes none is refused, never scored without it.
     A class default, which a backend whose model family is read from the checkpoint sets
     per instance once it knows the family.
+
+    ``overlaps_calls``: whether :meth:`start_requests` returns while the device still runs
+    the call (the backend implements :meth:`_start_jobs`), so that a caller can prepare
+    the next call meanwhile; the service's scheduler then keeps one call queued ahead.
     """
 
     name: ClassVar[str] = ""
@@ -172,6 +182,7 @@ class RerankBackend:
     env_prefix: ClassVar[str] = "RERANK_"
     env_aliases: ClassVar[dict[str, str]] = {}
     takes_instruction: bool = False
+    overlaps_calls: bool = False
     _text_tokenizer: TokenOffsets | None = None
 
     def __init__(self, options: BackendOptions | Mapping[str, Any] | None = None) -> None:
@@ -218,6 +229,13 @@ class RerankBackend:
             except InvalidRequest as exc:
                 results.append(exc)
         return results
+
+    def _start_jobs(self, jobs: list[ScoreJob]) -> Callable[[], list[PairScores | InvalidRequest]]:
+        """Start scoring ``jobs``; returns a function that waits for :meth:`_score_jobs`'
+        results. The default scores them now; a backend whose device runs asynchronously
+        (``overlaps_calls``) returns once the work is queued on the device."""
+        results = self._score_jobs(jobs)
+        return lambda: results
 
     @classmethod
     def check_model(cls, options: BackendOptions) -> None:  # noqa: B027 - optional hook
@@ -280,14 +298,19 @@ class RerankBackend:
             raise result
         return result
 
-    def score_requests(
-        self, requests: Sequence[ScoreRequest]
-    ) -> list[tuple[list[float], ScoreMeta] | InvalidRequest]:
+    def score_requests(self, requests: Sequence[ScoreRequest]) -> list[Outcome]:
         """Score several requests together (their documents share batches).
 
         Each request gets ``(scores, meta)`` as from :meth:`score_with_meta`, or the
         :class:`InvalidRequest` its own input raised; one bad request never fails another.
         """
+        return self.start_requests(requests)()
+
+    def start_requests(self, requests: Sequence[ScoreRequest]) -> Callable[[], list[Outcome]]:
+        """:meth:`score_requests` in two steps: this call checks the input and starts the
+        scoring; the function it returns waits for the results and returns them. Where
+        ``overlaps_calls`` is true, this returns while the device runs the call; an error
+        of the device can then surface from either step."""
         start = time.perf_counter()
         prepared: list[_Prepared | InvalidRequest] = []
         for request in requests:
@@ -297,15 +320,22 @@ class RerankBackend:
                 prepared.append(exc)
         to_score = [p for p in prepared if isinstance(p, _Prepared) and p.job is not None]
         jobs = [p.job for p in to_score if p.job is not None]
-        results = self._score_jobs(jobs) if jobs else []
-        if len(results) != len(to_score):
-            raise RuntimeError(f"{self.name}: {len(results)} results for {len(to_score)} jobs")
-        for p, result in zip(to_score, results, strict=True):
-            p.result = result
-        elapsed_ms = round((time.perf_counter() - start) * 1000.0, 3)
-        return [
-            p if isinstance(p, InvalidRequest) else self._finish(p, elapsed_ms) for p in prepared
-        ]
+        no_jobs: Callable[[], list[PairScores | InvalidRequest]] = list
+        collect_jobs = self._start_jobs(jobs) if jobs else no_jobs
+
+        def collect() -> list[Outcome]:
+            results = collect_jobs()
+            if len(results) != len(to_score):
+                raise RuntimeError(f"{self.name}: {len(results)} results for {len(to_score)} jobs")
+            for p, result in zip(to_score, results, strict=True):
+                p.result = result
+            elapsed_ms = round((time.perf_counter() - start) * 1000.0, 3)
+            return [
+                p if isinstance(p, InvalidRequest) else self._finish(p, elapsed_ms)
+                for p in prepared
+            ]
+
+        return collect
 
     def _prepare(self, request: ScoreRequest) -> _Prepared:
         docs = request.docs
@@ -376,9 +406,7 @@ class RerankBackend:
         p.spans = whole
         return [t[s.start : s.end] for t, spans in zip(texts, whole, strict=True) for s in spans]
 
-    def _finish(
-        self, p: _Prepared, elapsed_ms: float
-    ) -> tuple[list[float], ScoreMeta] | InvalidRequest:
+    def _finish(self, p: _Prepared, elapsed_ms: float) -> Outcome:
         result = p.result or PairScores(logits=[], batches=0, tokens=0)
         if isinstance(result, InvalidRequest):
             return result

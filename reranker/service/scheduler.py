@@ -19,7 +19,12 @@ The worker loop:
 - when a call raises (anything but a per-request :class:`InvalidRequest`), it re-scores
   the call's requests in halves until the failing one is found: only that request gets
   the error, every other one its scores;
-- puts a split request's pieces back together (scores in input order, counts summed).
+- puts a split request's pieces back together (scores in input order, counts summed);
+- where the backend runs asynchronously (``overlaps_calls``: a GPU), keeps one call
+  queued ahead (``overlap_calls``): it takes and starts the next call (tokenises, packs
+  and queues its batches) while the device runs the current one, then collects the
+  current one's results, so the device does not wait for the host between calls. A split
+  request's next piece may go in that next call.
 
 Admission (:meth:`BatchScheduler.submit`) knows what the queue costs and how fast the
 backend goes (estimated tokens a second, an average over recent calls): a request is
@@ -44,7 +49,7 @@ from typing import Any
 from reranker.core.chunking import Chunking
 from reranker.core.errors import BackendDead, InvalidRequest, Overloaded, RerankerError
 from reranker.core.meta import ScoreMeta, merge_pieces
-from reranker.core.protocol import RerankBackend, ScoreRequest, document_text
+from reranker.core.protocol import Outcome, RerankBackend, ScoreRequest, document_text
 
 logger = logging.getLogger(__name__)
 
@@ -95,10 +100,33 @@ class _Item:
     docs_left: int = 0
     done: list[tuple[_Piece, Result]] = field(default_factory=list)
     tag: float = 0.0  # virtual finish time of its next piece (fair queuing)
+    in_flight: int = 0  # its pieces in calls started and not yet collected
+    finished: bool = False  # answered or dropped: no more of it is scored
 
     def __post_init__(self) -> None:
         self.cost_left = sum(p.cost for p in self.pieces)
         self.docs_left = sum(p.docs for p in self.pieces)
+
+
+@dataclass(eq=False)
+class _Call:
+    """A backend call started and not yet collected."""
+
+    pieces: list[tuple[_Item, _Piece]]
+    collect: Callable[[], list[Outcome]]  # waits for the results; raises the call's error
+    cost: int
+    started: float
+
+
+def _returning(results: list[Outcome]) -> Callable[[], list[Outcome]]:
+    return lambda: results
+
+
+def _raising(exc: Exception) -> Callable[[], list[Outcome]]:
+    def collect() -> list[Outcome]:
+        raise exc
+
+    return collect
 
 
 def _text_chars(value: Any) -> int:
@@ -241,6 +269,8 @@ class BatchScheduler:
     ``on_drop(reason, docs)`` when a request is dropped before all of it was scored
     (``reason``: ``disconnected``, ``expired``, ``cancelled``; ``docs``: the documents
     left unscored); ``on_isolate()`` when a failed call is re-run in halves.
+    ``overlap_calls``: start the next call while the backend's device runs the current
+    one, where the backend can (its ``overlaps_calls``).
     """
 
     def __init__(
@@ -256,8 +286,10 @@ class BatchScheduler:
         max_queue_chars: int = 32 * 1024 * 1024,
         on_drop: Callable[[str, int], None] | None = None,
         on_isolate: Callable[[], None] | None = None,
+        overlap_calls: bool = True,
     ) -> None:
         self.backend = backend
+        self.overlap = overlap_calls and bool(getattr(backend, "overlaps_calls", False))
         self.max_queue_docs = max_queue_docs
         self.batch_wait_s = batch_wait_ms / 1000.0
         self.max_batch_docs = max_batch_docs
@@ -272,10 +304,9 @@ class BatchScheduler:
         default_instruction = getattr(backend, "default_instruction", None)
         self._instruction = str((default_instruction() if default_instruction else "") or "")
         self._sort = bool(getattr(options, "sort_by_doc_length", True))
-        self._waiting: deque[_Item] = deque()  # items with pieces left, not in the running call
-        self._running: list[_Item] = []
-        self._call_cost = 0
-        self._call_start = 0.0
+        self._waiting: deque[_Item] = deque()  # items with pieces left to take
+        self._in_flight: list[_Call] = []  # calls started, not yet collected (oldest first)
+        self._last_done = 0.0  # when the last call was collected
         self._queued_docs = 0  # unscored documents of every request not yet answered
         self._queued_tokens = 0  # their estimated tokens (the running call's excluded)
         self._held_chars = 0  # characters held by every item not yet answered
@@ -348,7 +379,7 @@ class BatchScheduler:
             if self._closing:
                 raise Overloaded("the service is shutting down", retry_after=5.0)
             item.tag = self._vtime + item.pieces[0].cost
-            if self._waiting or self._running:
+            if self._waiting or self._in_flight:
                 self._admit(item, timeout_s, now)
             self._waiting.append(item)
             self._queued_docs += item.docs_left
@@ -388,43 +419,42 @@ class BatchScheduler:
                 )
 
     def _estimated_wait(self, item: _Item, rate: float, now: float) -> float:
-        """Seconds until ``item`` would be scored: the call in flight, then every queued
+        """Seconds until ``item`` would be scored: the calls in flight, then every queued
         piece tagged to go before its last one (fair queuing), then its own pieces."""
         last_tag = self._vtime + item.cost_left
         ahead = 0
-        running = {id(other) for other in self._running}
-        for other in (*self._waiting, *self._running):
+        for other in self._waiting:
             tag = other.tag
-            if id(other) in running:  # its tag is that of the piece being scored
-                tag += other.pieces[0].cost if other.pieces else 0
             for k, piece in enumerate(other.pieces):
                 if k:
                     tag += piece.cost
                 if tag > last_tag:
                     break
                 ahead += piece.cost
-        in_flight = (
-            max(0.0, self._call_cost / rate - (now - self._call_start)) if self._running else 0.0
-        )
+        in_flight = 0.0
+        if self._in_flight:  # they run one after another, from the oldest one's start
+            cost = sum(call.cost for call in self._in_flight)
+            in_flight = max(0.0, cost / rate - (now - self._in_flight[0].started))
         return in_flight + (ahead + item.cost_left) / rate
 
     # -- the worker -------------------------------------------------------------------
 
-    def _next_call(self) -> list[tuple[_Item, _Piece]] | None:
-        """Wait for work; drop the abandoned; take the pieces of lowest tag (one a request)
-        up to the budget; advance the virtual time by the call's share per request."""
+    def _next_call(self, wait: bool = True) -> list[tuple[_Item, _Piece]] | None:
+        """Take the next call's pieces: drop the abandoned; take the pieces of lowest tag
+        (one a request) up to the budget; advance the virtual time by the call's share
+        per request. ``wait``: wait for work (else an empty list when none is queued).
+        None once closing with nothing queued."""
         with self._cond:
             idle = not self._waiting
-            while not self._waiting and not self._closing:
+            while wait and not self._waiting and not self._closing:
                 self._cond.wait()
             if not self._waiting:
-                return None
-        if idle and self.batch_wait_s:
+                return None if self._closing else []
+        if wait and idle and self.batch_wait_s:
             time.sleep(self.batch_wait_s)  # let concurrent requests join this call
         with self._cond:
             now = time.perf_counter()
             for item in [i for i in self._waiting if self._abandoned(i, now)]:
-                self._waiting.remove(item)
                 self._drop(item, now)
             taken: list[tuple[_Item, _Piece]] = []
             cost = docs = 0
@@ -439,19 +469,19 @@ class BatchScheduler:
                 item.pieces.popleft()
                 item.cost_left -= piece.cost
                 item.docs_left -= piece.docs
+                item.in_flight += 1
                 taken.append((item, piece))
                 cost += piece.cost
                 docs += piece.docs
                 if cost >= self.max_call_tokens:
                     break
-            chosen = {id(item) for item, _ in taken}
-            self._waiting = deque(i for i in self._waiting if id(i) not in chosen)
             self._vtime += cost / max(1, waiting)
+            for item, _ in taken:  # a split request's next piece waits its turn
+                if item.pieces:
+                    item.tag = max(self._vtime, item.tag) + item.pieces[0].cost
+            self._waiting = deque(i for i in self._waiting if i.pieces)
             self._queued_docs -= docs
             self._queued_tokens -= cost
-            self._running = [item for item, _ in taken]
-            self._call_cost = cost
-            self._call_start = now
             return taken
 
     @staticmethod
@@ -459,7 +489,12 @@ class BatchScheduler:
         return item.future.cancelled() or (item.deadline is not None and now >= item.deadline)
 
     def _forget(self, item: _Item) -> None:
-        """Take an item that will not be scored further out of the queue's sums."""
+        """Take an item that will not be scored further out of the queue (lock held)."""
+        if item.finished:
+            return
+        item.finished = True
+        if item in self._waiting:
+            self._waiting.remove(item)
         self._queued_docs -= item.docs_left
         self._queued_tokens -= item.cost_left
         self._held_chars -= item.chars
@@ -477,74 +512,108 @@ class BatchScheduler:
             self._on_drop(reason, item.docs_left)
 
     def _run(self) -> None:
+        in_flight: _Call | None = None
         while True:
-            call = self._next_call()
-            if call is None:
+            # with a call in flight, take the next one without waiting: none queued, the
+            # current one is collected first
+            pieces = self._next_call(wait=in_flight is None)
+            if pieces is None and in_flight is None:
                 return
-            if not call:  # every waiting request had been abandoned
-                continue
-            try:
-                outcomes = self._score(call)
-            except BaseException as exc:  # a bug here must not leave callers waiting
-                logger.exception("scheduler failed on a call of %d requests", len(call))
-                outcomes = [exc] * len(call)
-            with self._cond:
-                now = time.perf_counter()
-                self._running = []
-                for (item, piece), outcome in zip(call, outcomes, strict=True):
-                    self._after(item, piece, outcome, now)
+            started = self._start(pieces) if pieces else None
+            if in_flight is not None:
+                self._complete(in_flight)
+            in_flight = started
+            if in_flight is not None and not self.overlap:
+                self._complete(in_flight)
+                in_flight = None
+
+    def _start(self, pieces: list[tuple[_Item, _Piece]]) -> _Call:
+        """Start a backend call of ``pieces``; an error starting it is raised on collecting.
+        Without overlap the backend scores the call here, and collecting returns the
+        results."""
+        requests = [piece.request for _, piece in pieces]
+        call = _Call(pieces, list, sum(piece.cost for _, piece in pieces), time.perf_counter())
+        with self._cond:
+            self._in_flight.append(call)  # counted in estimated waits from now on
+        try:
+            if self.overlap:
+                call.collect = self.backend.start_requests(requests)
+            else:
+                call.collect = _returning(self.backend.score_requests(requests))
+        except Exception as exc:
+            call.collect = _raising(exc)
+        return call
+
+    def _complete(self, call: _Call) -> None:
+        """Collect a started call's results and hand each piece its outcome."""
+        try:
+            outcomes = self._collect(call)
+        except BaseException as exc:  # a bug here must not leave callers waiting
+            logger.exception("scheduler failed on a call of %d requests", len(call.pieces))
+            outcomes = [exc] * len(call.pieces)
+        with self._cond:
+            now = time.perf_counter()
+            self._last_done = now
+            self._in_flight.remove(call)
+            for (item, piece), outcome in zip(call.pieces, outcomes, strict=True):
+                item.in_flight -= 1
+                self._after(item, piece, outcome, now)
 
     def _after(self, item: _Item, piece: _Piece, outcome: Any, now: float) -> None:
-        """Record a piece's outcome; answer, requeue or drop its item (lock held)."""
+        """Record a piece's outcome; answer or drop its item (lock held)."""
+        if item.finished:  # answered with an error, or dropped, while this piece ran
+            return
         if isinstance(outcome, BaseException):
             error = _renumber(outcome, piece) if isinstance(outcome, InvalidRequest) else outcome
             self._finish(item, error=error)
-        elif outcome is None:  # cancelled while its call was being retried
-            self._requeue_or_drop(item, now)
+        elif outcome is None:  # its caller had gone when its call was retried
+            self._drop(item, now)
         else:
             item.done.append((piece, outcome))
-            if not item.pieces:
-                try:
-                    result = _merge(item.input_docs, item.done)
-                except Exception as exc:
-                    logger.exception("could not merge the pieces of a request")
-                    self._finish(item, error=exc)
-                else:
-                    self._finish(item, result=result)
+            if item.pieces or item.in_flight:
+                return
+            try:
+                result = _merge(item.input_docs, item.done)
+            except Exception as exc:
+                logger.exception("could not merge the pieces of a request")
+                self._finish(item, error=exc)
             else:
-                self._requeue_or_drop(item, now)
-
-    def _requeue_or_drop(self, item: _Item, now: float) -> None:
-        if self._abandoned(item, now) or not item.pieces:
-            self._drop(item, now)
-            return
-        item.tag = max(self._vtime, item.tag) + item.pieces[0].cost
-        self._waiting.append(item)
+                self._finish(item, result=result)
 
     def _finish(self, item: _Item, result: Any = None, error: BaseException | None = None) -> None:
         self._forget(item)  # after an error part-way, its other pieces are never scored
         item.pieces.clear()
         _settle(item.future, result, error)
 
-    def _score(self, call: list[tuple[_Item, _Piece]]) -> list[Any]:
-        """One backend call; when it raises, the same pieces in halves, so that only the
-        piece that fails gets the error. Returns a result, an exception or None (the
-        caller has gone; not retried) per piece."""
-        start = time.perf_counter()
+    def _score(self, pieces: list[tuple[_Item, _Piece]]) -> list[Any]:
+        """One backend call, started and collected now (see :meth:`_collect`)."""
+        call = self._start(pieces)
+        try:
+            return self._collect(call)
+        finally:
+            with self._cond:
+                self._in_flight.remove(call)
+
+    def _collect(self, call: _Call) -> list[Any]:
+        """The results of a started call; when it raised, its pieces re-scored in
+        halves, so that only the piece that fails gets the error. Returns a result, an
+        exception or None (the caller has gone; not retried) per piece."""
         failure: Exception | None = None
         try:
-            results = self.backend.score_requests([piece.request for _, piece in call])
+            results = call.collect()
         except Exception as exc:
             failure = exc
         if failure is not None:  # handled out here: retries do not chain onto it
-            return self._isolate(call, failure)
-        seconds = time.perf_counter() - start
-        if len(results) != len(call):
-            error = RuntimeError(f"backend returned {len(results)} results for {len(call)}")
-            return [error] * len(call)
-        self._observe(sum(piece.cost for _, piece in call), seconds)
+            return self._isolate(call.pieces, failure)
+        # the device ran this call from its start, or from the previous call's end
+        seconds = time.perf_counter() - max(call.started, self._last_done)
+        pieces = call.pieces
+        if len(results) != len(pieces):
+            error = RuntimeError(f"backend returned {len(results)} results for {len(pieces)}")
+            return [error] * len(pieces)
+        self._observe(call.cost, seconds)
         if self._on_batch:
-            self._on_batch(len(call), sum(piece.docs for _, piece in call), seconds)
+            self._on_batch(len(pieces), sum(piece.docs for _, piece in pieces), seconds)
         return list(results)
 
     def _isolate(self, call: list[tuple[_Item, _Piece]], exc: Exception) -> list[Any]:

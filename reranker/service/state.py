@@ -57,6 +57,7 @@ class ServiceState:
             max_queue_chars=self.server.max_queue_chars,
             on_drop=self.metrics.observe_drop,
             on_isolate=self.metrics.isolation_retries.inc,
+            overlap_calls=self.server.overlap_calls,
         )
         self.metrics.bind_scheduler(self.scheduler)
 

@@ -28,6 +28,7 @@ def test_profile_reports_in_process_and_http_levels_with_busy_share(tmp_path, ti
         "--model", str(tiny_model_dir), "--levels", "1x3,3x3", "--requests", "2",
         "--min-words", "10", "--max-words", "60", "--max-model-len", "512",
         "--json-out", str(records), "--samples", str(samples),
+        "--server-option", "batch_wait_ms=1",
     )  # fmt: skip
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr[-4000:]}"
 
@@ -37,6 +38,7 @@ def test_profile_reports_in_process_and_http_levels_with_busy_share(tmp_path, ti
     assert [(r["mode"], r["clients"], r["docs"]) for r in http] == [("http", 1, 3), ("http", 3, 3)]
     for record in http:
         assert record["backend"] == "qwen3_transformers" and record["device"] == "cpu"
+        assert record["overlap_calls"] is False  # a CPU backend computes as it starts a call
         assert record["ok"] == record["requests_sent"] == max(2, 4 * record["clients"])
         assert record["failed"] == 0 and record["tokens_per_pair"] > 0
         # every document the clients sent went through the timed backend calls

@@ -35,7 +35,7 @@ class MarkedBackend(Qwen3TransformersBackend):
     gate = threading.Event()
     scored_queries: list[str] = []
 
-    def _score_jobs(self, jobs):
+    def _start_jobs(self, jobs):
         queries = [job.query for job in jobs]
         type(self).scored_queries.extend(queries)
         if "__gate__" in queries:
@@ -44,7 +44,7 @@ class MarkedBackend(Qwen3TransformersBackend):
             raise TypeError("the tokenizer choked on this text")
         if any(q.startswith("__slow__") for q in queries):
             time.sleep(0.02)
-        return super()._score_jobs(jobs)
+        return super()._start_jobs(jobs)
 
 
 @contextmanager
@@ -216,6 +216,69 @@ def test_large_request_in_pieces_scores_as_one_call(base, tiny_model_dir):
     assert r.json()["scores"] == pytest.approx(scores, abs=1e-5)
     for key in ("input_docs", "usable_docs", "unique_docs", "dedup_ratio", "scored_tokens"):
         assert r.json()["meta"][key] == meta[key], key
+
+
+class AheadBackend(MarkedBackend):
+    """The real backend as on a GPU, where a call returns once its batches are queued
+    (``overlaps_calls``): the scheduler starts its next call before collecting this one.
+    Logs each call's start and collection; ``__fault__`` fails a call when it is
+    collected, as a fault on the device would."""
+
+    events: ClassVar[list[str]] = []
+
+    def __init__(self, options) -> None:
+        super().__init__(options)
+        self.overlaps_calls = True
+
+    def _start_jobs(self, jobs):
+        type(self).events.append("start")
+        collect = super()._start_jobs(jobs)
+
+        def collected():
+            results = collect()
+            type(self).events.append("collect")
+            if "__fault__" in (job.query for job in jobs):
+                raise RuntimeError("device fault")
+            return results
+
+        return collected
+
+
+def test_calls_started_ahead_score_as_calls_made_one_at_a_time(tiny_model_dir):
+    """With each call started before the one in flight is collected: a large request
+    in pieces, small ones beside it and one whose call fails when collected. Every
+    innocent request gets the scores of a direct call; the failing one alone a 500."""
+
+    def load():
+        return AheadBackend({"model_name": str(tiny_model_dir), "max_model_len": 512})
+
+    AheadBackend.events = []
+    direct = Qwen3TransformersBackend({"model_name": str(tiny_model_dir), "max_model_len": 512})
+    big_docs = docs_of(150, "p")
+    smalls = [(f"query {i} about towns", docs_of(3, f"s{i}")) for i in range(8)]
+    with (
+        running_server(load, max_call_tokens=MAX_CALL_TOKENS, batch_wait_ms=5) as base,
+        cf.ThreadPoolExecutor(12) as pool,
+    ):
+        calls = metric(base, "reranker_batch_requests_count")
+        big = pool.submit(score, base, "large query", big_docs)
+        assert wait_for(lambda: metric(base, "reranker_batch_requests_count") >= calls + 2)
+        sent = [pool.submit(score, base, q, d) for q, d in smalls]
+        fault = pool.submit(score, base, "__fault__", ["a", "b"])
+        responses = [f.result() for f in sent]
+        bad, big_response = fault.result(), big.result()
+        assert metric(base, "reranker_queue_chars") == 0
+    assert big_response.status_code == 200
+    assert big_response.json()["scores"] == pytest.approx(
+        direct.score("large query", big_docs), abs=1e-5
+    )
+    for r, (query, docs) in zip(responses, smalls, strict=True):
+        assert r.status_code == 200
+        assert r.json()["scores"] == pytest.approx(direct.score(query, docs), abs=1e-5)
+    assert bad.status_code == 500
+    # calls overlapped: somewhere a call started while the one before it was uncollected
+    events = AheadBackend.events
+    assert any(a == b == "start" for a, b in zip(events, events[1:], strict=False)), events
 
 
 class SteadyBackend(LengthBackend):

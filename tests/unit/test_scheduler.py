@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ClassVar
 
@@ -295,3 +296,117 @@ def test_wait_longer_than_the_timeout_is_refused_with_an_honest_retry_after():
         first.cancel_for("cancelled")
     finally:
         s.close(5)
+
+
+class DeviceBackend(RecordingBackend):
+    """A backend whose calls run on a "device" thread, one after another, as a GPU
+    backend's do: ``start_requests`` returns once the call is queued there and collecting
+    waits for it. Records when each call was started and collected; ``__boom__`` fails on
+    the device (the error surfaces when the call is collected), ``__gate__`` holds it."""
+
+    name: ClassVar[str] = "fake_device"
+    overlaps_calls = True
+
+    def __init__(self, seconds_per_call: float = 0.02) -> None:
+        super().__init__()
+        self.seconds_per_call = seconds_per_call
+        self.device = ThreadPoolExecutor(1)
+        self.events: list[tuple[str, tuple[str, ...]]] = []
+
+    def start_requests(self, requests):
+        queries = tuple(str(r.query) for r in requests)
+        self.events.append(("start", queries))
+
+        def run():
+            self.call_log.append(list(queries))
+            if "__gate__" in queries:
+                assert self.gate.wait(30)
+            time.sleep(self.seconds_per_call)
+            if "__boom__" in queries:
+                raise RuntimeError("device fault")
+            return RerankBackend.start_requests(self, requests)()
+
+        queued = self.device.submit(run)
+
+        def collect():
+            try:
+                return queued.result()
+            finally:
+                self.events.append(("collect", queries))
+
+        return collect
+
+
+def started_before_collected(events) -> list[bool]:
+    """For each call but the last: whether the next call was started before it was
+    collected."""
+    starts = [k for k, (what, _) in enumerate(events) if what == "start"]
+    collects = [k for k, (what, _) in enumerate(events) if what == "collect"]
+    return [starts[n + 1] < collects[n] for n in range(len(starts) - 1)]
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_next_call_starts_while_the_device_runs_the_current_one(overlap):
+    backend = DeviceBackend()
+    docs = [f"doc {i} " + "y" * (i % 13 * 40) for i in range(60)]
+    direct = backend.score_with_meta("query", docs)
+    s = scheduler(backend, max_call_tokens=600, overlap_calls=overlap)
+    try:
+        backend.events.clear()
+        scores, meta = s.submit(ScoreRequest("query", docs)).result(10)
+    finally:
+        s.close(5)
+    assert s.overlap is overlap
+    overlapped = started_before_collected(backend.events)
+    assert len(overlapped) > 3  # scored in pieces
+    # with overlap, a split request's next piece is queued before the current one is read
+    assert overlapped == [overlap] * len(overlapped)
+    assert scores == direct[0] and meta["unique_docs"] == direct[1]["unique_docs"]
+    assert (s.queued_docs, s.queued_tokens, s.queued_chars) == (0, 0, 0)
+
+
+def test_device_fault_fails_only_its_request_while_the_next_call_runs():
+    backend = DeviceBackend()
+    isolated = []
+    s = scheduler(backend, max_call_tokens=600, on_isolate=lambda: isolated.append(1))
+    try:
+        blocker = s.submit(ScoreRequest("__gate__", ["x"]))
+        time.sleep(0.1)  # the device holds the gate; the rest queue up behind it
+        docs = [f"doc {i} " + "y" * (i % 13 * 40) for i in range(60)]
+        big = s.submit(ScoreRequest("big", docs))
+        bad = s.submit(ScoreRequest("__boom__", ["a"]))
+        bad_big = s.submit(ScoreRequest("__boom__", docs))  # fails at its first piece
+        small = [s.submit(ScoreRequest(f"q{i}", ["abc", "de"])) for i in range(5)]
+        backend.gate.set()
+        blocker.result(10)
+        assert big.result(10)[0] == backend.score("big", docs)
+        for f in small:
+            assert len(f.result(10)[0]) == 2
+        for f in (bad, bad_big):
+            with pytest.raises(RuntimeError, match="device fault"):
+                f.result(10)
+    finally:
+        s.close(5)
+    assert isolated
+    assert any(started_before_collected(backend.events))
+    assert (s.queued_docs, s.queued_tokens, s.queued_chars) == (0, 0, 0)
+    assert s.queued_requests == 0
+
+
+def test_abandoned_large_request_stops_within_two_pieces_when_calls_overlap():
+    backend = DeviceBackend(seconds_per_call=0.03)
+    drops = []
+    s = scheduler(backend, max_call_tokens=300, on_drop=lambda r, d: drops.append((r, d)))
+    try:
+        docs = [f"document number {i} " * 20 for i in range(100)]
+        future = s.submit(ScoreRequest("q", docs))
+        time.sleep(0.1)
+        future.cancel_for("disconnected")
+        calls_then = len(backend.events)
+        time.sleep(0.5)
+    finally:
+        s.close(5)
+    starts_after = [e for e in backend.events[calls_then:] if e[0] == "start"]
+    assert len(starts_after) <= 1  # the one taken before the scheduler saw the cancel
+    assert drops == [("disconnected", drops[0][1])] and drops[0][1] >= 80
+    assert (s.queued_docs, s.queued_tokens, s.queued_chars) == (0, 0, 0)

@@ -15,12 +15,14 @@ classifier reads each row at its last token that is not the padding id
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
 from reranker.backends.hf_loading import HFTextTokenizer, check_hub_model, load_or_explain
 from reranker.backends.runtime import resolve_device, resolve_dtype
+from reranker.backends.transformers.host_copy import start_copy_to_host
 from reranker.core.batching import plan_batches
 from reranker.core.errors import ConfigError, InvalidRequest
 from reranker.core.options import Quantization, quantization_field
@@ -78,6 +80,7 @@ class CrossEncoderTransformersBackend(CrossEncoderFormat, RerankBackend):
         self._read_family()
         self.device = torch.device(resolve_device(opts.device))
         self.dtype = getattr(torch, resolve_dtype(opts.dtype, self.device.type))
+        self.overlaps_calls = self.device.type == "cuda"  # _start_jobs returns before the GPU ends
         local = opts.local_files_only
         self.tokenizer = load_or_explain(
             opts.model_name,
@@ -158,8 +161,12 @@ class CrossEncoderTransformersBackend(CrossEncoderFormat, RerankBackend):
         }
 
     def _score_jobs(self, jobs: list[ScoreJob]) -> list[PairScores | InvalidRequest]:
-        """All jobs' pairs in shared batches (by length under ``max_batch_tokens``); a
-        job whose query leaves no room is its own error."""
+        return self._start_jobs(jobs)()
+
+    def _start_jobs(self, jobs: list[ScoreJob]) -> Callable[[], list[PairScores | InvalidRequest]]:
+        """All jobs' pairs in shared batches (by length under ``max_batch_tokens``), queued
+        on the device; a job whose query leaves no room is its own error. The function
+        returned waits for the logits and returns the results."""
         encoded: list[PairIds | InvalidRequest] = []
         ids: list[list[int]] = []
         types: list[list[int]] | None = []
@@ -175,15 +182,28 @@ class CrossEncoderTransformersBackend(CrossEncoderFormat, RerankBackend):
                 types = None
             elif types is not None:
                 types.extend(pairs.types)
-        logits, batch_of = self._forward(ids, types) if ids else ([], [])
-        return split_scores(encoded, logits, lambda a, b: len(set(batch_of[a:b])))
+        batches, values = self._launch(ids, types) if ids else ([], list)
 
-    def _forward(
+        def collect() -> list[PairScores | InvalidRequest]:
+            logits = [0.0] * len(ids)
+            batch_of = [0] * len(ids)
+            rows = (i for batch in batches for i in batch)
+            for row, value in zip(rows, values(), strict=True):
+                logits[row] = float(value)
+            for number, batch in enumerate(batches):
+                for i in batch:
+                    batch_of[i] = number
+            return split_scores(encoded, logits, lambda a, b: len(set(batch_of[a:b])))
+
+        return collect
+
+    def _launch(
         self, ids: list[list[int]], types: list[list[int]] | None
-    ) -> tuple[list[float], list[int]]:
-        """The classifier's logit of each row and the batch it ran in. Each batch's
-        tensors are built at once (right-padded) and copied to the device without waiting
-        for the batches before it; the logits are read once, after the last batch."""
+    ) -> tuple[list[list[int]], Callable[[], list[float]]]:
+        """Queue the classifier on every batch: returns the batches (rows of ``ids``) and
+        a function that waits for their logits, in batch order. Each batch's tensors are
+        built at once (right-padded) and copied to the device without waiting for the
+        batches before it; the logits are read once, after the last batch."""
         import torch
 
         lengths = [len(x) for x in ids]
@@ -212,16 +232,7 @@ class CrossEncoderTransformersBackend(CrossEncoderFormat, RerankBackend):
                     for k, v in inputs.items()
                 }
                 outputs.append(self.model(**on_device).logits[:, 0])
-            values = torch.cat(outputs).float().tolist()
-        logits = [0.0] * len(ids)
-        batch_of = [0] * len(ids)
-        rows = (i for batch in batches for i in batch)
-        for row, value in zip(rows, values, strict=True):
-            logits[row] = float(value)
-        for number, batch in enumerate(batches):
-            for i in batch:
-                batch_of[i] = number
-        return logits, batch_of
+            return batches, start_copy_to_host(torch, outputs, self.device)
 
     def close(self) -> None:
         """Free the model."""

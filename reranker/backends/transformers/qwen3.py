@@ -21,6 +21,7 @@ from reranker.backends.runtime import resolve_device, resolve_dtype
 from reranker.backends.transformers import packed_attention, speedups
 from reranker.backends.transformers.compile_watch import WATCH
 from reranker.backends.transformers.cuda_graphs import BatchGraphs, StaticShape, static_shapes
+from reranker.backends.transformers.host_copy import start_copy_to_host
 from reranker.backends.transformers.jobs import FlatPrompts, HeadSplit, read_ahead
 from reranker.backends.transformers.kernels import qk_norm_rope, swiglu, triton_support
 from reranker.backends.transformers.packing import (
@@ -270,6 +271,9 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
         # On a GPU the next wave is tokenised in a thread while this one is packed and
         # launched; on CPU the forward pass needs every core.
         self.tokenise_ahead = on_cuda
+        # On a GPU a call returns once its batches are queued (``_start_jobs``): the service
+        # prepares its next call while the device runs this one.
+        self.overlaps_calls = on_cuda
         # with CUDA graphs, the first wave goes out before that thread starts (per query
         # +2% on an H200, docs/performance.md); an attribute so the profile script can vary it
         self.head_first = True
@@ -568,6 +572,12 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
         return "fp8_swiglu" if self.options.fused_swiglu is True else "fp8_gating"
 
     def _score_jobs(self, jobs: list[ScoreJob]) -> list[PairScores | InvalidRequest]:
+        return self._start_jobs(jobs)()
+
+    def _start_jobs(self, jobs: list[ScoreJob]) -> Callable[[], list[PairScores | InvalidRequest]]:
+        """Tokenise, pack and queue every batch of ``jobs`` on the device; the function
+        returned waits for the logits (one host sync a call) and returns the results.
+        On a GPU this returns while the device runs the batches (``overlaps_calls``)."""
         opts = self.options
         waves: list[tuple[FlatPrompts, list[list[int]]]] = []
         outputs = []
@@ -602,16 +612,21 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
                     self._forward([flat.prompt_parts(k) for k in b], graphed=graphs is not None)
                     for b in batches
                 ]
-            values = iter(self._torch.cat(outputs).tolist() if outputs else [])
-        if self.compiled:
-            WATCH.report()  # a compilation this call paid for: a WARNING with its reason
-        results: list[PairScores | InvalidRequest] = []
-        for flat, batches in waves:
-            logits = [0.0] * len(flat.lengths)
-            for k in chain.from_iterable(batches):
-                logits[k] = next(values)
-            results += flat.results(logits, len(batches))
-        return split.join(results)
+            logits_on_host = start_copy_to_host(self._torch, outputs, self.device)
+
+        def collect() -> list[PairScores | InvalidRequest]:
+            values = iter(logits_on_host())
+            if self.compiled:
+                WATCH.report()  # a compilation this call paid for: a WARNING with its reason
+            results: list[PairScores | InvalidRequest] = []
+            for flat, batches in waves:
+                logits = [0.0] * len(flat.lengths)
+                for k in chain.from_iterable(batches):
+                    logits[k] = next(values)
+                results += flat.results(logits, len(batches))
+            return split.join(results)
+
+        return collect
 
     def _tokenised_ahead(self, waves: Iterator[FlatPrompts]) -> Iterator[FlatPrompts]:
         """``waves``, the later ones tokenised by a worker thread where that pays (GPU).
