@@ -109,14 +109,21 @@ def pad_packed(batch: PackedBatch, shape: StaticShape, pad_id: int) -> PackedBat
     return padded
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Captured:
     graph: Any
     inputs: Any  # the static int64 device buffer the graph reads
     output: Any  # the static float32 device tensor it writes
-    staging: Any  # a pinned host buffer of the inputs' size: no pinning per batch
-    copied: Any  # a CUDA event: the last copy out of ``staging`` has been done
+    # pinned host buffers of the inputs' size, used in turn (no pinning per batch), each
+    # with a CUDA event: the last copy out of it has been done
+    staging: list[tuple[Any, Any]]
+    turn: int = 0  # the staging buffer to use next
 
+
+# Staging buffers per shape: a call may replay one shape several times, and the next call
+# is started while the device still runs this one (the service overlaps calls), so the
+# copy out of a single buffer would make the host wait for the device to catch up.
+STAGING_BUFFERS = 4
 
 # forward(a padded batch's columns on the device, its shape) -> one float32 logit per row
 PackedForward = Callable[[list[Any], StaticShape], Any]
@@ -159,9 +166,11 @@ class BatchGraphs:
                 with torch.cuda.graph(graph, pool=pool):
                     output = self._forward(views, shape)
                 graph.replay()  # the first replay uploads the graph: not on a request's time
-                staging = torch.empty_like(host).pin_memory()
-                event = torch.cuda.Event()
-                self._captured[shape] = _Captured(graph, inputs, output, staging, event)
+                staging = [
+                    (torch.empty_like(host).pin_memory(), torch.cuda.Event())
+                    for _ in range(STAGING_BUFFERS)
+                ]
+                self._captured[shape] = _Captured(graph, inputs, output, staging)
             torch.cuda.synchronize()
 
     def shape_for(self, batch: PackedBatch) -> StaticShape | None:
@@ -178,11 +187,13 @@ class BatchGraphs:
         torch = self._torch
         captured = self._captured[shape]
         ids, columns = device_columns(pad_packed(batch, shape, pad_id))
-        captured.copied.synchronize()  # done long ago, unless this shape just ran
-        captured.staging.copy_(torch.frombuffer(host_buffer(ids, columns), dtype=torch.int64))
+        staging, copied = captured.staging[captured.turn]
+        captured.turn = (captured.turn + 1) % len(captured.staging)
+        copied.synchronize()  # done long ago, unless the device is that far behind
+        staging.copy_(torch.frombuffer(host_buffer(ids, columns), dtype=torch.int64))
         with torch.cuda.device(self._device):
-            captured.inputs.copy_(captured.staging, non_blocking=True)
-            captured.copied.record()
+            captured.inputs.copy_(staging, non_blocking=True)
+            copied.record()
             captured.graph.replay()
             self.replays += 1
             # the next replay of any graph in the pool may overwrite the static output
