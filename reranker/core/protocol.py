@@ -183,6 +183,7 @@ class RerankBackend:
     env_aliases: ClassVar[dict[str, str]] = {}
     takes_instruction: bool = False
     overlaps_calls: bool = False
+    _collected_at: float = 0.0  # when the last call's results were collected
     _text_tokenizer: TokenOffsets | None = None
 
     def __init__(self, options: BackendOptions | Mapping[str, Any] | None = None) -> None:
@@ -329,7 +330,11 @@ class RerankBackend:
                 raise RuntimeError(f"{self.name}: {len(results)} results for {len(to_score)} jobs")
             for p, result in zip(to_score, results, strict=True):
                 p.result = result
-            elapsed_ms = round((time.perf_counter() - start) * 1000.0, 3)
+            # the backend's time on this call: from its start, or from the end of the
+            # call it was queued behind (started while that one ran, or waiting for it)
+            end = time.perf_counter()
+            elapsed_ms = round((end - max(start, self._collected_at)) * 1000.0, 3)
+            self._collected_at = end
             return [
                 p if isinstance(p, InvalidRequest) else self._finish(p, elapsed_ms)
                 for p in prepared

@@ -12,10 +12,11 @@ The worker loop:
 - takes pieces in **fair-queuing** order (weighted fair queuing with equal weights:
   each piece is tagged with the virtual time at which an equal share of the backend
   would have finished it, and the lowest tags go first), at most one piece a request,
-  up to ``max_call_tokens`` a call, and scores them in one ``backend.score_requests``
-  call (their documents share batches). Every waiting request progresses at the same
-  rate, so a two-document request queued behind huge ones, or behind many medium ones,
-  waits for about the call in flight, while a huge one is never starved;
+  up to ``max_call_tokens`` a call, and scores them in one backend call (their
+  documents share batches). Every waiting request progresses at the same rate, so a
+  two-document request queued behind huge ones, or behind many medium ones, waits for
+  about the calls in flight (one, or two where calls overlap), while a huge one is never
+  starved;
 - when a call raises (anything but a per-request :class:`InvalidRequest`), it re-scores
   the call's requests in halves until the failing one is found: only that request gets
   the error, every other one its scores;
@@ -24,7 +25,8 @@ The worker loop:
   queued ahead (``overlap_calls``): it takes and starts the next call (tokenises, packs
   and queues its batches) while the device runs the current one, then collects the
   current one's results, so the device does not wait for the host between calls. A split
-  request's next piece may go in that next call.
+  request's next piece may go in that next call. A call whose start failed is collected
+  (isolated) before the next one is taken.
 
 Admission (:meth:`BatchScheduler.submit`) knows what the queue costs and how fast the
 backend goes (estimated tokens a second, an average over recent calls): a request is
@@ -116,13 +118,14 @@ class _Call:
     collect: Callable[[], list[Outcome]]  # waits for the results; raises the call's error
     cost: int
     started: float
+    failed_to_start: bool = False
 
 
 def _returning(results: list[Outcome]) -> Callable[[], list[Outcome]]:
     return lambda: results
 
 
-def _raising(exc: Exception) -> Callable[[], list[Outcome]]:
+def _raising(exc: BaseException) -> Callable[[], list[Outcome]]:
     def collect() -> list[Outcome]:
         raise exc
 
@@ -270,7 +273,7 @@ class BatchScheduler:
     (``reason``: ``disconnected``, ``expired``, ``cancelled``; ``docs``: the documents
     left unscored); ``on_isolate()`` when a failed call is re-run in halves.
     ``overlap_calls``: start the next call while the backend's device runs the current
-    one, where the backend can (its ``overlaps_calls``).
+    one, where the backend can (its ``overlaps_calls``); ``overlap`` says whether it does.
     """
 
     def __init__(
@@ -307,8 +310,10 @@ class BatchScheduler:
         self._waiting: deque[_Item] = deque()  # items with pieces left to take
         self._in_flight: list[_Call] = []  # calls started, not yet collected (oldest first)
         self._last_done = 0.0  # when the last call was collected
+        self._isolating = 0  # failed calls being re-scored in halves now
+        self._isolated_at = 0.0  # when the last of them ended
         self._queued_docs = 0  # unscored documents of every request not yet answered
-        self._queued_tokens = 0  # their estimated tokens (the running call's excluded)
+        self._queued_tokens = 0  # their estimated tokens (the calls in flight excluded)
         self._held_chars = 0  # characters held by every item not yet answered
         self._ewma_tokens = 0.0
         self._ewma_seconds = 0.0
@@ -323,7 +328,7 @@ class BatchScheduler:
 
     @property
     def queued_docs(self) -> int:
-        """Documents waiting for the backend (not in the call now running)."""
+        """Documents waiting for the backend (not in the calls in flight)."""
         return self._queued_docs
 
     @property
@@ -432,9 +437,12 @@ class BatchScheduler:
                     break
                 ahead += piece.cost
         in_flight = 0.0
-        if self._in_flight:  # they run one after another, from the oldest one's start
+        if self._in_flight:
+            # they run one after another, the oldest since its start or since the call
+            # before it was collected, whichever is later (it was queued behind that one)
+            since = max(self._in_flight[0].started, self._last_done)
             cost = sum(call.cost for call in self._in_flight)
-            in_flight = max(0.0, cost / rate - (now - self._in_flight[0].started))
+            in_flight = max(0.0, cost / rate - (now - since))
         return in_flight + (ahead + item.cost_left) / rate
 
     # -- the worker -------------------------------------------------------------------
@@ -523,7 +531,8 @@ class BatchScheduler:
             if in_flight is not None:
                 self._complete(in_flight)
             in_flight = started
-            if in_flight is not None and not self.overlap:
+            if in_flight is not None and (not self.overlap or in_flight.failed_to_start):
+                # a failed start is isolated before a failing request's next piece is taken
                 self._complete(in_flight)
                 in_flight = None
 
@@ -540,8 +549,9 @@ class BatchScheduler:
                 call.collect = self.backend.start_requests(requests)
             else:
                 call.collect = _returning(self.backend.score_requests(requests))
-        except Exception as exc:
+        except BaseException as exc:  # a bug here must not leave callers waiting
             call.collect = _raising(exc)
+            call.failed_to_start = True
         return call
 
     def _complete(self, call: _Call) -> None:
@@ -611,7 +621,9 @@ class BatchScheduler:
         if len(results) != len(pieces):
             error = RuntimeError(f"backend returned {len(results)} results for {len(pieces)}")
             return [error] * len(pieces)
-        self._observe(call.cost, seconds)
+        if not self._isolating and call.started >= self._isolated_at:
+            # (a call that ran beside a failed call's re-scoring would skew the rate)
+            self._observe(call.cost, seconds)
         if self._on_batch:
             self._on_batch(len(pieces), sum(piece.docs for _, piece in pieces), seconds)
         return list(results)
@@ -635,13 +647,22 @@ class BatchScheduler:
             self._on_isolate()
         outcomes: list[Any] = []
         half = len(call) // 2
-        for part in (call[:half], call[half:]):
-            live = [k for k, (item, _) in enumerate(part) if not item.future.cancelled()]
-            redone: list[Any] = [None] * len(part)  # None: its caller has gone
-            if live:
-                for k, outcome in zip(live, self._score([part[k] for k in live]), strict=True):
-                    redone[k] = outcome
-            outcomes.extend(redone)
+        self._isolating += 1
+        try:
+            for part in (call[:half], call[half:]):
+                live = [
+                    k
+                    for k, (item, _) in enumerate(part)
+                    if not (item.future.cancelled() or item.finished)
+                ]
+                redone: list[Any] = [None] * len(part)  # None: gone or already answered
+                if live:
+                    for k, outcome in zip(live, self._score([part[k] for k in live]), strict=True):
+                        redone[k] = outcome
+                outcomes.extend(redone)
+        finally:
+            self._isolating -= 1
+            self._isolated_at = time.perf_counter()
         return outcomes
 
     def _backend_dead(self) -> str | None:

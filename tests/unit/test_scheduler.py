@@ -298,6 +298,10 @@ def test_wait_longer_than_the_timeout_is_refused_with_an_honest_retry_after():
         s.close(5)
 
 
+class Fatal(BaseException):
+    """Raised by a backend: not an ``Exception`` (as ``CancelledError`` is not)."""
+
+
 class DeviceBackend(RecordingBackend):
     """A backend whose calls run on a "device" thread, one after another, as a GPU
     backend's do: ``start_requests`` returns once the call is queued there and collecting
@@ -316,6 +320,10 @@ class DeviceBackend(RecordingBackend):
     def start_requests(self, requests):
         queries = tuple(str(r.query) for r in requests)
         self.events.append(("start", queries))
+        if "__poison__" in queries:  # fails as it starts (as a tokenizer error would)
+            raise TypeError("cannot tokenise this")
+        if "__fatal__" in queries:
+            raise Fatal("not an Exception")
 
         def run():
             self.call_log.append(list(queries))
@@ -353,7 +361,9 @@ def test_next_call_starts_while_the_device_runs_the_current_one(overlap):
     s = scheduler(backend, max_call_tokens=600, overlap_calls=overlap)
     try:
         backend.events.clear()
+        sent = time.perf_counter()
         scores, meta = s.submit(ScoreRequest("query", docs)).result(10)
+        wall_ms = 1000 * (time.perf_counter() - sent)
     finally:
         s.close(5)
     assert s.overlap is overlap
@@ -362,6 +372,8 @@ def test_next_call_starts_while_the_device_runs_the_current_one(overlap):
     # with overlap, a split request's next piece is queued before the current one is read
     assert overlapped == [overlap] * len(overlapped)
     assert scores == direct[0] and meta["unique_docs"] == direct[1]["unique_docs"]
+    # the pieces' times add up to the backend's time, not twice it where calls overlap
+    assert meta["elapsed_ms"] <= wall_ms + 5
     assert (s.queued_docs, s.queued_tokens, s.queued_chars) == (0, 0, 0)
 
 
@@ -409,4 +421,91 @@ def test_abandoned_large_request_stops_within_two_pieces_when_calls_overlap():
     starts_after = [e for e in backend.events[calls_then:] if e[0] == "start"]
     assert len(starts_after) <= 1  # the one taken before the scheduler saw the cancel
     assert drops == [("disconnected", drops[0][1])] and drops[0][1] >= 80
+    assert (s.queued_docs, s.queued_tokens, s.queued_chars) == (0, 0, 0)
+
+
+def test_estimated_wait_counts_the_call_queued_ahead_from_when_the_device_takes_it():
+    """Two one-call requests: the second call is started (queued on the device) while the
+    first runs. Once the first is collected, the second still has its whole device time
+    ahead of it: a request whose timeout is shorter than that is refused."""
+    backend = DeviceBackend(seconds_per_call=0.6)
+    docs = ["w" * 1500]  # ~600 estimated tokens: one call each
+    s = scheduler(backend, max_call_tokens=600)
+    try:
+        s.submit(ScoreRequest("first", ["a"])).result(10)  # warm-up: not measured
+        s.submit(ScoreRequest("measured", docs)).result(10)
+        assert s.tokens_per_second
+        a = s.submit(ScoreRequest("a", docs))
+        b = s.submit(ScoreRequest("b", docs))
+        collected = lambda: ("collect", ("a",)) in backend.events  # noqa: E731
+        deadline = time.monotonic() + 10
+        while not collected() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert collected() and ("start", ("b",)) in backend.events
+        time.sleep(0.1)  # b has run ~0.1 s of its 0.6 s
+        with pytest.raises(Overloaded, match="longer than the 0.3 s timeout"):
+            s.submit(ScoreRequest("late", ["c"]), timeout_s=0.3)
+        a.result(10), b.result(10)
+    finally:
+        s.close(5)
+
+
+def test_close_finishes_the_calls_in_flight_and_the_queue():
+    backend = DeviceBackend(seconds_per_call=0.05)
+    docs = [f"doc {i} " + "y" * (i % 13 * 40) for i in range(60)]
+    s = scheduler(backend, max_call_tokens=600)
+    big = s.submit(ScoreRequest("big", docs))
+    small = s.submit(ScoreRequest("small", ["a", "b"]))
+    time.sleep(0.08)  # calls in flight
+    s.close(30)
+    assert not s._worker.is_alive()
+    assert big.result(0)[0] == backend.score("big", docs) and len(small.result(0)[0]) == 2
+    with pytest.raises(Overloaded, match="shutting down"):
+        s.submit(ScoreRequest("after", ["a"]))
+
+
+def test_request_expiring_while_its_piece_is_in_flight_is_dropped_once():
+    backend = DeviceBackend(seconds_per_call=0.05)
+    drops = []
+    s = scheduler(backend, max_call_tokens=300, on_drop=lambda r, d: drops.append((r, d)))
+    try:
+        docs = [f"document number {i} " * 20 for i in range(40)]
+        late = s.submit(ScoreRequest("q", docs), timeout_s=0.2)
+        with pytest.raises(RequestExpired):
+            late.result(10)
+        time.sleep(0.2)  # the pieces in flight then are collected and ignored
+        assert s.submit(ScoreRequest("next", ["a"])).result(10)
+    finally:
+        s.close(5)
+    assert len(drops) == 1 and drops[0][0] == "expired" and 0 < drops[0][1] < 40
+    assert (s.queued_docs, s.queued_tokens, s.queued_chars) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_a_backend_raising_a_base_exception_fails_the_call_not_the_scheduler(overlap):
+    backend = DeviceBackend()
+    s = scheduler(backend, overlap_calls=overlap)
+    try:
+        with pytest.raises(Fatal):
+            s.submit(ScoreRequest("__fatal__", ["a"])).result(10)
+        assert s.submit(ScoreRequest("after", ["a", "b"])).result(10)
+    finally:
+        s.close(5)
+    assert (s.queued_docs, s.queued_tokens, s.queued_chars) == (0, 0, 0)
+
+
+def test_a_call_that_fails_to_start_is_isolated_before_the_next_is_started():
+    """A split request whose first piece fails as its call starts: it gets the error, and
+    none of its other pieces is started (no call is started behind a failed start)."""
+    backend = DeviceBackend()
+    docs = [f"doc {i} " + "y" * (i % 13 * 40) for i in range(60)]
+    s = scheduler(backend, max_call_tokens=600)
+    try:
+        with pytest.raises(TypeError, match="cannot tokenise"):
+            s.submit(ScoreRequest("__poison__", docs)).result(10)
+        assert s.submit(ScoreRequest("after", ["a"])).result(10)
+    finally:
+        s.close(5)
+    poisoned = [e for e in backend.events if "__poison__" in e[1]]
+    assert poisoned == [("start", ("__poison__",))]
     assert (s.queued_docs, s.queued_tokens, s.queued_chars) == (0, 0, 0)

@@ -161,6 +161,7 @@ class CrossEncoderTransformersBackend(CrossEncoderFormat, RerankBackend):
         }
 
     def _score_jobs(self, jobs: list[ScoreJob]) -> list[PairScores | InvalidRequest]:
+        """All jobs scored in shared batches (:meth:`_start_jobs`, waiting for the results)."""
         return self._start_jobs(jobs)()
 
     def _start_jobs(self, jobs: list[ScoreJob]) -> Callable[[], list[PairScores | InvalidRequest]]:

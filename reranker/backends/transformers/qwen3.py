@@ -572,6 +572,7 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
         return "fp8_swiglu" if self.options.fused_swiglu is True else "fp8_gating"
 
     def _score_jobs(self, jobs: list[ScoreJob]) -> list[PairScores | InvalidRequest]:
+        """All jobs scored in shared batches (:meth:`_start_jobs`, waiting for the results)."""
         return self._start_jobs(jobs)()
 
     def _start_jobs(self, jobs: list[ScoreJob]) -> Callable[[], list[PairScores | InvalidRequest]]:
