@@ -263,12 +263,24 @@ def test_calls_started_ahead_score_as_calls_made_one_at_a_time(tiny_model_dir):
         calls = metric(base, "reranker_batch_requests_count")
         big = pool.submit(score, base, "large query", big_docs)
         assert wait_for(lambda: metric(base, "reranker_batch_requests_count") >= calls + 2)
+        gate = pool.submit(score, base, "__gate__", ["held"])  # holds the scheduler
+        assert wait_for(lambda: "__gate__" in MarkedBackend.scored_queries)
+        held = metric(base, "reranker_queue_documents")  # the large request's rest
         sent = [pool.submit(score, base, q, d) for q, d in smalls]
         fault = pool.submit(score, base, "__fault__", ["a", "b"])
+        queued = held + 2 + 3 * len(smalls)
+        assert wait_for(lambda: metric(base, "reranker_queue_documents") >= queued)
+        MarkedBackend.gate.set()  # the rest share the next call, then are isolated
         responses = [f.result() for f in sent]
         bad, big_response = fault.result(), big.result()
+        assert gate.result().status_code == 200
+        assert metric(base, "reranker_isolation_retries_total") >= 1
         assert metric(base, "reranker_queue_chars") == 0
     assert big_response.status_code == 200
+    # its pieces' times add up to no more than its wall time (twice it if each counted
+    # from its start: a piece's call starts while the one before it runs)
+    wall_ms = 1000 * big_response.elapsed.total_seconds()
+    assert big_response.json()["meta"]["elapsed_ms"] <= wall_ms
     assert big_response.json()["scores"] == pytest.approx(
         direct.score("large query", big_docs), abs=1e-5
     )

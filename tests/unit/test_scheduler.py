@@ -361,9 +361,7 @@ def test_next_call_starts_while_the_device_runs_the_current_one(overlap):
     s = scheduler(backend, max_call_tokens=600, overlap_calls=overlap)
     try:
         backend.events.clear()
-        sent = time.perf_counter()
         scores, meta = s.submit(ScoreRequest("query", docs)).result(10)
-        wall_ms = 1000 * (time.perf_counter() - sent)
     finally:
         s.close(5)
     assert s.overlap is overlap
@@ -372,8 +370,6 @@ def test_next_call_starts_while_the_device_runs_the_current_one(overlap):
     # with overlap, a split request's next piece is queued before the current one is read
     assert overlapped == [overlap] * len(overlapped)
     assert scores == direct[0] and meta["unique_docs"] == direct[1]["unique_docs"]
-    # the pieces' times add up to the backend's time, not twice it where calls overlap
-    assert meta["elapsed_ms"] <= wall_ms + 5
     assert (s.queued_docs, s.queued_tokens, s.queued_chars) == (0, 0, 0)
 
 
