@@ -92,7 +92,9 @@ class ServerSettings(BaseModel):
         4000, ge=1, description="Characters of a request's instruction before 400"
     )
     max_queue_docs: int = Field(8192, ge=1, description="Queued documents before 429")
-    batch_wait_ms: float = Field(2.0, ge=0.0, description="Wait to coalesce requests")
+    batch_wait_ms: float = Field(
+        0.0, ge=0.0, description="How long an idle scheduler waits to coalesce requests"
+    )
     request_timeout_s: float = Field(120.0, gt=0.0)
     max_call_tokens: int = Field(
         131072,

@@ -169,21 +169,26 @@ def _fp8_ceiling(hidden: int, inter: int, q_dim: int, kv_dim: int, tokens: int) 
         return fp8.quantize_rows(torch.randn(rows, k, device="cuda", dtype=torch.bfloat16))
 
     shapes = _layer_shapes(hidden, inter, q_dim, kv_dim)
-    total_flop = total_s = 0.0
-    for name, (k, n) in shapes.items():
-        x, sx = operand(tokens, k)
-        w, sw = operand(n, k)
-        wt, swt = w.t(), sw.t().contiguous()
-        seconds = _timed(
-            lambda x=x, sx=sx, wt=wt, swt=swt: torch._scaled_mm(
-                x, wt, scale_a=sx, scale_b=swt, out_dtype=torch.bfloat16
+    for fast in (False, True):  # fp8_fast_accum
+        total_flop = total_s = 0.0
+        label = "fast accumulation" if fast else "float32 accumulation"
+        for name, (k, n) in shapes.items():
+            x, sx = operand(tokens, k)
+            w, sw = operand(n, k)
+            wt, swt = w.t(), sw.t().contiguous()
+            seconds = _timed(
+                lambda x=x, sx=sx, wt=wt, swt=swt, fast=fast: torch._scaled_mm(
+                    x, wt, scale_a=sx, scale_b=swt, out_dtype=torch.bfloat16, use_fast_accum=fast
+                )
             )
-        )
-        flop = 2 * tokens * k * n
-        total_flop += flop
-        total_s += seconds
-        print(f"  fp8 {name:8s} ({tokens}x{k} @ {k}x{n}): {flop / seconds / 1e12:6.1f} TFLOP/s")
-    print(f"  one layer's fp8 matmuls: {total_flop / total_s / 1e12:.1f} TFLOP/s")
+            flop = 2 * tokens * k * n
+            total_flop += flop
+            total_s += seconds
+            print(
+                f"  fp8 {name:8s} ({tokens}x{k} @ {k}x{n}), {label}: "
+                f"{flop / seconds / 1e12:6.1f} TFLOP/s"
+            )
+        print(f"  one layer's fp8 matmuls, {label}: {total_flop / total_s / 1e12:.1f} TFLOP/s")
     quantize = torch.compile(fp8.quantize_rows, dynamic=True)
     for k in (hidden, inter):
         a = torch.randn(tokens, k, device="cuda", dtype=torch.bfloat16)

@@ -33,6 +33,16 @@ def quantization_field(where: str) -> Any:
     )
 
 
+def fp8_fast_accum_field() -> Any:
+    """The ``fp8_fast_accum`` option's field (the transformers backends' fp8 matmuls)."""
+    return Field(
+        True,
+        description="with quantization fp8: let the GPU's tensor cores keep their own "
+        "reduced-precision running sums within a dot product, as vLLM's fp8 matmuls do "
+        "(faster); false: cuBLAS adds them into float32 at every step",
+    )
+
+
 class BackendOptions(BaseModel):
     """Options every backend understands, whatever its model family."""
 
@@ -145,6 +155,7 @@ class TransformersOptions(BackendOptions):
         "lm_head rows), matmuls through torch._scaled_mm; needs a CUDA GPU of compute "
         "capability 8.9 or newer (Ada, Hopper), or the CPU"
     )
+    fp8_fast_accum: bool = fp8_fast_accum_field()
     local_files_only: bool = False
 
     # options that only packed batches have, with what each does there (the error says it)

@@ -280,7 +280,7 @@ class BatchScheduler:
         self,
         backend: RerankBackend,
         max_queue_docs: int = 8192,
-        batch_wait_ms: float = 2.0,
+        batch_wait_ms: float = 0.0,
         max_batch_docs: int | None = None,
         on_batch: Callable[[int, int, float], None] | None = None,
         *,

@@ -141,6 +141,18 @@ def test_fp8_scores_rank_as_the_unquantised_model(unquantized, fp8_padded):
     assert min(spearman) >= 0.85 and sum(spearman) / len(spearman) >= 0.9
 
 
+def test_fp8_fast_accum_reaches_every_fp8_matmul_and_the_meta(fp8_padded, tiny_model_dir):
+    exact = make(tiny_model_dir, quantization="fp8", fp8_fast_accum=False)
+    try:
+        for backend, fast in ((fp8_padded, True), (exact, False)):
+            layers = [m for m in backend._body.layers.modules() if isinstance(m, fp8.FP8Linear)]
+            assert len(layers) > 12  # the merged layers and their views
+            assert {layer.fast_accum for layer in layers} == {fast}
+            assert backend.score_with_meta(QUERIES[0], DOCS[:2])[1]["fp8_fast_accum"] is fast
+    finally:
+        exact.close()
+
+
 def test_packed_fused_compiled_fp8_scores_as_padded_fp8(fp8_padded, tiny_model_dir):
     """The stacked q/k/v projection as one fp8 layer under the fused q/k-norm + RoPE
     kernel (Triton's interpreter here), inside compiled layers."""

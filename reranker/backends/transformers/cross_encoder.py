@@ -25,7 +25,7 @@ from reranker.backends.runtime import resolve_device, resolve_dtype
 from reranker.backends.transformers.host_copy import start_copy_to_host
 from reranker.core.batching import plan_batches
 from reranker.core.errors import ConfigError, InvalidRequest
-from reranker.core.options import Quantization, quantization_field
+from reranker.core.options import Quantization, fp8_fast_accum_field, quantization_field
 from reranker.core.protocol import PairScores, RerankBackend, ScoreJob
 from reranker.formats.cross_encoder import PairIds, Qwen3PairEncoder, pair_limit, split_scores
 from reranker.formats.cross_encoder_format import CrossEncoderFormat, CrossEncoderFormatOptions
@@ -55,6 +55,7 @@ class CrossEncoderTransformersOptions(CrossEncoderFormatOptions):
         "pooler or classification head), matmuls through torch._scaled_mm; needs a CUDA "
         "GPU of compute capability 8.9 or newer (Ada, Hopper), or the CPU"
     )
+    fp8_fast_accum: bool = fp8_fast_accum_field()
     local_files_only: bool = False
 
 
@@ -124,7 +125,9 @@ class CrossEncoderTransformersBackend(CrossEncoderFormat, RerankBackend):
         fp8.check_device(self.device)
         body = self.model.base_model
         stacks = [m for m in body.modules() if isinstance(m, torch.nn.ModuleList)]
-        count = fp8.quantize_layers(layer for stack in stacks for layer in stack)
+        count = fp8.quantize_layers(
+            (layer for stack in stacks for layer in stack), self.options.fp8_fast_accum
+        )
         if not count:
             raise ConfigError(
                 f"quantization: fp8, but no linear layer of {self.options.model_name}'s "
@@ -158,6 +161,9 @@ class CrossEncoderTransformersBackend(CrossEncoderFormat, RerankBackend):
             "dtype": str(self.dtype).removeprefix("torch."),
             "family": self.model_info.family,
             "quantization": self.options.quantization,
+            "fp8_fast_accum": (
+                self.options.fp8_fast_accum if self.options.quantization == "fp8" else None
+            ),
         }
 
     def _score_jobs(self, jobs: list[ScoreJob]) -> list[PairScores | InvalidRequest]:

@@ -3,9 +3,12 @@
 At load, each linear layer of the decoder (or encoder) layers is replaced by an
 :class:`FP8Linear`: its weight becomes 8-bit float (e4m3) with one float32 scale per
 output channel (row), and each call quantises its input per token (row) on the fly, so
-the matmul runs on fp8 tensor cores through ``torch._scaled_mm`` (fp8 x fp8, float32
-accumulation, both scales applied to the result). Embeddings, norms and the score head
-(``lm_head``'s yes/no rows, a classifier) keep the model's dtype.
+the matmul runs on fp8 tensor cores through ``torch._scaled_mm`` (fp8 x fp8, both
+scales applied to the result). ``fp8_fast_accum`` (the default) lets Hopper's tensor
+cores keep their reduced-precision running sums within a dot product, as vLLM's and
+torchao's fp8 matmuls do; off, cuBLAS adds them into float32 at every step.
+Embeddings, norms and the score head (``lm_head``'s yes/no rows, a classifier) keep the
+model's dtype.
 
 Layers computed from one input are quantised as one weight, so the input is quantised
 once and one matmul runs instead of several: a SiLU-gated MLP's gate and up projections
@@ -116,8 +119,9 @@ def fits(linear: Any) -> bool:
 class FP8Linear(nn.Module):
     """A linear layer with float8 e4m3 weights (one float32 scale per output channel)
     whose input is quantised per token at each call; the matmul is ``torch._scaled_mm``
-    (fp8 x fp8 with float32 accumulation, both scales applied), its result in the
-    original layer's dtype. Build it with :meth:`from_linear` or :meth:`merged`.
+    (fp8 x fp8, both scales applied; ``fast_accum``: the tensor cores' own running
+    sums, else float32 ones), its result in the original layer's dtype. Build it with
+    :meth:`from_linear` or :meth:`merged`.
 
     ``weight_t`` is the (in, out) transpose of a contiguous (out, in) fp8 weight: the
     column-major second operand ``_scaled_mm`` wants; ``scale`` is (1, out).
@@ -127,8 +131,11 @@ class FP8Linear(nn.Module):
     scale: torch.Tensor
     bias: torch.Tensor | None
 
-    def __init__(self, weight_t: Any, scale: Any, bias: Any, out_dtype: Any) -> None:
+    def __init__(
+        self, weight_t: Any, scale: Any, bias: Any, out_dtype: Any, fast_accum: bool = False
+    ) -> None:
         super().__init__()
+        self.fast_accum = fast_accum
         self.in_features, self.out_features = int(weight_t.shape[0]), int(weight_t.shape[1])
         self.register_buffer("weight_t", weight_t)
         self.register_buffer("scale", scale)
@@ -136,13 +143,13 @@ class FP8Linear(nn.Module):
         self.out_dtype = out_dtype
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> FP8Linear:
+    def from_linear(cls, linear: nn.Linear, fast_accum: bool = False) -> FP8Linear:
         """``linear`` quantised: its weight to fp8 with a scale per output channel (row);
         the bias, if any, stays in the layer's dtype."""
-        return cls.merged([linear])
+        return cls.merged([linear], fast_accum)
 
     @classmethod
-    def merged(cls, linears: list[nn.Linear]) -> FP8Linear:
+    def merged(cls, linears: list[nn.Linear], fast_accum: bool = False) -> FP8Linear:
         """One layer computing ``linears`` (same input width, same dtype) side by side:
         their outputs concatenated in that order. Use :meth:`rows` for the views."""
         weight = torch.cat([layer.weight.detach() for layer in linears])
@@ -158,14 +165,18 @@ class FP8Linear(nn.Module):
                     for b, layer in zip(biases, linears, strict=True)
                 ]
             )
-        return cls(q.t(), scale[None, :].contiguous(), bias, weight.dtype)
+        return cls(q.t(), scale[None, :].contiguous(), bias, weight.dtype, fast_accum)
 
     def rows(self, start: int, stop: int) -> FP8Linear:
         """The layer of output channels ``start:stop`` as a view of this one's weight
         (no copy): the same result as those columns of this layer's output."""
         bias = None if self.bias is None else self.bias[start:stop]
         return FP8Linear(
-            self.weight_t[:, start:stop], self.scale[:, start:stop], bias, self.out_dtype
+            self.weight_t[:, start:stop],
+            self.scale[:, start:stop],
+            bias,
+            self.out_dtype,
+            self.fast_accum,
         )
 
     def split(self, widths: list[int]) -> list[FP8Linear]:
@@ -191,7 +202,12 @@ class FP8Linear(nn.Module):
         # (read here, not at construction: ``.to(device)`` may move the layer)
         mm_dtype = torch.bfloat16 if self.weight_t.is_cuda else self.out_dtype
         out = torch._scaled_mm(
-            q, self.weight_t, scale_a=scale, scale_b=self.scale, out_dtype=mm_dtype
+            q,
+            self.weight_t,
+            scale_a=scale,
+            scale_b=self.scale,
+            out_dtype=mm_dtype,
+            use_fast_accum=self.fast_accum,
         )
         if self.bias is not None:
             out = out + self.bias
@@ -201,29 +217,30 @@ class FP8Linear(nn.Module):
         """Widths and the bias, as ``nn.Linear`` shows them."""
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"bias={self.bias is not None}, weight=float8_e4m3fn (per-channel scales)"
+            f"bias={self.bias is not None}, weight=float8_e4m3fn (per-channel scales), "
+            f"fast_accum={self.fast_accum}"
         )
 
 
-def quantize_layers(layers: Iterable[nn.Module]) -> int:
+def quantize_layers(layers: Iterable[nn.Module], fast_accum: bool = False) -> int:
     """Replace the linear layers inside ``layers`` (a model's decoder or encoder layers:
-    never its embeddings or its head) by :class:`FP8Linear`, merging those that share an
-    input (a SiLU-gated MLP's gate and up projections; stacked q/k/v). Layers whose
-    widths the fp8 matmul does not take (:func:`fits`) keep their dtype. Returns how
-    many fp8 matmuls the layers now run."""
+    never its embeddings or its head) by :class:`FP8Linear` (``fast_accum``: see its
+    doc), merging those that share an input (a SiLU-gated MLP's gate and up projections;
+    stacked q/k/v). Layers whose widths the fp8 matmul does not take (:func:`fits`) keep
+    their dtype. Returns how many fp8 matmuls the layers now run."""
     count = 0
     for layer in layers:
         for module in list(layer.modules()):
-            count += _merge_gate_up(module) + _merge_qkv(module)
+            count += _merge_gate_up(module, fast_accum) + _merge_qkv(module, fast_accum)
         for module in list(layer.modules()):
             for name, child in list(module.named_children()):
                 if isinstance(child, nn.Linear) and fits(child):
-                    setattr(module, name, FP8Linear.from_linear(child))
+                    setattr(module, name, FP8Linear.from_linear(child, fast_accum))
                     count += 1
     return count
 
 
-def _merge_gate_up(mlp: nn.Module) -> int:
+def _merge_gate_up(mlp: nn.Module, fast_accum: bool) -> int:
     """A bias-free SiLU-gated MLP (``gate_proj``, ``up_proj``, ``down_proj``,
     ``act_fn``): gate and up as one fp8 layer (``gate_up_proj``), a forward over it."""
     names = ("gate_proj", "up_proj", "down_proj")
@@ -236,7 +253,7 @@ def _merge_gate_up(mlp: nn.Module) -> int:
     assert isinstance(gate, nn.Linear) and isinstance(up, nn.Linear)
     if gate.out_features != up.out_features:
         return 0
-    merged = FP8Linear.merged([gate, up])
+    merged = FP8Linear.merged([gate, up], fast_accum)
     mlp.gate_up_proj = merged
     mlp.gate_proj, mlp.up_proj = merged.split([gate.out_features, up.out_features])
     mlp.forward = types.MethodType(_gated_forward(), mlp)
@@ -314,7 +331,7 @@ def _kernel_gated_forward(op: Callable[..., Any], quant: Callable[..., Any]) -> 
     return forward
 
 
-def _merge_qkv(attn: nn.Module) -> int:
+def _merge_qkv(attn: nn.Module, fast_accum: bool) -> int:
     """An attention module whose q/k/v projections ``packed_attention`` stacked
     (``qkv_proj``): the stack as one fp8 layer, q/k/v as views of it."""
     stacked = getattr(attn, "qkv_proj", None)
@@ -324,7 +341,7 @@ def _merge_qkv(attn: nn.Module) -> int:
     widths = [p.out_features for p in parts if isinstance(p, nn.Linear) and fits(p)]
     if len(widths) != 3:
         return 0
-    merged = FP8Linear.from_linear(stacked)
+    merged = FP8Linear.from_linear(stacked, fast_accum)
     attn.qkv_proj = merged
     if hasattr(attn, "qkv_weight"):  # the 16-bit stack's other name: free it too
         del attn.qkv_weight

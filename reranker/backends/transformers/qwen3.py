@@ -172,7 +172,7 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
         from reranker.backends.transformers import fp8
 
         fp8.check_device(self.device)
-        count = fp8.quantize_layers(self._body.layers)
+        count = fp8.quantize_layers(self._body.layers, self.options.fp8_fast_accum)
         if not count:
             raise ConfigError(
                 f"quantization: fp8, but no linear layer of {self.options.model_name} has "
@@ -557,7 +557,14 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
             "cuda_graph_max_tokens": self._graphs.max_tokens if self._graphs else None,
             "batch_sizing": self.batch_sizing,
             "quantization": self.options.quantization,
+            "fp8_fast_accum": self.fp8_fast_accum,
         }
+
+    @property
+    def fp8_fast_accum(self) -> bool | None:
+        """Whether the fp8 matmuls keep the tensor cores' own running sums (None without
+        fp8)."""
+        return self.options.fp8_fast_accum if self.options.quantization == "fp8" else None
 
     @property
     def swiglu_kernel(self) -> str | None:
