@@ -200,7 +200,9 @@ def _fp8_ceiling(hidden: int, inter: int, q_dim: int, kv_dim: int, tokens: int) 
     gate, up, sg, su = w[:inter], w[inter:], sw[:inter].t(), sw[inter:].t()
 
     def unfused() -> Any:
-        out = torch._scaled_mm(x, w.t(), scale_a=sx, scale_b=sw.t(), out_dtype=torch.bfloat16)
+        out = torch._scaled_mm(  # as the layers run by default (fp8_fast_accum)
+            x, w.t(), scale_a=sx, scale_b=sw.t(), out_dtype=torch.bfloat16, use_fast_accum=True
+        )
         g, u = out.chunk(2, dim=-1)
         return torch.nn.functional.silu(g) * u
 

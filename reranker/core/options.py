@@ -37,9 +37,9 @@ def fp8_fast_accum_field() -> Any:
     """The ``fp8_fast_accum`` option's field (the transformers backends' fp8 matmuls)."""
     return Field(
         True,
-        description="with quantization fp8: let the GPU's tensor cores keep their own "
-        "reduced-precision running sums within a dot product, as vLLM's fp8 matmuls do "
-        "(faster); false: cuBLAS adds them into float32 at every step",
+        description="with quantization fp8 on a GPU: the tensor cores keep their own "
+        "reduced-precision running sums through a whole dot product, as vLLM's fp8 "
+        "matmuls do (faster); false: added into float32 every 128-deep block",
     )
 
 

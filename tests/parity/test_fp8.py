@@ -141,16 +141,46 @@ def test_fp8_scores_rank_as_the_unquantised_model(unquantized, fp8_padded):
     assert min(spearman) >= 0.85 and sum(spearman) / len(spearman) >= 0.9
 
 
-def test_fp8_fast_accum_reaches_every_fp8_matmul_and_the_meta(fp8_padded, tiny_model_dir):
-    exact = make(tiny_model_dir, quantization="fp8", fp8_fast_accum=False)
+@pytest.fixture
+def scaled_mm_calls(monkeypatch):
+    """The ``use_fast_accum`` of each ``torch._scaled_mm`` call from now on (the CPU's
+    reference kernel ignores it: what is recorded is what a GPU's kernel would get)."""
+    calls: list[bool] = []
+    real = torch._scaled_mm
+
+    def recording(*args, **kwargs):
+        calls.append(bool(kwargs.get("use_fast_accum", False)))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "_scaled_mm", recording)
+    return calls
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+def test_fp8_fast_accum_reaches_every_fp8_matmul_and_the_meta(
+    tiny_model_dir, scaled_mm_calls, unquantized, fast, layout
+):
+    """Every fp8 matmul of a forward pass gets the option (on by default): the padded
+    path's separate q/k/v, the packed path's stacked q/k/v, merged gate/up, o and down."""
+    options = {"quantization": "fp8", "batch_layout": layout, "torch_compile": False}
+    if layout == "packed":
+        options |= {"fused_rms_norm": True, "fused_qk_norm_rope": True}
+    if not fast:
+        options["fp8_fast_accum"] = False
+    backend = make(tiny_model_dir, **options)
     try:
-        for backend, fast in ((fp8_padded, True), (exact, False)):
-            layers = [m for m in backend._body.layers.modules() if isinstance(m, fp8.FP8Linear)]
-            assert len(layers) > 12  # the merged layers and their views
-            assert {layer.fast_accum for layer in layers} == {fast}
-            assert backend.score_with_meta(QUERIES[0], DOCS[:2])[1]["fp8_fast_accum"] is fast
+        # the startup self-check and warm-up run the matmuls as the layers will
+        assert scaled_mm_calls and set(scaled_mm_calls) == {fast}
+        scaled_mm_calls.clear()
+        _, meta = backend.score_with_meta(QUERIES[0], DOCS[:3])
+        assert backend.fp8_matmuls == (8 if layout == "packed" else 12)
+        assert len(scaled_mm_calls) >= backend.fp8_matmuls
+        assert set(scaled_mm_calls) == {fast}
+        assert meta["fp8_fast_accum"] is fast
     finally:
-        exact.close()
+        backend.close()
+    assert unquantized.score_with_meta(QUERIES[0], DOCS[:1])[1]["fp8_fast_accum"] is None
 
 
 def test_packed_fused_compiled_fp8_scores_as_padded_fp8(fp8_padded, tiny_model_dir):
@@ -182,7 +212,7 @@ def test_packed_fused_compiled_fp8_scores_as_padded_fp8(fp8_padded, tiny_model_d
         backend.close()
 
 
-def test_cross_encoder_fp8_keeps_its_head_and_ranks_alike(tmp_path):
+def test_cross_encoder_fp8_keeps_its_head_and_ranks_alike(tmp_path, scaled_mm_calls):
     from reranker.testing import tiny_cross_encoders as tce
 
     if not tce.tokenizer_source_available("bert"):
@@ -194,8 +224,10 @@ def test_cross_encoder_fp8_keeps_its_head_and_ranks_alike(tmp_path):
     try:
         assert quantized.fp8_matmuls > 0
         assert isinstance(quantized.model.classifier, torch.nn.Linear)
+        scaled_mm_calls.clear()
         _, meta = quantized.score_with_meta(QUERIES[1], DOCS)
-        assert meta["quantization"] == "fp8"
+        assert meta["quantization"] == "fp8" and meta["fp8_fast_accum"] is True
+        assert len(scaled_mm_calls) >= quantized.fp8_matmuls and all(scaled_mm_calls)
         spearman = spearman_per_query(plain, quantized)
         assert sum(spearman) / len(spearman) >= 0.8
     finally:

@@ -122,7 +122,7 @@ class CrossEncoderTransformersBackend(CrossEncoderFormat, RerankBackend):
 
         from reranker.backends.transformers import fp8
 
-        fp8.check_device(self.device)
+        fp8.check_device(self.device, self.options.fp8_fast_accum)
         body = self.model.base_model
         stacks = [m for m in body.modules() if isinstance(m, torch.nn.ModuleList)]
         count = fp8.quantize_layers(

@@ -5,8 +5,9 @@ At load, each linear layer of the decoder (or encoder) layers is replaced by an
 output channel (row), and each call quantises its input per token (row) on the fly, so
 the matmul runs on fp8 tensor cores through ``torch._scaled_mm`` (fp8 x fp8, both
 scales applied to the result). ``fp8_fast_accum`` (the default) lets Hopper's tensor
-cores keep their reduced-precision running sums within a dot product, as vLLM's and
-torchao's fp8 matmuls do; off, cuBLAS adds them into float32 at every step.
+cores keep their reduced-precision running sums through a whole dot product, as vLLM's
+and torchao's fp8 matmuls do; off, the matmul adds them into float32 every 128-deep
+block. (The CPU's reference kernel adds in float32 either way.)
 Embeddings, norms and the score head (``lm_head``'s yes/no rows, a classifier) keep the
 model's dtype.
 
@@ -67,17 +68,19 @@ def fp8_unavailable(device: Any) -> str | None:
     return f"it runs on CUDA GPUs of compute capability 8.9+ or the CPU, not on {device.type}"
 
 
-def check_device(device: Any) -> None:
+def check_device(device: Any, fast_accum: bool = False) -> None:
     """Raise :class:`ConfigError` where ``quantization: fp8`` cannot run on ``device``:
-    the device is unsuitable, or a small fp8 matmul there disagrees with its reference."""
-    why = fp8_unavailable(device) or self_check(device)
+    the device is unsuitable, or a small fp8 matmul there (with ``fast_accum``, as the
+    layers will run) disagrees with its reference."""
+    why = fp8_unavailable(device) or self_check(device, fast_accum)
     if why:
         raise ConfigError(f"quantization: fp8, but {why}; set quantization: none")
 
 
-def self_check(device: Any) -> str | None:
-    """Run one small :class:`FP8Linear` on ``device`` against the matmul of its own
-    dequantised operands: None where they agree, else why not."""
+def self_check(device: Any, fast_accum: bool = False) -> str | None:
+    """Run one small :class:`FP8Linear` (``fast_accum``: see its doc) on ``device``
+    against the matmul of its own dequantised operands: None where they agree, else why
+    not."""
     g = torch.Generator().manual_seed(0)
     dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     linear = nn.Linear(64, 32, bias=False)
@@ -86,7 +89,7 @@ def self_check(device: Any) -> str | None:
     linear = linear.to(device=device, dtype=dtype)
     x = torch.randn(5, 64, generator=g).to(device=device, dtype=dtype)
     try:
-        layer = FP8Linear.from_linear(linear)
+        layer = FP8Linear.from_linear(linear, fast_accum)
         got = layer(x).float()
     except Exception as exc:  # a build without the kernel for this device
         return f"torch._scaled_mm failed here ({type(exc).__name__}: {exc})"

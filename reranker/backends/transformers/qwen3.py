@@ -171,7 +171,7 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
             return 0
         from reranker.backends.transformers import fp8
 
-        fp8.check_device(self.device)
+        fp8.check_device(self.device, self.options.fp8_fast_accum)
         count = fp8.quantize_layers(self._body.layers, self.options.fp8_fast_accum)
         if not count:
             raise ConfigError(

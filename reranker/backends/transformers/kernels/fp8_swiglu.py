@@ -172,7 +172,8 @@ def fused_op() -> Callable[..., Any] | None:
             GROUP_ROWS=_GROUP_ROWS, PROGRAMS=sms,
             # Hopper's fp8 tensor cores add products in less than float32 precision, and
             # Triton's default there keeps that for a whole dot: add each tile's depth
-            # into the float32 accumulators instead, as cuBLAS's fp8 matmul does
+            # into the float32 accumulators instead, as `_scaled_mm` does with
+            # fp8_fast_accum off
             PRECISE_EVERY=block_depth,
             num_stages=stages, num_warps=warps,
         )  # fmt: skip
