@@ -145,6 +145,13 @@ def test_every_route_answers_as_the_single_process_service(single_answers, ray_s
 
 def test_ready_and_health_report_the_replicas(ray_service):
     base, _, _ = ray_service
+
+    def both_running() -> bool:
+        return httpx.get(f"{base}/ready", timeout=10).json()["replicas"] == {"running": 2}
+
+    # /ready is 200 from the first running replica on, and reads Ray Serve's view at most
+    # a second old: the second replica may still be starting when the service is ready
+    assert wait_for(both_running, 60)
     ready = httpx.get(f"{base}/ready", timeout=10).json()
     assert ready["status"] == "ready" and ready["replicas"] == {"running": 2}
     health = httpx.get(f"{base}/health", timeout=10).json()
