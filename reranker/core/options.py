@@ -43,6 +43,12 @@ def fp8_fast_accum_field() -> Any:
     )
 
 
+def fp8_fast_accum_in_force(options: Any) -> bool | None:
+    """``options.fp8_fast_accum`` where ``options.quantization`` is fp8, else None (what
+    response ``meta`` reports)."""
+    return options.fp8_fast_accum if options.quantization == "fp8" else None
+
+
 class BackendOptions(BaseModel):
     """Options every backend understands, whatever its model family."""
 

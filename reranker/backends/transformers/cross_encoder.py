@@ -25,7 +25,12 @@ from reranker.backends.runtime import resolve_device, resolve_dtype
 from reranker.backends.transformers.host_copy import start_copy_to_host
 from reranker.core.batching import plan_batches
 from reranker.core.errors import ConfigError, InvalidRequest
-from reranker.core.options import Quantization, fp8_fast_accum_field, quantization_field
+from reranker.core.options import (
+    Quantization,
+    fp8_fast_accum_field,
+    fp8_fast_accum_in_force,
+    quantization_field,
+)
 from reranker.core.protocol import PairScores, RerankBackend, ScoreJob
 from reranker.formats.cross_encoder import PairIds, Qwen3PairEncoder, pair_limit, split_scores
 from reranker.formats.cross_encoder_format import CrossEncoderFormat, CrossEncoderFormatOptions
@@ -161,9 +166,7 @@ class CrossEncoderTransformersBackend(CrossEncoderFormat, RerankBackend):
             "dtype": str(self.dtype).removeprefix("torch."),
             "family": self.model_info.family,
             "quantization": self.options.quantization,
-            "fp8_fast_accum": (
-                self.options.fp8_fast_accum if self.options.quantization == "fp8" else None
-            ),
+            "fp8_fast_accum": fp8_fast_accum_in_force(self.options),
         }
 
     def _score_jobs(self, jobs: list[ScoreJob]) -> list[PairScores | InvalidRequest]:

@@ -41,6 +41,7 @@ from reranker.backends.transformers.warm_up import warm_up_batches
 from reranker.core.batching import plan_batches
 from reranker.core.errors import ConfigError, InvalidRequest
 from reranker.core.model_source import check_model_source
+from reranker.core.options import fp8_fast_accum_in_force
 from reranker.core.protocol import PairScores, RerankBackend, ScoreJob
 from reranker.formats.qwen3 import Qwen3PromptFormat, Qwen3TransformersOptions
 from reranker.formats.qwen3_prompt import NO_TOKEN_ID, YES_TOKEN_ID, Qwen3PromptEncoder
@@ -557,14 +558,8 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
             "cuda_graph_max_tokens": self._graphs.max_tokens if self._graphs else None,
             "batch_sizing": self.batch_sizing,
             "quantization": self.options.quantization,
-            "fp8_fast_accum": self.fp8_fast_accum,
+            "fp8_fast_accum": fp8_fast_accum_in_force(self.options),
         }
-
-    @property
-    def fp8_fast_accum(self) -> bool | None:
-        """Whether the fp8 matmuls keep the tensor cores' own running sums (None without
-        fp8)."""
-        return self.options.fp8_fast_accum if self.options.quantization == "fp8" else None
 
     @property
     def swiglu_kernel(self) -> str | None:
