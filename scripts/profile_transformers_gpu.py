@@ -1,8 +1,10 @@
 """Where the time of one coalesced benchmark request goes in ``qwen3_transformers`` (GPU).
 
     python scripts/profile_transformers_gpu.py MODEL_DIR [--option KEY=VALUE ...]
+        [--queries 4] [--docs 100] [--no-ceiling]
 
-Prints, for the benchmark workload (4 queries x 100 documents) sent as one
+Prints, for the benchmark workload (4 queries x 100 documents; ``--queries``/``--docs``
+change it, e.g. ``--queries 1 --docs 10`` for a small request) sent as one
 ``score_requests`` call: the host-side stages (tokenising, batch planning), the GPU time of
 the forward passes, the whole call, the top CUDA kernels (torch.profiler) grouped by kind,
 and the throughput of the decoder's four matmul shapes alone (the ceiling for this model),
@@ -242,6 +244,9 @@ def main() -> None:
     parser.add_argument("--no-head-first", action="store_true", help="start read-ahead first")
     parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() after warm-up")
     parser.add_argument("--gc-off", action="store_true", help="gc.disable() after warm-up")
+    parser.add_argument("--queries", type=int, default=4, help="queries of the workload")
+    parser.add_argument("--docs", type=int, default=100, help="documents a query")
+    parser.add_argument("--no-ceiling", action="store_true", help="skip the matmul ceilings")
     args = parser.parse_args()
     start = time.perf_counter()
     backend = Qwen3TransformersBackend({"model_name": args.model, **_options(args.option)})
@@ -250,7 +255,7 @@ def main() -> None:
         backend.head_docs = args.head_docs
     backend.head_first = not args.no_head_first
     graphs = backend._graphs
-    workloads = fresh_workloads(make_workload(4, 100, 100, 1250, 0), 9)
+    workloads = fresh_workloads(make_workload(args.queries, args.docs, 100, 1250, 0), 9)
     requests = [
         [ScoreRequest(q, d) for q, d in zip(w.queries, w.docs, strict=True)] for w in workloads
     ]
@@ -323,6 +328,8 @@ def main() -> None:
     for us, count, key in sorted(rows, reverse=True)[:20]:
         print(f"  {us / 1e3:8.2f} ms x{count:5d}  {key[:110]}")
 
+    if args.no_ceiling:
+        return
     cfg = backend._model.config
     q_dim = cfg.num_attention_heads * cfg.head_dim
     kv_dim = cfg.num_key_value_heads * cfg.head_dim

@@ -128,3 +128,70 @@ def test_fp8_model_with_the_gating_kernel_scores_as_without_it(tiny_model_dir):
     finally:
         plain.close()
         fused.close()
+
+
+@pytest.mark.parametrize("with_residual", [True, False])
+@pytest.mark.parametrize("rows, width", [(7, 200), (3, 2560), (0, 64)])
+def test_norm_kernels_match_their_reference(with_residual, rows, width):
+    """The residual add, RMSNorm and per-token quantisation in one kernel (a decoder
+    layer's norm in front of an fp8 matmul) against torch's ops one after the other."""
+    g = torch.Generator().manual_seed(3)
+    x = rows_of_magnitudes(rows, width, 4, torch.float32)
+    delta = torch.randn(rows, width, generator=g).to(DEVICE) if with_residual else None
+    weight = (torch.rand(width, generator=g) + 0.5).to(DEVICE)
+    want = fp8_quant.norm_reference(x, delta, weight, 1e-6)
+    if with_residual:
+        got = fp8_quant.add_norm_quant_op()(x, delta, weight, 1e-6)
+        torch.testing.assert_close(got[0], want[0], rtol=0, atol=0)
+        got, want = got[1:], want[1:]
+    else:
+        got = fp8_quant.norm_quant_op()(x, weight, 1e-6)
+    (q, scale), (q_want, scale_want) = got, want
+    torch.testing.assert_close(scale, scale_want, rtol=1e-5, atol=0)
+    diff = (q.float() - q_want.float()).abs()
+    assert bool((diff <= fp8_quant.ONE_STEP * q_want.float().abs() + 1e-6).all())
+
+
+def test_norm_self_check_passes_where_the_kernel_runs():
+    dtype = torch.bfloat16 if DEVICE == "cuda" else torch.float32
+    assert fp8_quant.norm_self_check(DEVICE, dtype) is None
+
+
+def test_fp8_model_with_quantising_norms_scores_as_without_them(tiny_model_dir):
+    """Layers that carry their residual adds (as compiled on a GPU), their norms adding,
+    normalising and quantising in one kernel and handing QuantizedRows to the stacked
+    q/k/v and the gate/up matmuls, against the fp8 model with torch's norms."""
+    from reranker.backends.transformers import speedups
+    from reranker.core.registry import load_backend
+
+    def make():
+        return load_backend(
+            "qwen3_transformers",
+            {"model_name": str(tiny_model_dir), "quantization": "fp8", "dtype": "float32",
+             "batch_layout": "packed", "fused_qk_norm_rope": True, "fused_swiglu": False},
+        )  # fmt: skip
+
+    plain, fused = make(), make()
+    layers = fused._body.layers
+    assert fp8.fuse_gated_mlps(layers, gated_quant=fp8_quant.gated_quant_op())
+    speedups.carry_residuals(fused._body)
+    count = fp8.fuse_norm_quant(
+        layers, fp8_quant.norm_quant_op(), fp8_quant.add_norm_quant_op(), fp8_quant.quantize_op()
+    )
+    # every layer's two norms; the last layer (not carrying) runs its norms as before
+    assert count == 2 * len(layers)
+    calls = []
+    for layer in layers[:-1]:
+        for norm in (layer.layer.input_layernorm, layer.layer.post_attention_layernorm):
+            fn = norm.add_norm_quant
+            norm.add_norm_quant = lambda h, fn=fn: calls.append(1) or fn(h)
+    try:
+        for query in QUERIES[:2]:
+            want = plain.score_with_meta(query, DOCS)[0]
+            got = fused.score_with_meta(query, DOCS)[0]
+            assert agreement(want, got)["spearman"] >= 0.95
+            torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=0, atol=0.04)
+        assert len(calls) >= 2 * 2 * (len(layers) - 1)  # two queries, a batch or more each
+    finally:
+        plain.close()
+        fused.close()

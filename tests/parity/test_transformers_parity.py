@@ -217,9 +217,10 @@ def test_batches_padded_to_a_static_shape_score_as_unpadded(packed_backend):
     batch = pack(prompts, backend.share_query_prefix)
     want = backend._forward_packed(batch).tolist()
     shapes = static_shapes(4096, 16, backend.share_query_prefix)
-    assert [shape.tokens for shape in shapes] == [2048, 4096]
-    for shape in shapes:
-        assert shape.fits(batch)
+    assert [shape.tokens for shape in shapes] == list(range(512, 4097, 512))
+    fitting = [shape for shape in shapes if shape.fits(batch)]
+    assert len(fitting) >= 2
+    for shape in (fitting[0], fitting[-1]):  # the least padding and the most
         padded = pad_packed(batch, shape, backend._pad_id)
         assert len(padded.ids) == shape.tokens and len(padded.last_rows) == 16
         assert sum(padded.key_lengths) == shape.keys

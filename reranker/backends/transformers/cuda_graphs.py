@@ -11,9 +11,11 @@ A graph has fixed shapes, so a batch is padded to the smallest of a few
 - the pad tokens form one extra "dummy" sequence after the real ones; unused sequence
   slots are empty (zero-length) sequences; unused last-row slots read row 0;
 - with shared query prefixes (``packing``) the gathered key rows are padded too: the
-  dummy sequence reads its own rows, then as many rows from the start of the batch as
-  fill the shape (reading rows is harmless; no real sequence reads a pad row);
-- the dummy and the empty sequences hold none of the rows read out;
+  dummy sequence reads its own rows, and a "spare" sequence without queries reads as
+  many rows from the start of the batch as fill the shape (reading rows is harmless; no
+  real sequence reads a pad row; a sequence without queries costs the attention kernel
+  nothing, where the dummy's queries would each have read all those rows);
+- the dummy, spare and empty sequences hold none of the rows read out;
 - the attention kernel gets the shape's bounds as its longest query / key lengths.
 
 Every real row sees exactly the keys it sees unpadded, and every other operation works
@@ -30,9 +32,13 @@ from typing import Any
 
 from reranker.backends.transformers.packing import PackedBatch, device_columns, host_buffer
 
-# Token counts of the captured shapes are multiples of this: a padded batch wastes fewer
-# than this many tokens (~4 ms of an H200 at the 0.6B model's size).
-TOKEN_STEP = 2048
+# Token counts of the captured shapes: every FINE_STEP up to FINE_UP_TO tokens, then
+# steps of an eighth of the power of two below (1,024 up to 16,384, 2,048 up to 32,768,
+# ...), so that a padded batch wastes at most 1/8 of its tokens, and a small request (10
+# documents: ~6,000 tokens) fewer than 512 (at the 0.6B size on an H200, ~1,800 pad
+# tokens took ~3.5 ms of a ~10 ms forward pass).
+FINE_STEP = 512
+FINE_UP_TO = 8192
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,12 @@ class StaticShape:
     shared: bool  # whether batches gather their keys (shared query prefixes)
 
     @property
+    def extra_sequences(self) -> int:
+        """Sequence slots a padded batch needs beyond its own: the dummy one, and with
+        shared prefixes the spare one."""
+        return 2 if self.shared else 1
+
+    @property
     def key_runs(self) -> int:
         """Runs of gathered key rows: at most two per sequence."""
         return 2 * self.sequences
@@ -55,7 +67,9 @@ class StaticShape:
         pad = self.tokens - len(batch.ids)
         if pad < 0 or (batch.key_run_starts is not None) != self.shared:
             return False
-        if len(batch.query_lengths) + 1 > self.sequences or len(batch.last_rows) > self.rows:
+        if len(batch.query_lengths) + self.extra_sequences > self.sequences:
+            return False
+        if len(batch.last_rows) > self.rows:
             return False
         # the dummy sequence needs at least as many keys as queries (causal attention)
         return not self.shared or sum(batch.key_lengths) + pad <= self.keys
@@ -68,15 +82,34 @@ class StaticShape:
         return [self.tokens, *per_sequence, *keys]
 
 
-def static_shapes(max_tokens: int, rows: int, shared: bool) -> list[StaticShape]:
-    """Shapes of 1..n x :data:`TOKEN_STEP` tokens up to ``max_tokens``, smallest first.
+def shape_tokens(max_tokens: int) -> list[int]:
+    """Token counts of the captured shapes up to ``max_tokens``, smallest first: every
+    :data:`FINE_STEP` up to :data:`FINE_UP_TO`, then an eighth of the power of two below
+    apart."""
+    counts = list(range(FINE_STEP, min(FINE_UP_TO, max_tokens) + 1, FINE_STEP))
+    tokens = FINE_UP_TO
+    while True:
+        tokens += max(FINE_STEP, (1 << (tokens.bit_length() - 1)) // 8)
+        if tokens > max_tokens:
+            return counts
+        counts.append(tokens)
 
-    Each holds ``rows`` prompts and a sequence of its own for each (shared prefixes
-    included); with ``shared``, half as many extra key rows as tokens for the prompts to
-    read their prefixes from (a batch that reads more runs unpadded)."""
+
+def static_shapes(max_tokens: int, rows: int, shared: bool) -> list[StaticShape]:
+    """Shapes of :func:`shape_tokens` tokens up to ``max_tokens``, smallest first. Each
+    holds ``rows`` prompts and a sequence of its own for each (shared prefixes included),
+    plus the dummy (and spare) sequence; with ``shared``, half as many extra key rows as
+    tokens for the prompts to read their prefixes from (a batch that reads more runs
+    unpadded)."""
     return [
-        StaticShape(tokens, tokens + tokens // 2 if shared else tokens, 2 * rows + 1, rows, shared)
-        for tokens in range(TOKEN_STEP, max_tokens + 1, TOKEN_STEP)
+        StaticShape(
+            tokens,
+            tokens + tokens // 2 if shared else tokens,
+            2 * rows + (2 if shared else 1),
+            rows,
+            shared,
+        )
+        for tokens in shape_tokens(max_tokens)
     ]
 
 
@@ -99,13 +132,14 @@ def pad_packed(batch: PackedBatch, shape: StaticShape, pad_id: int) -> PackedBat
     if batch.key_run_starts is None:
         padded.key_lengths = padded.query_lengths
         return padded
-    dummy_keys = shape.keys - sum(batch.key_lengths)
+    # the dummy reads its own rows; the spare sequence (no queries) the rest of the shape
+    spare = shape.keys - sum(batch.key_lengths) - pad
     run_starts = [*batch.key_run_starts, real, 0]
-    run_lengths = [*batch.key_run_lengths, pad, dummy_keys - pad]
+    run_lengths = [*batch.key_run_lengths, pad, spare]
     unused_runs = shape.key_runs - len(run_starts)
     padded.key_run_starts = [*run_starts, *[0] * unused_runs]
     padded.key_run_lengths = [*run_lengths, *[0] * unused_runs]
-    padded.key_lengths = [*batch.key_lengths, dummy_keys, *[0] * fillers]
+    padded.key_lengths = [*batch.key_lengths, pad, spare, *[0] * (fillers - 1)]
     return padded
 
 

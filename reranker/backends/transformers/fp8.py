@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from reranker.backends.transformers.quantized_rows import QuantizedRows
 from reranker.core.errors import ConfigError
 
 # The largest finite float8 e4m3 (fn) value.
@@ -144,6 +145,9 @@ class FP8Linear(nn.Module):
         self.register_buffer("scale", scale)
         self.register_buffer("bias", bias)
         self.out_dtype = out_dtype
+        # how an input is quantised per row: in torch (inductor fuses it with what comes
+        # before it), or a kernel (fuse_norm_quant gives o_proj the one-pass Triton one)
+        self.quantize: Callable[[Any], tuple[Any, Any]] = quantize_rows
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, fast_accum: bool = False) -> FP8Linear:
@@ -194,8 +198,12 @@ class FP8Linear(nn.Module):
         return (self.weight_t.float() * self.scale).t()
 
     def forward(self, x: Any) -> Any:
-        """``x @ W^T (+ bias)`` with ``x`` quantised per row; any leading dims."""
-        q, scale = quantize_rows(x.reshape(-1, x.shape[-1]))
+        """``x @ W^T (+ bias)`` with ``x`` quantised per row (unless it comes as
+        :class:`QuantizedRows`); any leading dims."""
+        if isinstance(x, QuantizedRows):
+            q, scale = x.q, x.scale
+        else:
+            q, scale = self.quantize(x.reshape(-1, x.shape[-1]))
         return self.quantized_forward(q, scale).view(*x.shape[:-1], self.out_features)
 
     def quantized_forward(self, q: Any, scale: Any) -> Any:
@@ -301,8 +309,90 @@ def fuse_gated_mlps(
                     assert swiglu is not None and quant is not None
                     forward = _kernel_gated_forward(swiglu, quant)
                 module.forward = types.MethodType(forward, module)
+                object.__setattr__(module, "accepts_quantized_rows", True)  # fuse_norm_quant
                 count += 1
     return count
+
+
+def fuse_norm_quant(
+    layers: Iterable[nn.Module],
+    norm_quant: Callable[..., Any],
+    add_norm_quant: Callable[..., Any],
+    quantize: Callable[..., Any] | None = None,
+) -> int:
+    """Give the RMSNorms in front of fp8 matmuls a form that adds the residual,
+    normalises and quantises each row in one kernel (``norm_quant`` / ``add_norm_quant``:
+    :func:`..kernels.fp8_quant.norm_quant_op` / :func:`..kernels.fp8_quant.add_norm_quant_op`),
+    handing its consumer :class:`QuantizedRows`; returns how many norms took it.
+
+    A norm takes it where what reads it accepts QuantizedRows (``accepts_quantized_rows``:
+    the packed attention of ``packed_attention.fuse_qk_norm_rope`` over a stacked fp8
+    q/k/v, an MLP of :func:`fuse_gated_mlps`). The decoder layers of
+    ``speedups.carry_residuals`` call it (``add_norm_quant`` on the norm module); run
+    otherwise, the norm computes as before. With ``quantize``
+    (:func:`..kernels.fp8_quant.quantize_op`), the attention's output projection, whose
+    input comes from the attention kernel, quantises it in one pass too.
+
+    Compiled one layer at a time, inductor reduces rows wider than 1,024 values in a
+    loop: a 2,560-wide norm followed by the quantisation read the row three times."""
+    count = 0
+    for layer in layers:
+        for module in layer.modules():
+            attn: Any = getattr(module, "self_attn", None)
+            pairs = (("input_layernorm", attn), ("post_attention_layernorm", "mlp"))
+            for norm_name, reader in pairs:
+                norm: Any = getattr(module, norm_name, None)
+                if isinstance(reader, str):
+                    reader = getattr(module, reader, None)
+                if _takes_quantized_rows(reader) and _is_rms_norm(norm):
+                    # a plain attribute, read by speedups' layers (not a submodule)
+                    object.__setattr__(
+                        norm, "add_norm_quant", _norm_quantizer(norm, norm_quant, add_norm_quant)
+                    )
+                    count += 1
+            o_proj = getattr(attn, "o_proj", None)
+            if quantize is not None and isinstance(o_proj, FP8Linear):
+                o_proj.quantize = quantize
+    return count
+
+
+def _takes_quantized_rows(module: Any) -> bool:
+    if not getattr(module, "accepts_quantized_rows", False):
+        return False
+    first = getattr(module, "qkv_proj", None) or getattr(module, "gate_up_proj", None)
+    return isinstance(first, FP8Linear)
+
+
+def _is_rms_norm(norm: Any) -> bool:
+    return (
+        type(norm).__name__.endswith("RMSNorm")
+        and getattr(norm, "weight", None) is not None
+        and getattr(norm, "variance_epsilon", None) is not None
+    )
+
+
+def _norm_quantizer(
+    norm: nn.Module, norm_quant: Callable[..., Any], add_norm_quant: Callable[..., Any]
+) -> Callable[[Any], tuple[Any, QuantizedRows]]:
+    """``f(hidden_states)`` -> (the layer's input, its norm as QuantizedRows), where
+    ``hidden_states`` is a tensor or a (residual, delta) pair to add first (a closure:
+    dynamo traces it as the layer's code)."""
+    weight, eps = norm.weight, float(norm.variance_epsilon)  # type: ignore[arg-type]
+
+    def add_and_quantize(hidden_states: Any) -> tuple[Any, QuantizedRows]:
+        if isinstance(hidden_states, tuple):
+            residual, delta = hidden_states
+            width = residual.shape[-1]
+            total, q, scale = add_norm_quant(
+                residual.reshape(-1, width), delta.reshape(-1, width), weight, eps
+            )
+            total = total.view(residual.shape)
+        else:
+            total = hidden_states
+            q, scale = norm_quant(total.reshape(-1, total.shape[-1]), weight, eps)
+        return total, QuantizedRows(q, scale, total.shape)
+
+    return add_and_quantize
 
 
 def _gated_quant_forward(gated_quant: Callable[..., Any]) -> Callable[..., Any]:
@@ -310,7 +400,7 @@ def _gated_quant_forward(gated_quant: Callable[..., Any]) -> Callable[..., Any]:
     and per-token quantisation in one kernel) feeding down (a closure: dynamo traces it)."""
 
     def forward(mlp: Any, x: Any) -> Any:
-        gate_up = mlp.gate_up_proj(x)
+        gate_up = mlp.gate_up_proj(x)  # x: a tensor, or QuantizedRows
         q, scale = gated_quant(gate_up.reshape(-1, gate_up.shape[-1]))
         return mlp.down_proj.quantized_forward(q, scale).view(*x.shape[:-1], -1)
 
@@ -324,8 +414,10 @@ def _kernel_gated_forward(op: Callable[..., Any], quant: Callable[..., Any]) -> 
     fp8 views, no copies."""
 
     def forward(mlp: Any, x: Any) -> Any:
-        rows = x.reshape(-1, x.shape[-1])
-        q, scale = quantize_rows(rows)
+        if isinstance(x, QuantizedRows):
+            q, scale = x.q, x.scale
+        else:
+            q, scale = quantize_rows(x.reshape(-1, x.shape[-1]))
         gate, up = mlp.gate_proj, mlp.up_proj
         gated = op(q, scale, gate.weight_t.t(), gate.scale, up.weight_t.t(), up.scale, x.dtype)
         q, scale = quant(gated)

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from reranker.backends.transformers.kernels import qk_norm_rope
+from reranker.backends.transformers.quantized_rows import QuantizedRows
 
 ATTENTION_NAME = "reranker_packed"
 
@@ -268,6 +269,8 @@ def fuse_qk_norm_rope(model: Any, kernel_name: str = "torch") -> int:
         module.qkv_proj = _stacked_linear(module, ("q_proj", "k_proj", "v_proj"))
         module.qkv_weight = module.qkv_proj.weight
         module.forward = types.MethodType(_fused_forward(op, attend), module)
+        # fp8 (``fp8.fuse_norm_quant``): its q/k/v stack then takes QuantizedRows
+        module.accepts_quantized_rows = True
         count += 1
     return count
 
@@ -320,15 +323,20 @@ def _fused_forward(op: Callable[..., Any], attend: Callable[..., Any]) -> Callab
         key_index: Any = None,
         **bounds: Any,
     ) -> tuple[Any, None]:
-        x = hidden_states[0]
         widths = [attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features]
-        q, k, v = attn.qkv_proj(x).split(widths, -1)
+        if isinstance(hidden_states, QuantizedRows):  # fp8, from a quantising norm
+            tokens = hidden_states.q.shape[0]
+            qkv = attn.qkv_proj.quantized_forward(hidden_states.q, hidden_states.scale)
+        else:
+            tokens = hidden_states.shape[1]
+            qkv = attn.qkv_proj(hidden_states[0])
+        q, k, v = qkv.split(widths, -1)
         cos, sin = position_embeddings
         q, k, v = op(
             q, k, v, attn.q_norm.weight, attn.k_norm.weight, cos[0], sin[0], key_index,
             attn.q_norm.variance_epsilon,
         )  # fmt: skip
         out = _attend_packed(attend, q, k, v, attn.scaling, **bounds)
-        return attn.o_proj(out.reshape(1, x.shape[0], -1)), None
+        return attn.o_proj(out.reshape(1, tokens, -1)), None
 
     return forward

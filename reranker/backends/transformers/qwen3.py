@@ -134,6 +134,7 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
         self.fused_qk_norm_rope = self._fuse_qk_norm_rope()
         self.fp8_matmuls = self._quantize()
         self.fused_swiglu = self._fuse_swiglu()
+        self.fp8_fused_norms = self._fuse_norm_quant()
         self._fit_batches()  # before the warm-up batch and the graphs take their sizes
         self.compiled = False
         self._graphs: BatchGraphs | None = None
@@ -227,6 +228,30 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
             return fp8.fuse_gated_mlps(layers, swiglu=op, quant=quant) if op and quant else 0
 
         return self._use_triton_kernel("fused_swiglu", check, fuse_products, unlike_qwen3)
+
+    def _fuse_norm_quant(self) -> int:
+        """Under fp8 with ``fused_rms_norm``: each RMSNorm in front of an fp8 matmul adds
+        the residual, normalises and quantises in one Triton kernel (``fp8.fuse_norm_quant``;
+        it runs in compiled layers, which carry their residual adds). Returns how many
+        norms took it; where the kernel cannot run here, 0, with a warning."""
+        if not (self.fp8_matmuls and self.fused_rms_norm):
+            return 0
+        from reranker.backends.transformers import fp8
+        from reranker.backends.transformers.kernels import fp8_quant
+
+        if self.device.type != "cuda" and not triton_support.interpreted():
+            return 0
+        why_not = fp8_quant.norm_self_check(self.device, self.dtype)
+        norm_op, add_op = fp8_quant.norm_quant_op(), fp8_quant.add_norm_quant_op()
+        if why_not or norm_op is None or add_op is None:
+            logger.warning("fp8: norms quantise apart from their kernel: %s", why_not)
+            return 0
+        quantize = (
+            fp8_quant.quantize_op()
+            if fp8_quant.self_check(self.device, self.dtype) is None
+            else None
+        )
+        return fp8.fuse_norm_quant(self._body.layers, norm_op, add_op, quantize)
 
     def _choose_batching(self, opts: Qwen3TransformersOptions, on_cuda: bool) -> None:
         """Resolve how batches are built and run: the ``auto`` layout, prefix sharing, the
@@ -559,6 +584,7 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
             "batch_sizing": self.batch_sizing,
             "quantization": self.options.quantization,
             "fp8_fast_accum": fp8_fast_accum_in_force(self.options),
+            "fp8_fused_norms": self.fp8_fused_norms > 0 if self.fp8_matmuls else None,
         }
 
     @property

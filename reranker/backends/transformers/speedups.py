@@ -166,11 +166,11 @@ def carry_residuals(decoder: Any) -> int:
 
         def forward(self, hidden_states: Any, **kwargs: Any) -> tuple[Any, Any]:
             layer = self.layer
-            hidden_states = _sum_of(hidden_states)
-            normed = layer.input_layernorm(hidden_states)
+            hidden_states, normed = _add_and_norm(layer.input_layernorm, hidden_states)
             mixed, _ = layer.self_attn(hidden_states=normed, **kwargs)
-            hidden_states = hidden_states + mixed
-            return hidden_states, layer.mlp(layer.post_attention_layernorm(hidden_states))
+            pair = (hidden_states, mixed)
+            hidden_states, normed = _add_and_norm(layer.post_attention_layernorm, pair)
+            return hidden_states, layer.mlp(normed)
 
     class AddsResidualFirst(torch.nn.Module):
         """The last layer: adds the pair it is handed, then runs as it did."""
@@ -194,6 +194,17 @@ def carry_residuals(decoder: Any) -> int:
         layers[index] = HandsResidualOn(layers[index])
     layers[-1] = AddsResidualFirst(layers[-1])
     return len(layers) - 1
+
+
+def _add_and_norm(norm: Any, hidden_states: Any) -> tuple[Any, Any]:
+    """(the sum of ``hidden_states``: a tensor, or a (residual, delta) pair, and its
+    ``norm``); through the norm's fused add + norm + fp8 quantisation where it has one
+    (``fp8.fuse_norm_quant``: the normed rows then come as ``QuantizedRows``)."""
+    fused = getattr(norm, "add_norm_quant", None)
+    if fused is not None:
+        return fused(hidden_states)  # type: ignore[no-any-return]
+    hidden_states = _sum_of(hidden_states)
+    return hidden_states, norm(hidden_states)
 
 
 def _sum_of(hidden_states: Any) -> Any:

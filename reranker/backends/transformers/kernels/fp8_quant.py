@@ -7,7 +7,11 @@ magnitude, then every value divided by it. Compiled by inductor, rows as wide as
 products are read twice (the maximum, then the division). Here one program holds a
 whole row in registers: the products are read once, the fp8 row and its float32 scale
 written once. The same kernel without the gating quantises any row-major matrix
-(:func:`quantize_op`). Runs on CUDA GPUs, or in Triton's CPU interpreter (tests).
+(:func:`quantize_op`). A second kernel puts a decoder layer's RMSNorm (and the residual
+add before it) in front of the quantisation (:func:`norm_quant_op`,
+:func:`add_norm_quant_op`): inductor reduces such a row (over 1,024 values) in a loop,
+reading it three times (the norm, the maximum, the division); here it is read once.
+Runs on CUDA GPUs, or in Triton's CPU interpreter (tests).
 
 Triton is imported only when an op is first asked for.
 """
@@ -22,6 +26,8 @@ from reranker.backends.transformers.kernels import triton_support
 
 GATED_OP_NAME = "reranker::fp8_silu_mul_quant"
 QUANT_OP_NAME = "reranker::fp8_quant_rows"
+NORM_OP_NAME = "reranker::fp8_rms_norm_quant"
+ADD_NORM_OP_NAME = "reranker::fp8_add_rms_norm_quant"
 # one program a row: warps grow with the row (a 16,384-wide row: 16 warps, 32 values a
 # thread for each of gate and up), so a row stays in registers
 _MIN_WARPS, _MAX_WARPS, _VALUES_PER_WARP = 4, 16, 1024
@@ -42,6 +48,23 @@ def reference(x: Any, gated: bool) -> tuple[Any, Any]:
         gate, up = x.chunk(2, dim=-1)
         x = F.silu(gate) * up
     return fp8.quantize_rows(x)
+
+
+def norm_reference(
+    x: Any, delta: Any, weight: Any, eps: float
+) -> tuple[Any, Any] | tuple[Any, Any, Any]:
+    """The norm kernels' arithmetic in torch: ``x + delta`` (in ``x``'s dtype; skipped
+    where ``delta`` is None), its RMSNorm with ``weight`` (``torch.nn.functional.rms_norm``,
+    in ``x``'s dtype), then each row as float8 e4m3 with its float32 scale. Returns
+    (sum, fp8 rows, scales) with ``delta``, else (fp8 rows, scales)."""
+    import torch.nn.functional as F
+
+    from reranker.backends.transformers import fp8
+
+    total = x if delta is None else x + delta
+    normed = F.rms_norm(total, (total.shape[-1],), weight, eps)
+    q, scale = fp8.quantize_rows(normed)
+    return (q, scale) if delta is None else (total, q, scale)
 
 
 def self_check(device: Any, dtype: Any) -> str | None:
@@ -73,6 +96,40 @@ def self_check(device: Any, dtype: Any) -> str | None:
         lambda: scales(got), scales(want), device, rtol=1e-5, atol=0.0
     ) or triton_support.check_against_reference(
         lambda: values(got), values(want), device, rtol=ONE_STEP, atol=SUBNORMAL_STEP
+    )
+
+
+def norm_self_check(device: Any, dtype: Any) -> str | None:
+    """Run both norm ops once on ``device`` with ``dtype`` input against
+    :func:`norm_reference`: None where they agree, else why not."""
+    norm_op, add_op = norm_quant_op(), add_norm_quant_op()
+    if norm_op is None or add_op is None:
+        return "Triton is not installed here"
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    x, delta = ((torch.randn(9, 2560, generator=g) * 3).to(device, dtype) for _ in range(2))
+    weight = (torch.rand(2560, generator=g) + 0.5).to(device, dtype)
+    want = norm_reference(x, delta, weight, 1e-6) + norm_reference(x, None, weight, 1e-6)
+    try:
+        got = add_op(x, delta, weight, 1e-6) + norm_op(x, weight, 1e-6)
+    except Exception as exc:  # a device or build Triton cannot serve: fall back
+        return f"the kernel fails on {device} ({type(exc).__name__}: {exc})"
+    # the sum and the scales to a rounding of ``dtype`` (Triton's interpreter rounds
+    # 16-bit floats its own way); values to one e4m3 step
+    ulp = 2 * torch.finfo(dtype).eps
+    return (
+        triton_support.check_against_reference(lambda: got[0], want[0], device, ulp, 0.0)
+        or triton_support.check_against_reference(
+            lambda: (got[2], got[4]), (want[2], want[4]), device, rtol=2 * ulp, atol=0.0
+        )
+        or triton_support.check_against_reference(
+            lambda: (got[1].float(), got[3].float()),
+            (want[1].float(), want[3].float()),
+            device,
+            rtol=ONE_STEP,
+            atol=SUBNORMAL_STEP,
+        )
     )
 
 
@@ -119,6 +176,131 @@ def _kernel() -> Any:
         tl.store(scales + row, scale)
 
     return quant_rows
+
+
+@functools.cache
+def _norm_kernel() -> Any:
+    """The Triton kernel of the norm ops (one program per row), or None without Triton."""
+    try:
+        import triton
+        import triton.language as tl
+    except Exception:  # ImportError, or a Triton build that fails to load here
+        return None
+
+    @triton.jit
+    def norm_quant_rows(
+        x_ptr,
+        delta_ptr,
+        sum_ptr,
+        weight_ptr,
+        out,
+        scales,
+        width,
+        eps,
+        HAS_DELTA: tl.constexpr,
+        BLOCK: tl.constexpr,
+        FP8_MAX: tl.constexpr,
+        MIN_SCALE: tl.constexpr,
+        ROUND_FIRST: tl.constexpr,
+    ):
+        row = tl.program_id(0).to(tl.int64)
+        columns = tl.arange(0, BLOCK)
+        inside = columns < width
+        at = row * width + columns
+        x = tl.load(x_ptr + at, mask=inside, other=0.0)
+        if HAS_DELTA:  # the residual add, rounded to the activations' dtype as torch does
+            x = (x.to(tl.float32) + tl.load(delta_ptr + at, mask=inside, other=0.0)).to(
+                x_ptr.dtype.element_ty
+            )
+            tl.store(sum_ptr + at, x, mask=inside)
+        x = x.to(tl.float32)
+        rstd = tl.rsqrt(tl.sum(x * x, axis=0) / width + eps)
+        weight = tl.load(weight_ptr + columns, mask=inside, other=0.0).to(tl.float32)
+        # rounded as torch.rms_norm rounds: the normed row, then its product with the
+        # weight, in the activations' dtype
+        normed = (x * rstd).to(x_ptr.dtype.element_ty).to(tl.float32)
+        normed = (normed * weight).to(x_ptr.dtype.element_ty).to(tl.float32)
+        scale = tl.maximum(tl.max(tl.abs(normed), axis=0) / FP8_MAX, MIN_SCALE)
+        q = tl.clamp(normed / scale, -FP8_MAX, FP8_MAX)
+        if ROUND_FIRST:  # see quant_rows
+            binade = (q.to(tl.int32, bitcast=True) & 0x7F800000).to(tl.float32, bitcast=True)
+            step = tl.maximum(binade * 0.125, 0.001953125)
+            q = ((q / step + 12582912.0) - 12582912.0) * step
+        tl.store(out + at, q.to(out.dtype.element_ty), mask=inside)
+        tl.store(scales + row, scale)
+
+    return norm_quant_rows
+
+
+def _launch_norm(x: Any, delta: Any, weight: Any, eps: float) -> tuple[Any, ...]:
+    """RMSNorm (after ``+ delta`` unless None) and quantise the rows of ``x`` (2-D)."""
+    import torch
+    import triton
+
+    from reranker.backends.transformers import fp8
+
+    rows, width = x.shape
+    x = x.contiguous()
+    total = torch.empty_like(x) if delta is not None else x
+    out = torch.empty(rows, width, device=x.device, dtype=torch.float8_e4m3fn)
+    scales = torch.empty(rows, 1, device=x.device, dtype=torch.float32)
+    if rows:
+        block = triton.next_power_of_2(width)
+        _norm_kernel()[(rows,)](
+            x, x if delta is None else delta.contiguous(), total, weight.contiguous(), out,
+            scales, width, eps,
+            HAS_DELTA=delta is not None, BLOCK=block, FP8_MAX=fp8.FP8_MAX,
+            MIN_SCALE=fp8.MIN_SCALE, ROUND_FIRST=triton_support.interpreted(),
+            num_warps=max(_MIN_WARPS, min(_MAX_WARPS, block // _VALUES_PER_WARP)),
+        )  # fmt: skip
+    return (out, scales) if delta is None else (total, out, scales)
+
+
+@functools.cache
+def norm_quant_op() -> Callable[..., Any] | None:
+    """``reranker::fp8_rms_norm_quant``: ``(x, weight, eps)`` -> the RMSNorm of ``x``'s
+    rows (rows, width) as fp8 rows and their scales (rows, 1), as
+    :func:`norm_reference`; None where Triton is not importable."""
+    if _norm_kernel() is None:
+        return None
+    import torch
+
+    op = torch.library.custom_op(
+        NORM_OP_NAME,
+        mutates_args=(),
+        schema="(Tensor x, Tensor weight, float eps) -> (Tensor, Tensor)",
+    )(lambda x, weight, eps: _launch_norm(x, None, weight, eps))
+    op.register_fake(
+        lambda x, weight, eps: (
+            x.new_empty(x.shape, dtype=torch.float8_e4m3fn),
+            x.new_empty(x.shape[0], 1, dtype=torch.float32),
+        )
+    )
+    return op
+
+
+@functools.cache
+def add_norm_quant_op() -> Callable[..., Any] | None:
+    """``reranker::fp8_add_rms_norm_quant``: ``(x, delta, weight, eps)`` -> ``x + delta``
+    and its RMSNorm as fp8 rows and their scales, as :func:`norm_reference`; None where
+    Triton is not importable."""
+    if _norm_kernel() is None:
+        return None
+    import torch
+
+    op = torch.library.custom_op(
+        ADD_NORM_OP_NAME,
+        mutates_args=(),
+        schema="(Tensor x, Tensor delta, Tensor weight, float eps) -> (Tensor, Tensor, Tensor)",
+    )(lambda x, delta, weight, eps: _launch_norm(x, delta, weight, eps))
+    op.register_fake(
+        lambda x, delta, weight, eps: (
+            torch.empty_like(x),
+            x.new_empty(x.shape, dtype=torch.float8_e4m3fn),
+            x.new_empty(x.shape[0], 1, dtype=torch.float32),
+        )
+    )
+    return op
 
 
 def _width(x: Any, gated: bool) -> int:
