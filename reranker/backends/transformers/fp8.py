@@ -419,7 +419,8 @@ def _kernel_gated_forward(op: Callable[..., Any], quant: Callable[..., Any]) -> 
         else:
             q, scale = quantize_rows(x.reshape(-1, x.shape[-1]))
         gate, up = mlp.gate_proj, mlp.up_proj
-        gated = op(q, scale, gate.weight_t.t(), gate.scale, up.weight_t.t(), up.scale, x.dtype)
+        out_dtype = gate.out_dtype  # x may be QuantizedRows: the activations' dtype
+        gated = op(q, scale, gate.weight_t.t(), gate.scale, up.weight_t.t(), up.scale, out_dtype)
         q, scale = quant(gated)
         return mlp.down_proj.quantized_forward(q, scale).view(*x.shape[:-1], -1)
 
