@@ -149,7 +149,8 @@ class TransformersOptions(BackendOptions):
     cuda_graphs: bool | Literal["auto"] = Field(
         "auto",
         description="run a call's first batches as CUDA graphs, captured at startup for "
-        "packed batches of up to cuda_graph_max_tokens tokens (in steps of 2048): the host "
+        "packed batches of up to cuda_graph_max_tokens tokens (every 512 up to 8192, then "
+        "steps of an eighth): the host "
         "launches a batch at once instead of kernel by kernel; auto: where packed batches "
         "run FlashAttention-3",
     )
