@@ -66,6 +66,8 @@ def test_fp8_on_the_default_cuda_path_ranks_as_bfloat16(tiny_model_dir):
         # fused_swiglu: auto under fp8 puts in the one-pass gating + quantisation kernel
         assert meta["compiled"] and meta["fused_swiglu"]
         assert meta["swiglu_kernel"] == "fp8_gating"
+        # and the norms in front of the fp8 matmuls quantise in their own kernel
+        assert meta["fp8_fused_norms"] is True
         spearman = [
             agreement(bf16.score(q, DOCS), quantized.score(q, DOCS))["spearman"] for q in QUERIES
         ]

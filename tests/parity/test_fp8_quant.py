@@ -130,31 +130,64 @@ def test_fp8_model_with_the_gating_kernel_scores_as_without_it(tiny_model_dir):
         fused.close()
 
 
+NORM_DTYPES = [torch.float32] + ([torch.bfloat16] if DEVICE == "cuda" else [])
+
+
+@pytest.mark.parametrize("dtype", NORM_DTYPES)
 @pytest.mark.parametrize("with_residual", [True, False])
 @pytest.mark.parametrize("rows, width", [(7, 200), (3, 2560), (0, 64)])
-def test_norm_kernels_match_their_reference(with_residual, rows, width):
+def test_norm_kernels_match_their_reference(dtype, with_residual, rows, width):
     """The residual add, RMSNorm and per-token quantisation in one kernel (a decoder
     layer's norm in front of an fp8 matmul) against torch's ops one after the other."""
     g = torch.Generator().manual_seed(3)
-    x = rows_of_magnitudes(rows, width, 4, torch.float32)
-    delta = torch.randn(rows, width, generator=g).to(DEVICE) if with_residual else None
-    weight = (torch.rand(width, generator=g) + 0.5).to(DEVICE)
+    x = rows_of_magnitudes(rows, width, 4, dtype)
+    delta = torch.randn(rows, width, generator=g).to(DEVICE, dtype) if with_residual else None
+    weight = (torch.rand(width, generator=g) + 0.5).to(DEVICE, dtype)
     want = fp8_quant.norm_reference(x, delta, weight, 1e-6)
+    # float32: to its rounding (a GPU's rsqrt); bf16: one bf16 rounding of the normed row
+    # (torch's compiled and eager norms round it once or twice) moves the scale
+    rtol = 1e-5 if dtype == torch.float32 else 2 * torch.finfo(dtype).eps
     if with_residual:
         got = fp8_quant.add_norm_quant_op()(x, delta, weight, 1e-6)
         torch.testing.assert_close(got[0], want[0], rtol=0, atol=0)
+        assert got[0].is_contiguous() and got[0].dtype == dtype
         got, want = got[1:], want[1:]
     else:
         got = fp8_quant.norm_quant_op()(x, weight, 1e-6)
     (q, scale), (q_want, scale_want) = got, want
-    torch.testing.assert_close(scale, scale_want, rtol=1e-5, atol=0)
+    assert q.dtype == torch.float8_e4m3fn and scale.dtype == torch.float32
+    assert q.shape == q_want.shape == (rows, width) and scale.shape == (rows, 1)
+    torch.testing.assert_close(scale, scale_want, rtol=rtol, atol=0)
     diff = (q.float() - q_want.float()).abs()
-    assert bool((diff <= fp8_quant.ONE_STEP * q_want.float().abs() + 1e-6).all())
+    step = fp8_quant.ONE_STEP * q_want.float().abs() + fp8_quant.SUBNORMAL_STEP
+    assert bool((diff <= step).all())
 
 
 def test_norm_self_check_passes_where_the_kernel_runs():
     dtype = torch.bfloat16 if DEVICE == "cuda" else torch.float32
     assert fp8_quant.norm_self_check(DEVICE, dtype) is None
+    assert fp8_quant.norm_self_check(DEVICE, dtype, width=1024) is None
+
+
+def _fp8_backend(model_dir, **options):
+    from reranker.core.registry import load_backend
+
+    return load_backend(
+        "qwen3_transformers",
+        {"model_name": str(model_dir), "quantization": "fp8", "dtype": "float32",
+         "batch_layout": "packed", "fused_qk_norm_rope": True, **options},
+    )  # fmt: skip
+
+
+def _random_norm_weights(backend, seed):
+    """The tiny model's RMSNorm weights are ones: give each norm the same random weights
+    in every backend built from it, so that a kernel that dropped or swapped them shows."""
+    g = torch.Generator().manual_seed(seed)
+    for layer in backend._body.layers:
+        inner = getattr(layer, "layer", layer)
+        for norm in (inner.input_layernorm, inner.post_attention_layernorm):
+            with torch.no_grad():
+                norm.weight.mul_(torch.rand(norm.weight.shape, generator=g).to(norm.weight) + 0.5)
 
 
 def test_fp8_model_with_quantising_norms_scores_as_without_them(tiny_model_dir):
@@ -162,24 +195,23 @@ def test_fp8_model_with_quantising_norms_scores_as_without_them(tiny_model_dir):
     normalising and quantising in one kernel and handing QuantizedRows to the stacked
     q/k/v and the gate/up matmuls, against the fp8 model with torch's norms."""
     from reranker.backends.transformers import speedups
-    from reranker.core.registry import load_backend
 
-    def make():
-        return load_backend(
-            "qwen3_transformers",
-            {"model_name": str(tiny_model_dir), "quantization": "fp8", "dtype": "float32",
-             "batch_layout": "packed", "fused_qk_norm_rope": True, "fused_swiglu": False},
-        )  # fmt: skip
-
-    plain, fused = make(), make()
+    plain, fused = (
+        _fp8_backend(tiny_model_dir, fused_swiglu=False),
+        _fp8_backend(tiny_model_dir, fused_swiglu=False),
+    )
+    for backend in (plain, fused):
+        _random_norm_weights(backend, 5)
     layers = fused._body.layers
     assert fp8.fuse_gated_mlps(layers, gated_quant=fp8_quant.gated_quant_op())
     speedups.carry_residuals(fused._body)
     count = fp8.fuse_norm_quant(
-        layers, fp8_quant.norm_quant_op(), fp8_quant.add_norm_quant_op(), fp8_quant.quantize_op()
+        layers[:-1],
+        fp8_quant.norm_quant_op(),
+        fp8_quant.add_norm_quant_op(),
+        fp8_quant.quantize_op(),
     )
-    # every layer's two norms; the last layer (not carrying) runs its norms as before
-    assert count == 2 * len(layers)
+    assert count == 2 * (len(layers) - 1)  # both norms of every layer carrying its add
     calls = []
     for layer in layers[:-1]:
         for norm in (layer.layer.input_layernorm, layer.layer.post_attention_layernorm):
@@ -195,3 +227,29 @@ def test_fp8_model_with_quantising_norms_scores_as_without_them(tiny_model_dir):
     finally:
         plain.close()
         fused.close()
+
+
+def test_compiled_fp8_backend_quantises_in_its_norms_and_says_so(tiny_model_dir):
+    """The backend's own wiring: under fp8 with ``fused_rms_norm`` and compiled layers the
+    norms take the kernel (``meta.fp8_fused_norms``), and the compiled model scores as
+    the same model with ``fused_rms_norm: false``; without compiled layers (where no
+    layer carries its residual add, so nothing would call it) they do not."""
+    options = {"fused_rms_norm": True, "torch_compile": True}
+    fused = _fp8_backend(tiny_model_dir, **options)
+    plain = _fp8_backend(tiny_model_dir, **{**options, "fused_rms_norm": False})
+    eager = _fp8_backend(tiny_model_dir, fused_rms_norm=True, torch_compile=False)
+    try:
+        # the input norms (read by the stacked q/k/v); the post-attention ones where the
+        # MLP runs the gating kernel (fused_swiglu: on a GPU)
+        per_layer = 2 if fused.fused_swiglu else 1
+        assert fused.fp8_fused_norms == per_layer * (len(fused._body.layers) - 1)
+        got, meta = fused.score_with_meta(QUERIES[0], DOCS)
+        assert meta["compiled"] and meta["fp8_fused_norms"] is True
+        want, plain_meta = plain.score_with_meta(QUERIES[0], DOCS)
+        assert plain_meta["fp8_fused_norms"] is False
+        assert agreement(want, got)["spearman"] >= 0.95
+        torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=0, atol=0.04)
+        assert eager.score_with_meta(QUERIES[0], DOCS[:2])[1]["fp8_fused_norms"] is False
+    finally:
+        for backend in (fused, plain, eager):
+            backend.close()

@@ -202,7 +202,8 @@ def test_calls_from_several_threads_match_sequential(backend):
 
 def test_batches_padded_to_a_static_shape_score_as_unpadded(packed_backend):
     """CUDA graphs replay batches padded to fixed shapes (``_cuda_graphs``): a dummy
-    sequence of pad tokens, empty sequence slots, extra gathered key rows. The real rows
+    sequence of pad tokens, a spare sequence without queries reading the extra gathered
+    key rows, empty sequence slots. The real rows
     must come out as without the padding; here on the reference attention path."""
     from reranker.backends.transformers.cuda_graphs import pad_packed, static_shapes
     from reranker.backends.transformers.jobs import FlatPrompts

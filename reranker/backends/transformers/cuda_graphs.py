@@ -47,7 +47,7 @@ class StaticShape:
 
     tokens: int  # packed rows
     keys: int  # gathered key rows (== tokens without shared prefixes)
-    sequences: int  # attention sequences, the dummy one included
+    sequences: int  # attention sequences, the dummy (and spare) one included
     rows: int  # rows read out (one per prompt)
     shared: bool  # whether batches gather their keys (shared query prefixes)
 
@@ -71,7 +71,8 @@ class StaticShape:
             return False
         if len(batch.last_rows) > self.rows:
             return False
-        # the dummy sequence needs at least as many keys as queries (causal attention)
+        # the dummy sequence reads its own pad rows as keys (causal attention), and the
+        # spare one the rest of the shape's key rows: none may be left short
         return not self.shared or sum(batch.key_lengths) + pad <= self.keys
 
     def column_sizes(self) -> list[int]:

@@ -19,7 +19,9 @@ both products and the gating as one, :mod:`.kernels.fp8_swiglu`) and, where
 ``packed_attention`` stacked them, the attention's q/k/v projections (``qkv_proj``). The
 single layers stay as views of the merged weight
 (scales are per row, so a row block of the merged weight is exactly that layer
-quantised alone), for code that calls them one by one.
+quantised alone), for code that calls them one by one. In compiled layers the RMSNorm in
+front of those merged layers adds the residual, normalises and quantises each row in one
+kernel and hands them :class:`QuantizedRows` (:func:`fuse_norm_quant`).
 
 Where it runs: CUDA GPUs of compute capability 8.9 or newer (Ada, Hopper and later) and
 the CPU, where torch's ``_scaled_mm`` has a reference kernel (slow, for tests: the same
@@ -333,8 +335,10 @@ def fuse_norm_quant(
     (:func:`..kernels.fp8_quant.quantize_op`), the attention's output projection, whose
     input comes from the attention kernel, quantises it in one pass too.
 
-    Compiled one layer at a time, inductor reduces rows wider than 1,024 values in a
-    loop: a 2,560-wide norm followed by the quantisation read the row three times."""
+    Pass the layers that carry their residual adds (all but the last): the last layer
+    calls its norms as modules. Compiled one layer at a time, inductor reduces rows wider
+    than 1,024 values in a loop: a 2,560-wide norm followed by the quantisation read the
+    row three times."""
     count = 0
     for layer in layers:
         for module in layer.modules():
@@ -377,10 +381,10 @@ def _norm_quantizer(
     """``f(hidden_states)`` -> (the layer's input, its norm as QuantizedRows), where
     ``hidden_states`` is a tensor or a (residual, delta) pair to add first (a closure:
     dynamo traces it as the layer's code)."""
-    weight, eps = norm.weight, float(norm.variance_epsilon)  # type: ignore[arg-type]
 
     def add_and_quantize(hidden_states: Any) -> tuple[Any, QuantizedRows]:
-        if isinstance(hidden_states, tuple):
+        weight, eps = norm.weight, float(norm.variance_epsilon)  # type: ignore[arg-type]
+        if type(hidden_states) is tuple:  # (QuantizedRows is a tuple too: never passed here)
             residual, delta = hidden_states
             width = residual.shape[-1]
             total, q, scale = add_norm_quant(

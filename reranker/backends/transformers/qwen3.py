@@ -230,18 +230,20 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
         return self._use_triton_kernel("fused_swiglu", check, fuse_products, unlike_qwen3)
 
     def _fuse_norm_quant(self) -> int:
-        """Under fp8 with ``fused_rms_norm``: each RMSNorm in front of an fp8 matmul adds
-        the residual, normalises and quantises in one Triton kernel (``fp8.fuse_norm_quant``;
-        it runs in compiled layers, which carry their residual adds). Returns how many
-        norms took it; where the kernel cannot run here, 0, with a warning."""
-        if not (self.fp8_matmuls and self.fused_rms_norm):
+        """Under fp8 with ``fused_rms_norm``, where the layers will be compiled: each
+        RMSNorm in front of an fp8 matmul adds the residual, normalises and quantises in one
+        Triton kernel (``fp8.fuse_norm_quant``; compiled layers carry their residual adds,
+        and call it; the last layer's norms run as modules). Returns how many norms took
+        it; where the kernel cannot run here, 0, with a warning."""
+        if not (self.fp8_matmuls and self.fused_rms_norm and self._compile_wanted):
             return 0
         from reranker.backends.transformers import fp8
         from reranker.backends.transformers.kernels import fp8_quant
 
         if self.device.type != "cuda" and not triton_support.interpreted():
             return 0
-        why_not = fp8_quant.norm_self_check(self.device, self.dtype)
+        hidden = int(self._model.config.hidden_size)
+        why_not = fp8_quant.norm_self_check(self.device, self.dtype, hidden)
         norm_op, add_op = fp8_quant.norm_quant_op(), fp8_quant.add_norm_quant_op()
         if why_not or norm_op is None or add_op is None:
             logger.warning("fp8: norms quantise apart from their kernel: %s", why_not)
@@ -251,7 +253,7 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
             if fp8_quant.self_check(self.device, self.dtype) is None
             else None
         )
-        return fp8.fuse_norm_quant(self._body.layers, norm_op, add_op, quantize)
+        return fp8.fuse_norm_quant(self._body.layers[:-1], norm_op, add_op, quantize)
 
     def _choose_batching(self, opts: Qwen3TransformersOptions, on_cuda: bool) -> None:
         """Resolve how batches are built and run: the ``auto`` layout, prefix sharing, the

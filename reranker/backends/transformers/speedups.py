@@ -10,7 +10,8 @@
   batches, its queries, attention and output projection) only at the rows the caller
   reads (each prompt's last token) instead of at every token.
 - :func:`carry_residuals`: each layer hands its last residual add to the next one, so
-  that a compiled layer does it in one kernel with its input RMSNorm.
+  that a compiled layer does it in one kernel with its input RMSNorm (under fp8, a norm
+  with a quantising form, ``fp8.fuse_norm_quant``, also quantises the normed rows there).
 """
 
 from __future__ import annotations

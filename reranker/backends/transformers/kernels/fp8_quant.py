@@ -99,17 +99,17 @@ def self_check(device: Any, dtype: Any) -> str | None:
     )
 
 
-def norm_self_check(device: Any, dtype: Any) -> str | None:
-    """Run both norm ops once on ``device`` with ``dtype`` input against
-    :func:`norm_reference`: None where they agree, else why not."""
+def norm_self_check(device: Any, dtype: Any, width: int = 2560) -> str | None:
+    """Run both norm ops once on ``device`` with ``dtype`` rows of ``width`` (the model's
+    hidden size) against :func:`norm_reference`: None where they agree, else why not."""
     norm_op, add_op = norm_quant_op(), add_norm_quant_op()
     if norm_op is None or add_op is None:
         return "Triton is not installed here"
     import torch
 
     g = torch.Generator().manual_seed(0)
-    x, delta = ((torch.randn(9, 2560, generator=g) * 3).to(device, dtype) for _ in range(2))
-    weight = (torch.rand(2560, generator=g) + 0.5).to(device, dtype)
+    x, delta = ((torch.randn(9, width, generator=g) * 3).to(device, dtype) for _ in range(2))
+    weight = (torch.rand(width, generator=g) + 0.5).to(device, dtype)
     want = norm_reference(x, delta, weight, 1e-6) + norm_reference(x, None, weight, 1e-6)
     try:
         got = add_op(x, delta, weight, 1e-6) + norm_op(x, weight, 1e-6)
@@ -295,7 +295,7 @@ def add_norm_quant_op() -> Callable[..., Any] | None:
     )(lambda x, delta, weight, eps: _launch_norm(x, delta, weight, eps))
     op.register_fake(
         lambda x, delta, weight, eps: (
-            torch.empty_like(x),
+            x.new_empty(x.shape),  # contiguous, as the kernel writes it
             x.new_empty(x.shape, dtype=torch.float8_e4m3fn),
             x.new_empty(x.shape[0], 1, dtype=torch.float32),
         )
