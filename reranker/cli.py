@@ -338,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="qwen3",
         choices=["qwen3", "qwen3-seq-cls", "bert", "xlm-roberta", "modernbert"],
         help="model family (qwen3); qwen3-seq-cls: the Qwen3 reranker converted to "
-        "Qwen3ForSequenceClassification; the cross-encoders need the test extra's tokenizers",
+        "Qwen3ForSequenceClassification; the cross-encoders' tokenizers come with the tiny extra",
     )
     p.add_argument(
         "--shape",
