@@ -241,6 +241,7 @@ def main() -> None:
     parser.add_argument("--option", action="append", default=[])
     parser.add_argument("--trace", help="also write the profiled call's Chrome trace (.json.gz)")
     parser.add_argument("--head-docs", type=int, help="documents a call sends ahead alone")
+    parser.add_argument("--chunk-docs", type=int, help="documents tokenised at a time (0: whole)")
     parser.add_argument("--no-head-first", action="store_true", help="start read-ahead first")
     parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() after warm-up")
     parser.add_argument("--gc-off", action="store_true", help="gc.disable() after warm-up")
@@ -253,6 +254,8 @@ def main() -> None:
     print(f"startup {time.perf_counter() - start:.1f} s; meta {backend.meta_extra()}")
     if args.head_docs is not None:
         backend.head_docs = args.head_docs
+    if args.chunk_docs is not None:
+        backend.chunk_docs = args.chunk_docs
     backend.head_first = not args.no_head_first
     graphs = backend._graphs
     workloads = fresh_workloads(make_workload(args.queries, args.docs, 100, 1250, 0), 9)

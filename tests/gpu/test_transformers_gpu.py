@@ -239,3 +239,34 @@ def test_cuda_graphs_replay_first_batches_and_change_no_score(tiny_model_dir):
         assert worst <= 0.01
     finally:
         fast.close()
+
+
+def test_documents_in_chunks_score_as_whole_requests(tiny_model_dir):
+    """On a GPU a request of more than 256 documents is tokenised 16 at a time and its
+    batches are filled with whole chunks (its first 32 documents alone, first). The same
+    requests scored as whole requests (no chunks, no head) agree up to bf16 rounding, and
+    a request's chunks in one batch share one query part: the tokens scored are the same."""
+    from reranker.backends.transformers import qwen3
+    from reranker.core.protocol import ScoreRequest
+
+    docs = [f"document {k}: " + "words about rivers and stones " * (1 + k % 40) for k in range(300)]
+    requests = [ScoreRequest(QUERIES[0], docs), ScoreRequest(QUERIES[1], docs[:40])]
+    fast = make(tiny_model_dir, dtype="bfloat16", max_batch_tokens=8192)
+    try:
+        assert (fast.chunk_docs, fast.head_docs) == (qwen3.GPU_CHUNK_DOCS, qwen3.GPU_HEAD_DOCS)
+        assert len(docs) > fast.chunked_above == qwen3.GPU_CHUNKED_ABOVE
+        chunked = fast.score_requests(requests)
+        fast.chunk_docs = fast.head_docs = 0
+        whole = fast.score_requests(requests)
+    finally:
+        fast.close()
+    worst = max(
+        abs(x - y)
+        for (got, _), (want, _) in zip(chunked, whole, strict=True)
+        for x, y in zip(got, want, strict=True)
+    )
+    print(f"chunked vs whole requests: max |dP| {worst:.3e}")
+    assert worst <= 0.01
+    for (_, got), (_, want) in zip(chunked, whole, strict=True):
+        assert got["scored_tokens"] == want["scored_tokens"]
+    assert chunked[0][1]["inference_batches"] >= 3  # the head, then batches of chunks

@@ -135,21 +135,27 @@ def test_batching_does_not_change_scores(tiny_model_dir, backend):
         single.close()
 
 
-def test_first_documents_sent_ahead_change_no_score(backend):
-    """On a GPU the first request's first documents go to the device alone while the rest
-    is tokenised (HeadSplit), in a thread of its own (read_ahead). Forced on here: same
-    scores, one more batch, and a first request that is invalid keeps its own error."""
+def test_documents_in_chunks_and_sent_ahead_change_no_score(backend):
+    """On a GPU a call's documents are tokenised a few at a time (DocChunks), each batch
+    filled with whole chunks, and the first request's first documents go to the device
+    alone while the rest is tokenised in a thread of its own (read_ahead). Forced on here:
+    same scores and tokens, the head a batch of its own, and a first request that is
+    invalid keeps its own error."""
+    from reranker.backends.transformers import qwen3
     from reranker.core.errors import InvalidRequest
     from reranker.core.protocol import ScoreRequest
 
     requests = [ScoreRequest(QUERIES[0], DOCS), ScoreRequest(QUERIES[1], DOCS[:4])]
     usual = backend.score_requests(requests)
-    backend.head_docs, backend.tokenise_ahead = 2, True
+    # padded batches take whole requests: their documents are sorted by length
+    backend.head_docs, backend.chunk_docs, backend.tokenise_ahead = 2, 2 * backend.packed, True
+    backend.chunked_above = 0
     try:
         ahead = backend.score_requests(requests)
         invalid_first = backend.score_requests([ScoreRequest("word " * 600, DOCS), *requests])
     finally:
-        backend.head_docs, backend.tokenise_ahead = 0, False
+        backend.head_docs, backend.chunk_docs, backend.tokenise_ahead = 0, 0, False
+        backend.chunked_above = qwen3.GPU_CHUNKED_ABOVE
     for (want, _), (got, _) in zip(usual, ahead, strict=True):
         assert got == pytest.approx(want, abs=1e-5)
     assert ahead[0][1]["inference_batches"] == usual[0][1]["inference_batches"] + 1

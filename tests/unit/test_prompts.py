@@ -7,6 +7,7 @@ import pytest
 pytest.importorskip("transformers")
 
 from reranker.core.errors import InvalidRequest  # noqa: E402
+from reranker.core.protocol import PairScores  # noqa: E402
 from reranker.formats.qwen3_prompt import (  # noqa: E402
     DEFAULT_INSTRUCTION,
     NO_TOKEN_ID,
@@ -142,10 +143,12 @@ def test_bad_templates_are_rejected(kwargs, message):
         Qwen3PromptTemplate.build(**kwargs)
 
 
-def test_waves_hand_over_consecutive_jobs_once_they_hold_enough_tokens(tok):
+def test_waves_take_as_many_consecutive_jobs_as_fit_one_batch(tok):
     """The transformers backend tokenises wave i+1 while the device runs wave i: every job
-    lands in exactly one wave, in order, and a wave closes once it reaches the minimum."""
-    from reranker.backends.transformers.jobs import FlatPrompts
+    lands in exactly one wave, in order; a wave closes before the job that would take it
+    past a batch's tokens or prompts (the first wave's own token limit: the CUDA graphs'),
+    and a job larger than a batch is a wave of its own."""
+    from reranker.backends.transformers.jobs import FlatPrompts, WaveLimits
     from reranker.core.protocol import ScoreJob
 
     docs = ["short one", "a somewhat longer document about rivers " * 8, "x"]
@@ -153,36 +156,69 @@ def test_waves_hand_over_consecutive_jobs_once_they_hold_enough_tokens(tok):
     jobs[3] = ScoreJob("word " * 600, docs, DEFAULT_INSTRUCTION)  # too long: error, no prompts
     encoder = Qwen3PromptEncoder(Qwen3PromptTemplate.build(), tok, 512)
     per_job = sum(FlatPrompts.build(encoder, jobs[:1]).lengths)
-    waves = list(FlatPrompts.in_waves(encoder, jobs, min_tokens=2 * per_job))
-    assert [len(w.jobs) for w in waves] == [2, 3, 2]  # the invalid job adds no tokens
+    limits = WaveLimits(tokens=2 * per_job + 1, prompts=100, first_tokens=per_job)
+    waves = list(FlatPrompts.in_waves(encoder, jobs, limits))
+    assert [len(w.jobs) for w in waves] == [1, 3, 2, 1]  # the invalid job adds no tokens
     assert [job for w in waves for job in w.jobs] == jobs
-    assert all(sum(w.lengths) >= 2 * per_job for w in waves[:-1])
-    assert isinstance(waves[1].encoded[1], InvalidRequest)
+    assert isinstance(waves[1].encoded[2], InvalidRequest)
+    assert all(sum(w.lengths) <= 2 * per_job for w in waves)
     whole = FlatPrompts.build(encoder, jobs)
     assert [n for w in waves for n in w.lengths] == whole.lengths
+    by_prompts = list(FlatPrompts.in_waves(encoder, jobs, WaveLimits(10**6, 4, 10**6)))
+    assert [len(w.lengths) for w in by_prompts] == [3] * 6  # 4 prompts a batch: a job a wave
+    assert [len(w.jobs) for w in by_prompts] == [1, 1, 2, 1, 1, 1]
+    too_large = list(FlatPrompts.in_waves(encoder, jobs[:3], WaveLimits(per_job - 1, 100, 10**6)))
+    assert [w.keys for w in too_large] == [[0, 1, 2]]  # the first wave's own limit
+    too_large = list(FlatPrompts.in_waves(encoder, jobs[:3], WaveLimits(per_job - 1, 100, 1)))
+    assert [w.keys for w in too_large] == [[0], [1], [2]]  # each job alone, whole
+    assert all(len(w.lengths) == 3 for w in too_large)
 
 
-def test_head_split_sends_the_first_documents_ahead_in_a_wave_of_their_own(tok):
-    """HeadSplit splits only a first job with more than twice the head's documents; the
-    head is a wave by itself; join gives one result per original job, halves merged."""
-    from reranker.backends.transformers.jobs import FlatPrompts, HeadSplit
+def test_doc_chunks_cut_jobs_and_join_their_results(tok):
+    """DocChunks cuts each job into chunks of a few documents (the first job's head
+    first, alone, where it has more than twice the head's documents); in waves, a
+    request's chunks share their key (one query part a batch); join gives one result per
+    original job, in order, with its batches; a chunk's error is its job's."""
+    from reranker.backends.transformers.jobs import DocChunks, FlatPrompts, WaveLimits
     from reranker.core.protocol import ScoreJob
 
-    docs = [f"document number {i} " * (i + 1) for i in range(9)]
+    docs = [f"document number {i} " * (i + 1) for i in range(11)]
     jobs = [ScoreJob("q one", docs, DEFAULT_INSTRUCTION), ScoreJob("q two", docs[:2], "")]
-    assert not HeadSplit.of(jobs, 0).split and not HeadSplit.of(jobs, 5).split
-    split = HeadSplit.of(jobs, 4)
-    assert split.split and [j.docs for j in split.jobs] == [docs[:4], docs[4:], docs[:2]]
-    assert split.jobs[0].query == split.jobs[1].query == "q one"
+    assert DocChunks.of(jobs, 0).jobs == jobs and not DocChunks.of(jobs, 0, head=6).head
+    chunks = DocChunks.of(jobs, 3, head=4)
+    assert chunks.head and [j.docs for j in chunks.jobs] == [
+        docs[:4],
+        docs[4:7],
+        docs[7:10],
+        docs[10:],
+        docs[:2],
+    ]
+    assert chunks.owners == [0, 0, 0, 0, 1] and chunks.jobs[1].query == "q one"
+    assert [j.docs for j in DocChunks.of([ScoreJob("q", [], "")], 3).jobs] == [[]]
+    only_large = DocChunks.of(jobs, 3, head=4, above=2)  # the second job (2 documents): whole
+    assert only_large.jobs == chunks.jobs[:4] + [jobs[1]] and only_large.owners == chunks.owners
+    assert DocChunks.of(jobs, 3, above=11).jobs == jobs
     encoder = Qwen3PromptEncoder(Qwen3PromptTemplate.build(), tok, 512)
-    waves = list(FlatPrompts.in_waves(encoder, split.jobs, 10**6, first_alone=True))
-    assert [len(w.jobs) for w in waves] == [1, 2]  # the head alone, then everything else
+    waves = list(
+        FlatPrompts.in_waves(
+            encoder, chunks.jobs, WaveLimits(10**6, 100, 10**6), True, keys=chunks.owners
+        )
+    )
+    assert [len(w.jobs) for w in waves] == [1, 4]  # the head alone, then everything else
+    assert waves[1].keys == [0, 0, 0, 1]
+    parts = [waves[1].prompt_parts(k) for k in range(len(waves[1].lengths))]
+    assert [p.prefix_key for p in parts] == [0] * 7 + [1] * 2
     results = [r for w in waves for r in w.results([float(n) for n in w.lengths], 1)]
-    joined = split.join(results)
+    joined = chunks.join(results, [2, 1])
     whole = FlatPrompts.build(encoder, jobs)
-    assert len(joined) == 2 and joined[0].logits == [float(n) for n in whole.lengths[:9]]
-    assert joined[0].batches == 2 and joined[0].tokens == sum(whole.lengths[:9])
-    assert joined[1] == results[2]
+    assert joined[0] == PairScores(
+        [float(n) for n in whole.lengths[:11]], 2, sum(whole.lengths[:11])
+    )
+    assert joined[1] == PairScores(
+        [float(n) for n in whole.lengths[11:]], 1, sum(whole.lengths[11:])
+    )
+    failed = chunks.join([results[0], InvalidRequest("bad"), *results[2:]], 1)
+    assert isinstance(failed[0], InvalidRequest) and failed[1].batches == 1
 
 
 # ---- user text never becomes a control token ----------------------------------------

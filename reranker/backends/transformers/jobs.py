@@ -26,6 +26,9 @@ class FlatPrompts:
     encoded: list[EncodedPairs | InvalidRequest]
     owners: list[tuple[int, int]] = field(default_factory=list)  # (job, doc) per prompt
     lengths: list[int] = field(default_factory=list)
+    # Per job: prompts of jobs with equal keys share their query part in a packed batch
+    # (the chunks of one request, :class:`DocChunks`); by default each job its own.
+    keys: list[int] = field(default_factory=list)
 
     @classmethod
     def build(cls, encoder: Qwen3PromptEncoder, jobs: list[ScoreJob]) -> FlatPrompts:
@@ -41,17 +44,21 @@ class FlatPrompts:
         cls,
         encoder: Qwen3PromptEncoder,
         jobs: list[ScoreJob],
-        min_tokens: int,
+        limits: WaveLimits,
         first_alone: bool = False,
         ahead: bool = True,
+        keys: list[int] | None = None,
     ) -> Iterator[FlatPrompts]:
-        """Encode the jobs in order, handing over a group as soon as it holds
-        ``min_tokens`` prompt tokens (and the rest at the end), so the caller can put one
-        group on the device while the next is being tokenised. With ``first_alone`` the
-        first job is a group of its own, however small (see :class:`HeadSplit`), encoded
-        on the caller's thread before any other job is started. With ``ahead`` the jobs
-        are tokenised several at a time ahead of the caller (:func:`encode_jobs`); without
-        it, one by one as the caller asks (nothing to overlap: a CPU's forward pass)."""
+        """Encode the jobs in order and hand them over in waves, so the caller can put
+        one wave on the device while the next is being tokenised. A wave is as many
+        consecutive jobs as fit in one batch of ``limits`` (the next job that would not
+        fit starts the next wave; a job too large for one batch is a wave of its own).
+        With ``first_alone`` the first job is a wave of its own, however small (see
+        :class:`DocChunks`), encoded on the caller's thread before any other job is
+        started. With ``ahead`` the jobs are tokenised several at a time ahead of the
+        caller (:func:`encode_jobs`); without it, one by one as the caller asks (nothing to
+        overlap: a CPU's forward pass). ``keys``: each job's prefix-sharing key
+        (:attr:`keys`), by default its position."""
 
         def encodings() -> Iterator[EncodedPairs | InvalidRequest]:
             rest = jobs
@@ -60,23 +67,36 @@ class FlatPrompts:
                 rest = jobs[1:]
             yield from encode_jobs(encoder, rest, ahead)
 
-        flat, tokens = cls([], []), 0
-        for job, encoded in zip(jobs, encodings(), strict=True):
-            known = len(flat.lengths)
-            flat.add(job, encoded)
-            tokens += sum(flat.lengths[known:])
-            if tokens >= min_tokens or first_alone:
+        flat, tokens, max_tokens = cls([], []), 0, limits.first_tokens
+        for j, (job, encoded) in enumerate(zip(jobs, encodings(), strict=True)):
+            lengths = [] if isinstance(encoded, InvalidRequest) else encoded.lengths()
+            if (
+                lengths
+                and flat.lengths
+                and (
+                    tokens + sum(lengths) > max_tokens
+                    or len(flat.lengths) + len(lengths) > limits.prompts
+                )
+            ):
                 yield flat
-                flat, tokens, first_alone = cls([], []), 0, False
+                flat, tokens, max_tokens = cls([], []), 0, limits.tokens
+            flat.add(job, encoded, j if keys is None else keys[j])
+            tokens += sum(lengths)
+            if first_alone:
+                yield flat
+                flat, tokens, max_tokens, first_alone = cls([], []), 0, limits.tokens, False
         if flat.jobs:
             yield flat
 
-    def add(self, job: ScoreJob, enc: EncodedPairs | InvalidRequest) -> None:
+    def add(
+        self, job: ScoreJob, enc: EncodedPairs | InvalidRequest, key: int | None = None
+    ) -> None:
         """One more job and its encoding (:func:`encode_job`: an invalid one keeps its
-        error and adds no prompts)."""
+        error and adds no prompts); ``key``: its prefix-sharing key (default: its index)."""
         j = len(self.jobs)
         self.jobs.append(job)
         self.encoded.append(enc)
+        self.keys.append(j if key is None else key)
         if isinstance(enc, InvalidRequest):
             return
         self.owners += [(j, d) for d in range(len(job.docs))]
@@ -96,7 +116,9 @@ class FlatPrompts:
     def prompt_parts(self, k: int) -> PromptParts:
         """Flat prompt ``k`` as its job's query part + its own document and suffix."""
         enc, d = self._pairs(k)
-        return PromptParts(self.owners[k][0], enc.query_ids, enc.doc_ids[d] + enc.tail_ids)
+        return PromptParts(
+            self.keys[self.owners[k][0]], enc.query_ids, enc.doc_ids[d] + enc.tail_ids
+        )
 
     def results(self, logits: list[float], batches: int) -> list[PairScores | InvalidRequest]:
         """Per-job results from one logit per flat prompt."""
@@ -132,42 +154,76 @@ def encode_jobs(
     return map_in_order(partial(encode_job, encoder), jobs, threads)
 
 
+@dataclass(frozen=True)
+class WaveLimits:
+    """How large a wave of :meth:`FlatPrompts.in_waves` may grow: one batch's prompt
+    tokens and prompts; the first wave's tokens may be fewer (the largest CUDA graph)."""
+
+    tokens: int
+    prompts: int
+    first_tokens: int
+
+
 @dataclass
-class HeadSplit:
-    """The jobs of one call, the first one's first documents split off as a job of their
-    own, so that a backend can start the device on them while it tokenises the rest
-    (tokenising a 100-document request takes longer than the first batch's forward pass).
-    :meth:`join` gives back one result per original job."""
+class DocChunks:
+    """A call's jobs cut into jobs of at most a few documents each, so that a backend can
+    start the device (or engine) on the first while it tokenises the rest, and fill each
+    batch to its budget however the documents fall into requests; and the way back:
+    ``owners[i]`` is the original job of chunk ``i``, :meth:`join` gives one result per
+    original job."""
 
     jobs: list[ScoreJob]
-    split: bool
+    owners: list[int]
+    count: int  # original jobs
+    head: bool = False  # the first chunk is the first job's first documents, to go alone
 
     @classmethod
-    def of(cls, jobs: list[ScoreJob], head_docs: int) -> HeadSplit:
-        """Split off the first job's first ``head_docs`` documents where it has more than
-        twice that many (0: never)."""
-        if not jobs or head_docs <= 0 or len(jobs[0].docs) <= 2 * head_docs:
-            return cls(list(jobs), False)
-        first = jobs[0]
-        head = replace(first, docs=first.docs[:head_docs])
-        tail = replace(first, docs=first.docs[head_docs:])
-        return cls([head, tail, *jobs[1:]], True)
+    def of(cls, jobs: list[ScoreJob], size: int, head: int = 0, above: int = 0) -> DocChunks:
+        """Cut each job of more than ``above`` documents into chunks of at most ``size``,
+        in order (``size`` 0: jobs stay whole; a job without documents stays one chunk).
+        With ``head``, a first job of more than twice that many documents gives its first
+        ``head`` documents a chunk of their own, first (:attr:`head`): tokenising a
+        100-document request takes longer than the first batch's forward pass."""
+        split_head = head > 0 and bool(jobs) and len(jobs[0].docs) > 2 * head
+        chunks: list[ScoreJob] = []
+        owners: list[int] = []
+        for j, job in enumerate(jobs):
+            cuts = [0, head] if j == 0 and split_head else [0]
+            if size > 0 and len(job.docs) > above:
+                cuts += range(cuts[-1] + size, len(job.docs), size)
+            if len(cuts) == 1:
+                chunks.append(job)
+                owners.append(j)
+                continue
+            for start, end in zip(cuts, [*cuts[1:], len(job.docs)], strict=True):
+                chunks.append(replace(job, docs=job.docs[start:end]))
+                owners.append(j)
+        return cls(chunks, owners, len(jobs), split_head)
 
-    def join(self, results: list[PairScores | InvalidRequest]) -> list[PairScores | InvalidRequest]:
-        """One result per original job: the split job's two halves put back together."""
-        if not self.split:
-            return results
-        head, tail, *rest = results
-        if isinstance(head, InvalidRequest) or isinstance(tail, InvalidRequest):
-            whole: PairScores | InvalidRequest = head if isinstance(head, InvalidRequest) else tail
-        else:
-            whole = PairScores(
-                head.logits + tail.logits,
-                head.batches + tail.batches,
-                head.tokens + tail.tokens,
-                head.truncated_docs + tail.truncated_docs,
-            )
-        return [whole, *rest]
+    def join(
+        self, results: list[PairScores | InvalidRequest], batches: int | list[int]
+    ) -> list[PairScores | InvalidRequest]:
+        """One result per original job from one per chunk: logits in order, tokens and
+        truncated documents summed, ``batches`` the batches (or engine calls) of each
+        original job (one number: of every job); a chunk's error is its job's."""
+        per_job = [batches] * self.count if isinstance(batches, int) else batches
+        logits: list[list[float]] = [[] for _ in range(self.count)]
+        tokens = [0] * self.count
+        truncated = [0] * self.count
+        errors: dict[int, InvalidRequest] = {}
+        for owner, result in zip(self.owners, results, strict=True):
+            if owner in errors:
+                continue
+            if isinstance(result, InvalidRequest):
+                errors[owner] = result
+                continue
+            logits[owner] += result.logits
+            tokens[owner] += result.tokens
+            truncated[owner] += result.truncated_docs
+        return [
+            errors[j] if j in errors else PairScores(logits[j], per_job[j], tokens[j], truncated[j])
+            for j in range(self.count)
+        ]
 
 
 @dataclass(frozen=True)

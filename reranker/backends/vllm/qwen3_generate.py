@@ -20,10 +20,10 @@ import logging
 from typing import Any, ClassVar
 
 from reranker.backends.hf_loading import load_or_explain
-from reranker.backends.transformers.jobs import FlatPrompts
+from reranker.backends.transformers.jobs import DocChunks, FlatPrompts
 from reranker.backends.vllm.engine import engine_kwargs, has_field
 from reranker.backends.vllm.qwen3 import Qwen3VLLMBackendBase
-from reranker.backends.vllm.streamed import DocChunks, can_stream, run_streamed
+from reranker.backends.vllm.streamed import can_stream, run_streamed
 from reranker.core.errors import InvalidRequest
 from reranker.core.protocol import PairScores, ScoreJob
 from reranker.formats.qwen3_prompt import NO_TOKEN_ID, YES_TOKEN_ID

@@ -8,8 +8,8 @@ vLLM's own ``LLM.generate`` does with text prompts. :func:`run_streamed` adds ea
 requests as soon as it is tokenised, then collects the outputs (``LLMEngine.step``, the
 loop ``LLM.generate`` runs).
 
-:class:`DocChunks` cuts a call's jobs into jobs of at most a few documents, and puts
-their results back together.
+:class:`reranker.backends.transformers.jobs.DocChunks` cuts a call's jobs into jobs of at
+most a few documents, and puts their results back together.
 """
 
 from __future__ import annotations
@@ -17,11 +17,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
 from typing import Any
-
-from reranker.core.errors import InvalidRequest
-from reranker.core.protocol import PairScores, ScoreJob
 
 ENGINE_METHODS = ("add_request", "step", "has_unfinished_requests")
 _request_ids = itertools.count()
@@ -31,51 +27,6 @@ def can_stream(llm: Any) -> bool:
     """Whether ``llm`` (a ``vllm.LLM``) has the engine methods :func:`run_streamed` uses."""
     engine = getattr(llm, "llm_engine", None)
     return all(callable(getattr(engine, name, None)) for name in ENGINE_METHODS)
-
-
-@dataclass
-class DocChunks:
-    """A call's jobs as jobs of at most ``size`` documents each (in order), and the way
-    back: ``owners[i]`` is the original job of chunk ``i``."""
-
-    jobs: list[ScoreJob]
-    owners: list[int]
-    count: int  # original jobs
-
-    @classmethod
-    def of(cls, jobs: list[ScoreJob], size: int) -> DocChunks:
-        """Cut each job into chunks of at most ``size`` documents (a job without
-        documents stays one chunk)."""
-        chunks: list[ScoreJob] = []
-        owners: list[int] = []
-        for j, job in enumerate(jobs):
-            starts = range(0, max(1, len(job.docs)), size)
-            for start in starts:
-                chunks.append(replace(job, docs=job.docs[start : start + size]))
-                owners.append(j)
-        return cls(chunks, owners, len(jobs))
-
-    def join(
-        self, results: list[PairScores | InvalidRequest], batches: int
-    ) -> list[PairScores | InvalidRequest]:
-        """One result per original job from one per chunk: logits in order, tokens and
-        truncated documents summed, ``batches`` engine calls; a chunk's error is its
-        job's."""
-        joined: list[PairScores | InvalidRequest] = [PairScores([], batches, 0, 0)] * self.count
-        for owner, result in zip(self.owners, results, strict=True):
-            whole = joined[owner]
-            if isinstance(whole, InvalidRequest):
-                continue
-            if isinstance(result, InvalidRequest):
-                joined[owner] = result
-                continue
-            joined[owner] = PairScores(
-                whole.logits + result.logits,
-                batches,
-                whole.tokens + result.tokens,
-                whole.truncated_docs + result.truncated_docs,
-            )
-        return joined
 
 
 def run_streamed(
