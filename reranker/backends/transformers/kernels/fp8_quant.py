@@ -134,102 +134,26 @@ def norm_self_check(device: Any, dtype: Any, width: int = 2560) -> str | None:
 
 
 @functools.cache
+def _kernels() -> tuple[Any, Any] | None:
+    """The Triton kernels (:mod:`fp8_rows`): the quantiser and the norm's; None where
+    Triton is not importable."""
+    try:
+        from reranker.backends.transformers.kernels import fp8_rows
+    except Exception:  # ImportError, or a Triton build that fails to load here
+        return None
+    return fp8_rows.quant_rows, fp8_rows.norm_quant_rows
+
+
 def _kernel() -> Any:
-    """The Triton kernel (one program per row), or None where Triton is not importable."""
-    try:
-        import triton
-        import triton.language as tl
-    except Exception:  # ImportError, or a Triton build that fails to load here
-        return None
-
-    @triton.jit
-    def quant_rows(
-        src,
-        src_stride,
-        out,
-        scales,
-        width,
-        GATED: tl.constexpr,
-        BLOCK: tl.constexpr,
-        FP8_MAX: tl.constexpr,
-        MIN_SCALE: tl.constexpr,
-        ROUND_FIRST: tl.constexpr,
-    ):
-        row = tl.program_id(0).to(tl.int64)
-        columns = tl.arange(0, BLOCK)
-        inside = columns < width
-        x = tl.load(src + row * src_stride + columns, mask=inside, other=0.0).to(tl.float32)
-        if GATED:
-            up = tl.load(src + row * src_stride + width + columns, mask=inside, other=0.0)
-            x = x / (1.0 + tl.exp(-x)) * up.to(tl.float32)
-        scale = tl.maximum(tl.max(tl.abs(x), axis=0) / FP8_MAX, MIN_SCALE)
-        q = tl.clamp(x / scale, -FP8_MAX, FP8_MAX)
-        if ROUND_FIRST:
-            # Triton's interpreter casts to fp8 without carrying a rounded-up mantissa
-            # into the exponent (127.6 becomes 64), and rounds halves up: round to e4m3's
-            # grid (3 mantissa bits; below 2^-6 a fixed step of 2^-9) to nearest even
-            # here, so that its cast is exact
-            binade = (q.to(tl.int32, bitcast=True) & 0x7F800000).to(tl.float32, bitcast=True)
-            step = tl.maximum(binade * 0.125, 0.001953125)  # ONE_STEP, SUBNORMAL_STEP
-            q = ((q / step + 12582912.0) - 12582912.0) * step  # + 1.5 x 2^23: nearest even
-        tl.store(out + row * width + columns, q.to(out.dtype.element_ty), mask=inside)
-        tl.store(scales + row, scale)
-
-    return quant_rows
+    """The quantiser's kernel, or None where Triton is not importable."""
+    kernels = _kernels()
+    return None if kernels is None else kernels[0]
 
 
-@functools.cache
 def _norm_kernel() -> Any:
-    """The Triton kernel of the norm ops (one program per row), or None without Triton."""
-    try:
-        import triton
-        import triton.language as tl
-    except Exception:  # ImportError, or a Triton build that fails to load here
-        return None
-
-    @triton.jit
-    def norm_quant_rows(
-        x_ptr,
-        delta_ptr,
-        sum_ptr,
-        weight_ptr,
-        out,
-        scales,
-        width,
-        eps,
-        HAS_DELTA: tl.constexpr,
-        BLOCK: tl.constexpr,
-        FP8_MAX: tl.constexpr,
-        MIN_SCALE: tl.constexpr,
-        ROUND_FIRST: tl.constexpr,
-    ):
-        row = tl.program_id(0).to(tl.int64)
-        columns = tl.arange(0, BLOCK)
-        inside = columns < width
-        at = row * width + columns
-        x = tl.load(x_ptr + at, mask=inside, other=0.0)
-        if HAS_DELTA:  # the residual add, rounded to the activations' dtype as torch does
-            x = (x.to(tl.float32) + tl.load(delta_ptr + at, mask=inside, other=0.0)).to(
-                x_ptr.dtype.element_ty
-            )
-            tl.store(sum_ptr + at, x, mask=inside)
-        x = x.to(tl.float32)
-        rstd = tl.rsqrt(tl.sum(x * x, axis=0) / width + eps)
-        weight = tl.load(weight_ptr + columns, mask=inside, other=0.0).to(tl.float32)
-        # rounded as torch.rms_norm rounds: the normed row, then its product with the
-        # weight, in the activations' dtype
-        normed = (x * rstd).to(x_ptr.dtype.element_ty).to(tl.float32)
-        normed = (normed * weight).to(x_ptr.dtype.element_ty).to(tl.float32)
-        scale = tl.maximum(tl.max(tl.abs(normed), axis=0) / FP8_MAX, MIN_SCALE)
-        q = tl.clamp(normed / scale, -FP8_MAX, FP8_MAX)
-        if ROUND_FIRST:  # see quant_rows
-            binade = (q.to(tl.int32, bitcast=True) & 0x7F800000).to(tl.float32, bitcast=True)
-            step = tl.maximum(binade * 0.125, 0.001953125)
-            q = ((q / step + 12582912.0) - 12582912.0) * step
-        tl.store(out + at, q.to(out.dtype.element_ty), mask=inside)
-        tl.store(scales + row, scale)
-
-    return norm_quant_rows
+    """The norm ops' kernel, or None where Triton is not importable."""
+    kernels = _kernels()
+    return None if kernels is None else kernels[1]
 
 
 def _launch_norm(x: Any, delta: Any, weight: Any, eps: float) -> tuple[Any, ...]:
