@@ -1,7 +1,8 @@
 """Where the time of one coalesced benchmark request goes in ``qwen3_transformers`` (GPU).
 
     python scripts/profile_transformers_gpu.py MODEL_DIR [--option KEY=VALUE ...]
-        [--queries 4] [--docs 100] [--no-ceiling]
+        [--queries 4] [--docs 100] [--no-ceiling] [--head-docs N] [--chunk-docs N]
+        [--chunked-above N]
 
 Prints, for the benchmark workload (4 queries x 100 documents; ``--queries``/``--docs``
 change it, e.g. ``--queries 1 --docs 10`` for a small request) sent as one
@@ -242,6 +243,7 @@ def main() -> None:
     parser.add_argument("--trace", help="also write the profiled call's Chrome trace (.json.gz)")
     parser.add_argument("--head-docs", type=int, help="documents a call sends ahead alone")
     parser.add_argument("--chunk-docs", type=int, help="documents tokenised at a time (0: whole)")
+    parser.add_argument("--chunked-above", type=int, help="documents a request needs to be chunked")
     parser.add_argument("--no-head-first", action="store_true", help="start read-ahead first")
     parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() after warm-up")
     parser.add_argument("--gc-off", action="store_true", help="gc.disable() after warm-up")
@@ -256,6 +258,8 @@ def main() -> None:
         backend.head_docs = args.head_docs
     if args.chunk_docs is not None:
         backend.chunk_docs = args.chunk_docs
+    if args.chunked_above is not None:
+        backend.chunked_above = args.chunked_above
     backend.head_first = not args.no_head_first
     graphs = backend._graphs
     workloads = fresh_workloads(make_workload(args.queries, args.docs, 100, 1250, 0), 9)

@@ -136,8 +136,9 @@ def test_batching_does_not_change_scores(tiny_model_dir, backend):
 
 
 def test_documents_in_chunks_and_sent_ahead_change_no_score(backend):
-    """On a GPU a call's documents are tokenised a few at a time (DocChunks), each batch
-    filled with whole chunks, and the first request's first documents go to the device
+    """On a GPU (packed batches) a request of more than 256 documents is tokenised a few
+    documents at a time (DocChunks), each batch filled with whole chunks, and the first
+    request's first documents go to the device
     alone while the rest is tokenised in a thread of its own (read_ahead). Forced on here:
     same scores and tokens, the head a batch of its own, and a first request that is
     invalid keeps its own error."""

@@ -166,8 +166,9 @@ class WaveLimits:
 
 @dataclass
 class DocChunks:
-    """A call's jobs cut into jobs of at most a few documents each, so that a backend can
-    start the device (or engine) on the first while it tokenises the rest, and fill each
+    """A call's jobs, those of more than ``above`` documents cut into jobs of a few
+    documents each, so that a backend can start the device (or engine) on the first
+    while it tokenises the rest, and fill each
     batch to its budget however the documents fall into requests; and the way back:
     ``owners[i]`` is the original job of chunk ``i``, :meth:`join` gives one result per
     original job."""

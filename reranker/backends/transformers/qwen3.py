@@ -60,13 +60,13 @@ SIZED_OPTIONS = ("max_batch_tokens", "infer_batch_size", "cuda_graph_max_tokens"
 # the host's work, so there is nothing to overlap. 32 documents keep the GPU busy for
 # about as long as the host takes to launch their batch (16 left it idle: measured).
 GPU_HEAD_DOCS = 32
-# On a GPU, a request of more than GPU_CHUNKED_ABOVE documents is tokenised
-# GPU_CHUNK_DOCS at a time (a thread each), and its batches are filled with such chunks
-# as they come: the next batch is ready while the device runs this one, where such a
-# request tokenised whole left the device waiting for it (1,000 documents, 0.6B shape:
-# 71 ms idle, +6% pairs/s in chunks). Smaller requests are tokenised whole, side by side
-# (chunking 4 x 100 documents cost 4%: the tokenising threads then compete with the
-# launching one).
+# On a GPU (packed batches), a request of more than GPU_CHUNKED_ABOVE documents is
+# tokenised GPU_CHUNK_DOCS at a time, several chunks at once on the tokenising thread
+# pool, and its batches are filled with such chunks as they come: the next batch is ready
+# while the device runs this one, where such a request tokenised whole left the device
+# waiting for it (1,000 documents, 0.6B shape: 71 ms idle, +6% pairs/s in chunks).
+# Smaller requests are tokenised whole, side by side (chunking 4 x 100 documents cost
+# 5.5% in one call: the tokenising threads then compete with the launching one).
 GPU_CHUNK_DOCS = 16
 GPU_CHUNKED_ABOVE = 256
 
