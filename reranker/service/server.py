@@ -202,16 +202,19 @@ def _uvicorn_server(
 
     With ``drain``, the first signal does not close connections at once: the server keeps
     answering (new requests 503 + ``Retry-After``, with ``connection: close``) until the
-    requests in flight are done, ``drain_timeout_s`` at most, and then stops, giving
-    connections what is left of that time; a client never has a kept-alive connection
-    closed under a request it just sent. ``stopped()`` true counts as that first signal
-    (one that arrived before the server took the signals over). A signal more than
-    :data:`REPEAT_SIGNAL_S` after the first stops the server without waiting further."""
+    requests in flight are done and every connection kept alive from before the signal is
+    closed (by its client after such an answer, or idle for ``keep_alive_timeout_s``),
+    ``drain_timeout_s`` at most, and then stops, giving connections what is left of that
+    time; a client never has a kept-alive connection closed under a request it just sent.
+    ``stopped()`` true counts as that first signal (one that arrived before the server
+    took the signals over). A signal more than :data:`REPEAT_SIGNAL_S` after the first
+    stops the server without waiting further."""
     import uvicorn
 
     class Server(uvicorn.Server):
         drain_asked: float | None = None  # when the first signal came
         drain_deadline: float | None = None
+        kept_alive: frozenset[Any] = frozenset()  # the connections open when it came
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
@@ -240,8 +243,13 @@ def _uvicorn_server(
                 if self.drain_asked is not None and self.drain_deadline is None:
                     drain.begin()
                     self.drain_deadline = now + drain_timeout_s
+                    self.kept_alive = frozenset(self.server_state.connections)
                 elif self.drain_deadline is not None and (
-                    drain.idle() or now >= self.drain_deadline
+                    # a connection kept alive from before the drain, closed by the stop,
+                    # could be carrying a request its client just sent: wait until each
+                    # is closed (later ones have only had connection: close answers)
+                    (drain.idle() and not self.kept_alive & self.server_state.connections)
+                    or now >= self.drain_deadline
                 ):
                     self.should_exit = True
                     # what is left of the drain time, not that time again
