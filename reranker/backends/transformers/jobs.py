@@ -70,18 +70,18 @@ class FlatPrompts:
         flat, tokens, max_tokens = cls([], []), 0, limits.first_tokens
         for j, (job, encoded) in enumerate(zip(jobs, encodings(), strict=True)):
             lengths = [] if isinstance(encoded, InvalidRequest) else encoded.lengths()
+            size = sum(lengths)
             if (
                 lengths
                 and flat.lengths
                 and (
-                    tokens + sum(lengths) > max_tokens
-                    or len(flat.lengths) + len(lengths) > limits.prompts
+                    tokens + size > max_tokens or len(flat.lengths) + len(lengths) > limits.prompts
                 )
             ):
                 yield flat
                 flat, tokens, max_tokens = cls([], []), 0, limits.tokens
             flat.add(job, encoded, j if keys is None else keys[j])
-            tokens += sum(lengths)
+            tokens += size
             if first_alone:
                 yield flat
                 flat, tokens, max_tokens, first_alone = cls([], []), 0, limits.tokens, False
@@ -168,10 +168,9 @@ class WaveLimits:
 class DocChunks:
     """A call's jobs, those of more than ``above`` documents cut into jobs of a few
     documents each, so that a backend can start the device (or engine) on the first
-    while it tokenises the rest, and fill each
-    batch to its budget however the documents fall into requests; and the way back:
-    ``owners[i]`` is the original job of chunk ``i``, :meth:`join` gives one result per
-    original job."""
+    while it tokenises the rest, and fill each batch to its budget however the documents
+    fall into requests; and the way back: ``owners[i]`` is the original job of chunk
+    ``i``, :meth:`join` gives one result per original job."""
 
     jobs: list[ScoreJob]
     owners: list[int]

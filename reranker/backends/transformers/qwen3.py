@@ -637,7 +637,7 @@ class Qwen3TransformersBackend(Qwen3PromptFormat, RerankBackend):
             limits = WaveLimits(
                 opts.max_batch_tokens,
                 opts.infer_batch_size,
-                min(opts.max_batch_tokens, graphs.max_tokens) if graphs else opts.max_batch_tokens,
+                min(opts.max_batch_tokens, graphs.max_tokens if graphs else opts.max_batch_tokens),
             )
             encoded = FlatPrompts.in_waves(
                 self._encoder,

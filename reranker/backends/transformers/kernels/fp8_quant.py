@@ -134,26 +134,14 @@ def norm_self_check(device: Any, dtype: Any, width: int = 2560) -> str | None:
 
 
 @functools.cache
-def _kernels() -> tuple[Any, Any] | None:
-    """The Triton kernels (:mod:`fp8_rows`): the quantiser and the norm's; None where
-    Triton is not importable."""
+def _rows() -> Any:
+    """:mod:`fp8_rows`, the module of the Triton kernels (one program a row: the
+    quantiser, the norm's), or None where Triton is not importable."""
     try:
         from reranker.backends.transformers.kernels import fp8_rows
     except Exception:  # ImportError, or a Triton build that fails to load here
         return None
-    return fp8_rows.quant_rows, fp8_rows.norm_quant_rows
-
-
-def _kernel() -> Any:
-    """The quantiser's kernel, or None where Triton is not importable."""
-    kernels = _kernels()
-    return None if kernels is None else kernels[0]
-
-
-def _norm_kernel() -> Any:
-    """The norm ops' kernel, or None where Triton is not importable."""
-    kernels = _kernels()
-    return None if kernels is None else kernels[1]
+    return fp8_rows
 
 
 def _launch_norm(x: Any, delta: Any, weight: Any, eps: float) -> tuple[Any, ...]:
@@ -170,7 +158,7 @@ def _launch_norm(x: Any, delta: Any, weight: Any, eps: float) -> tuple[Any, ...]
     scales = torch.empty(rows, 1, device=x.device, dtype=torch.float32)
     if rows:
         block = triton.next_power_of_2(width)
-        _norm_kernel()[(rows,)](
+        _rows().norm_quant_rows[(rows,)](
             x, x if delta is None else delta.contiguous(), total, weight.contiguous(), out,
             scales, width, eps,
             HAS_DELTA=delta is not None, BLOCK=block, FP8_MAX=fp8.FP8_MAX,
@@ -185,7 +173,7 @@ def norm_quant_op() -> Callable[..., Any] | None:
     """``reranker::fp8_rms_norm_quant``: ``(x, weight, eps)`` -> the RMSNorm of ``x``'s
     rows (rows, width) as fp8 rows and their scales (rows, 1), as
     :func:`norm_reference`; None where Triton is not importable."""
-    if _norm_kernel() is None:
+    if _rows() is None:
         return None
     import torch
 
@@ -208,7 +196,7 @@ def add_norm_quant_op() -> Callable[..., Any] | None:
     """``reranker::fp8_add_rms_norm_quant``: ``(x, delta, weight, eps)`` -> ``x + delta``
     and its RMSNorm as fp8 rows and their scales, as :func:`norm_reference`; None where
     Triton is not importable."""
-    if _norm_kernel() is None:
+    if _rows() is None:
         return None
     import torch
 
@@ -250,7 +238,7 @@ def _launch(x: Any, gated: bool) -> tuple[Any, Any]:
         x = x.contiguous()
     block = triton.next_power_of_2(width)
     warps = max(_MIN_WARPS, min(_MAX_WARPS, block // _VALUES_PER_WARP))
-    _kernel()[(rows,)](
+    _rows().quant_rows[(rows,)](
         x, x.stride(0), out, scales, width,
         GATED=gated, BLOCK=block, FP8_MAX=fp8.FP8_MAX, MIN_SCALE=fp8.MIN_SCALE,
         ROUND_FIRST=triton_support.interpreted(),
@@ -262,7 +250,7 @@ def _launch(x: Any, gated: bool) -> tuple[Any, Any]:
 def _register(name: str, gated: bool) -> Callable[..., Any] | None:
     """The kernel as the torch custom op ``name``: (x) -> (fp8 rows, float32 scales);
     compiled layers call it as one opaque kernel, CUDA graphs capture it."""
-    if _kernel() is None:
+    if _rows() is None:
         return None
     import torch
 
