@@ -261,12 +261,14 @@ def main(argv: list[str] | None = None) -> int:
             level = json.loads(run.stdout.strip().splitlines()[-1])
             wall = level["wall_s"] or 1e-9
             calls = busy["calls"] - before["calls"]
+            docs_scored = busy["docs"] - before["docs"]
             level.update(
                 mode="http",
                 overlap_calls=settings.overlap_calls and backend.overlaps_calls,
                 busy_share=round((busy["seconds"] - before["seconds"]) / wall, 3),
                 backend_calls=calls,
-                docs_per_call=round((busy["docs"] - before["docs"]) / max(calls, 1), 1),
+                backend_docs=docs_scored,
+                docs_per_call=round(docs_scored / max(calls, 1), 1),
             )
             records.append(level)
             failed |= level["failed"] > 0
