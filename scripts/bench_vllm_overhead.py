@@ -16,6 +16,8 @@ documents each), each repeat times, in turn:
 - ours: the backend scoring the texts (tokenising included): per query
   (``score_with_meta``) and coalesced (``score_requests``, one call).
 
+The four forms take turns, once each a repeat, after one untimed run of each.
+
 Printed: pairs/s of each (best of --repeat) and ours / raw for each form; --json-out
 appends the same as one JSON line.
 """
@@ -85,14 +87,17 @@ def token_prompts(backend: Any, workload: Workload) -> list[list[Any]]:
     return out
 
 
-def best_rate(pairs: int, repeat: int, run: Any) -> float:
-    """Pairs a second of the fastest of ``repeat`` runs of ``run()``."""
-    best = float("inf")
+def best_rates(pairs: int, repeat: int, forms: dict[str, Any]) -> dict[str, float]:
+    """Pairs a second of the fastest of ``repeat`` runs of each form. The forms take
+    turns (each repeat runs every form once), so that a drift of the card's clocks or of
+    the host's load over the run weighs on every form alike."""
+    best = dict.fromkeys(forms, float("inf"))
     for _ in range(repeat):
-        started = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - started)
-    return round(pairs / best, 2)
+        for name, run in forms.items():
+            started = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - started)
+    return {name: round(pairs / seconds, 2) for name, seconds in best.items()}
 
 
 def measure(backend: Any, workload: Workload, args: argparse.Namespace) -> dict[str, Any]:
@@ -116,7 +121,7 @@ def measure(backend: Any, workload: Workload, args: argparse.Namespace) -> dict[
     }
     for run in forms.values():  # warm-up: every form once, untimed
         run()
-    rates = {name: best_rate(workload.pairs, args.repeat, run) for name, run in forms.items()}
+    rates = best_rates(workload.pairs, args.repeat, forms)
     return {
         "pairs_per_s": rates,
         "ratio_per_query": round(rates["ours_per_query"] / rates["raw_per_query"], 3),
