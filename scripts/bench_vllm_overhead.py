@@ -3,7 +3,7 @@
     python scripts/bench_vllm_overhead.py --model DIR [--queries 4] [--docs 250]
         [--min-words 100] [--max-words 1250] [--repeat 3] [--raw-logprobs 20]
         [--max-model-len 4096] [--dtype auto] [--backend-option KEY=VALUE ...]
-        [--json-out FILE]
+        [--stream-docs N] [--stream-head-docs N] [--json-out FILE]
 
 One ``qwen3_vllm`` backend is started (its options from --backend-option; on a CPU,
 eager and float32). On one workload (``reranker bench``'s: --queries queries of --docs
@@ -17,6 +17,8 @@ documents each), each repeat times, in turn:
   (``score_with_meta``) and coalesced (``score_requests``, one call).
 
 The four forms take turns, once each a repeat, after one untimed run of each.
+--stream-docs and --stream-head-docs set how the backend streams a call's documents to
+the engine (its chunks, and a smaller first chunk sent alone), to compare on one card.
 
 Printed: pairs/s of each (best of --repeat) and ours / raw for each form; --json-out
 appends the same as one JSON line.
@@ -52,8 +54,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--dtype", default="auto", help="auto: bfloat16 on a GPU, float32 on a CPU")
     ap.add_argument("--seed", type=int, default=0, help="workload seed (0)")
     ap.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument(
+        "--stream-docs", type=int, help="documents a streamed chunk (the backend's: 32)"
+    )
+    ap.add_argument(
+        "--stream-head-docs",
+        type=int,
+        help="documents of a first chunk sent alone (the backend's: 0, none)",
+    )
     ap.add_argument("--json-out", help="append the result as one JSON line")
     args = ap.parse_args(argv)
+    if args.stream_docs is not None and args.stream_docs < 1:
+        ap.error("--stream-docs must be at least 1")
+    if args.stream_head_docs is not None and args.stream_head_docs < 0:
+        ap.error("--stream-head-docs must be at least 0")
     if min(args.queries, args.docs, args.repeat, args.min_words) < 1:
         ap.error("--queries, --docs, --repeat and --min-words must be at least 1")
     if args.max_words < args.min_words:
@@ -137,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     workload = make_workload(args.queries, args.docs, args.min_words, args.max_words, args.seed)
     options = backend_options(args)
     backend = load_backend("qwen3_vllm", options)
+    if args.stream_docs is not None:
+        backend.stream_docs = args.stream_docs
+    if args.stream_head_docs is not None:
+        backend.stream_head_docs = args.stream_head_docs
     try:
         result = measure(backend, workload, args)
         meta = backend.meta_extra()
@@ -151,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         "repeat": args.repeat,
         "raw_logprobs": args.raw_logprobs,
         "options": options,
+        "stream_docs": backend.stream_docs,
+        "stream_head_docs": backend.stream_head_docs,
         "backend": meta,
         **result,
         "environment": environment(),

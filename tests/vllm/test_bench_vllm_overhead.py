@@ -1,6 +1,7 @@
 """scripts/bench_vllm_overhead.py as a user runs it, on vLLM's CPU build with the tiny
 model and tiny numbers: raw LLM.generate and qwen3_vllm on the same engine and prompts,
-both forms timed, a ratio each, one JSON line (one engine start, ~60 s on a 2-core CPU)."""
+both forms timed, a ratio each, one JSON line with the streaming settings (one engine
+start, ~60 s on a 2-core CPU)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def test_prints_both_rates_and_the_ratio(tmp_path, tiny_model_dir):
         "--model", str(tiny_model_dir),
         "--queries", "2", "--docs", "5", "--min-words", "10", "--max-words", "40",
         "--repeat", "1", "--max-model-len", "512",
-        "--backend-option", "gpu_memory_utilization=0.3",
+        "--backend-option", "gpu_memory_utilization=0.3", "--stream-head-docs", "2",
         "--json-out", str(out),
     ]  # fmt: skip
     env = dict(
@@ -37,5 +38,6 @@ def test_prints_both_rates_and_the_ratio(tmp_path, tiny_model_dir):
     assert set(rates) == {"raw_per_query", "raw_one_call", "ours_per_query", "ours_one_call"}
     assert all(rate > 0 for rate in rates.values())
     assert record["ratio_one_call"] > 0 and record["ratio_per_query"] > 0
+    assert (record["stream_docs"], record["stream_head_docs"]) == (32, 2)
     assert record["backend"]["logprob_method"] in ("logprob_token_ids", "allowed_token_ids")
     assert "per_query" in done.stdout and "one_call" in done.stdout

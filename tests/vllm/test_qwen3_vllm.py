@@ -119,18 +119,38 @@ def test_starts_where_max_model_len_is_all_the_checkpoint_has(tmp_path):
     assert scores == pytest.approx(expected, abs=1e-4)
 
 
-def test_a_call_streamed_to_the_engine_scores_as_one_generate_call(backend):
-    """More documents than one streamed chunk, over two queries (the coalesced form):
-    the same scores as the plain path (one ``LLM.generate`` call on every prompt)."""
+@pytest.mark.parametrize(("head_docs", "sent"), [(0, [32, 5, 3]), (4, [4, 32, 1, 3])])
+def test_a_call_streamed_to_the_engine_scores_as_one_generate_call(
+    backend, monkeypatch, head_docs, sent
+):
+    """37 + 3 documents over two queries (the coalesced form), streamed 32 at a time,
+    with and without a first chunk of 4 sent alone: the engine gets the chunks in that
+    order, and the scores are the plain path's (one ``LLM.generate`` call on every
+    prompt)."""
+    from reranker.backends.vllm import qwen3_generate
     from reranker.backends.vllm.qwen3 import Qwen3VLLMBackendBase
-    from reranker.backends.vllm.qwen3_generate import STREAM_DOCS
     from reranker.core.protocol import ScoreJob
 
+    run_streamed = qwen3_generate.run_streamed
+    seen: list[int] = []
+
+    def recording(llm, chunks, params, read):
+        def counted():
+            for chunk in chunks:
+                seen.append(len(chunk))
+                yield chunk
+
+        return run_streamed(llm, counted(), params, read)
+
+    monkeypatch.setattr(qwen3_generate, "run_streamed", recording)
+    monkeypatch.setattr(backend, "stream_docs", 32)
+    monkeypatch.setattr(backend, "stream_head_docs", head_docs)
     docs = [d for d in DOCS if isinstance(d, str) and d.strip()]
-    many = [f"{docs[k % len(docs)]} ({k})" for k in range(STREAM_DOCS + 5)]
+    many = [f"{docs[k % len(docs)]} ({k})" for k in range(37)]
     instruction = backend.options.instruction
     jobs = [ScoreJob(QUERIES[0], many, instruction), ScoreJob(QUERIES[1], docs[:3], instruction)]
     streamed = backend._score_jobs(jobs)
+    assert seen == sent
     plain = Qwen3VLLMBackendBase._score_jobs(backend, jobs)
     for got, want in zip(streamed, plain, strict=True):
         assert got.logits == pytest.approx(want.logits, abs=1e-5)

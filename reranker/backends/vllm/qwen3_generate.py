@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 # Documents tokenised at a time before they go to the engine: enough to keep the GPU
 # busy while the next ones are tokenised (a few ms of the host's time each).
 STREAM_DOCS = 32
+# Documents of a first chunk sent to the engine alone, before the first full chunk is
+# tokenised (0: none); the engine idles while the first chunk is tokenised.
+STREAM_HEAD_DOCS = 0
 
 
 class Qwen3VLLMBackend(Qwen3VLLMBackendBase):
@@ -67,6 +70,8 @@ class Qwen3VLLMBackend(Qwen3VLLMBackendBase):
             # may claim one more, and prompts keep the same limit as on every backend.
             extra["hf_overrides"] = {"max_position_embeddings": opts.max_model_len + 1}
         self._start_engines(engine_kwargs(opts, "generate", **extra))
+        self.stream_docs = STREAM_DOCS
+        self.stream_head_docs = STREAM_HEAD_DOCS
 
     def _checkpoint_positions(self) -> int | None:
         """The checkpoint's ``max_position_embeddings`` (None where it has none)."""
@@ -101,11 +106,12 @@ class Qwen3VLLMBackend(Qwen3VLLMBackendBase):
         return self._guarded(lambda: self._streamed(jobs))
 
     def _streamed(self, jobs: list[ScoreJob]) -> list[PairScores | InvalidRequest]:
-        """The jobs' documents tokenised :data:`STREAM_DOCS` at a time, each chunk's
-        prompts (shortest first) added to the engine before the next is tokenised."""
+        """The jobs' documents tokenised ``stream_docs`` at a time (the first
+        ``stream_head_docs`` alone, where set), each chunk's prompts (shortest first)
+        added to the engine before the next is tokenised."""
         from vllm.inputs import TokensPrompt
 
-        split = DocChunks.of(jobs, STREAM_DOCS)
+        split = DocChunks.of(jobs, self.stream_docs, self.stream_head_docs)
         encoded: list[tuple[FlatPrompts, list[int]]] = []
 
         def chunks() -> Any:
