@@ -18,7 +18,9 @@ documents each), each repeat times, in turn:
 
 The four forms take turns, once each a repeat, after one untimed run of each.
 --stream-docs and --stream-head-docs set how the backend streams a call's documents to
-the engine (its chunks, and a smaller first chunk sent alone), to compare on one card.
+the engine (documents a chunk; a first chunk of N documents sent alone, where the call's
+first query has more than 2N), to compare settings on one card; a backend that does not
+stream (several engines) refuses them.
 
 Printed: pairs/s of each (best of --repeat) and ours / raw for each form; --json-out
 appends the same as one JSON line.
@@ -68,6 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("--stream-docs must be at least 1")
     if args.stream_head_docs is not None and args.stream_head_docs < 0:
         ap.error("--stream-head-docs must be at least 0")
+    if args.stream_head_docs and args.docs <= 2 * args.stream_head_docs:
+        ap.error("--stream-head-docs N needs --docs above 2N: no first chunk is split off")
     if min(args.queries, args.docs, args.repeat, args.min_words) < 1:
         ap.error("--queries, --docs, --repeat and --min-words must be at least 1")
     if args.max_words < args.min_words:
@@ -101,16 +105,18 @@ def token_prompts(backend: Any, workload: Workload) -> list[list[Any]]:
     return out
 
 
-def best_rates(pairs: int, repeat: int, forms: dict[str, Any]) -> dict[str, float]:
+def best_rates(
+    pairs: int, repeat: int, forms: dict[str, Any], clock: Any = time.perf_counter
+) -> dict[str, float]:
     """Pairs a second of the fastest of ``repeat`` runs of each form. The forms take
     turns (each repeat runs every form once), so that a drift of the card's clocks or of
-    the host's load over the run weighs on every form alike."""
+    the host's load over the run weighs on every form alike. ``clock``: seconds."""
     best = dict.fromkeys(forms, float("inf"))
     for _ in range(repeat):
         for name, run in forms.items():
-            started = time.perf_counter()
+            started = clock()
             run()
-            best[name] = min(best[name], time.perf_counter() - started)
+            best[name] = min(best[name], clock() - started)
     return {name: round(pairs / seconds, 2) for name, seconds in best.items()}
 
 
@@ -151,6 +157,15 @@ def main(argv: list[str] | None = None) -> int:
     workload = make_workload(args.queries, args.docs, args.min_words, args.max_words, args.seed)
     options = backend_options(args)
     backend = load_backend("qwen3_vllm", options)
+    streaming = (args.stream_docs, args.stream_head_docs) != (None, None)
+    if streaming and not backend.streams():
+        backend.close()
+        print(
+            "error: --stream-docs / --stream-head-docs: this backend does not stream its "
+            "calls (several engines, or a vLLM without LLMEngine.add_request)",
+            file=sys.stderr,
+        )
+        return 2
     if args.stream_docs is not None:
         backend.stream_docs = args.stream_docs
     if args.stream_head_docs is not None:
@@ -169,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         "repeat": args.repeat,
         "raw_logprobs": args.raw_logprobs,
         "options": options,
+        "streamed": backend.streams(),
         "stream_docs": backend.stream_docs,
         "stream_head_docs": backend.stream_head_docs,
         "backend": meta,

@@ -38,6 +38,6 @@ def test_prints_both_rates_and_the_ratio(tmp_path, tiny_model_dir):
     assert set(rates) == {"raw_per_query", "raw_one_call", "ours_per_query", "ours_one_call"}
     assert all(rate > 0 for rate in rates.values())
     assert record["ratio_one_call"] > 0 and record["ratio_per_query"] > 0
-    assert (record["stream_docs"], record["stream_head_docs"]) == (32, 2)
+    assert (record["streamed"], record["stream_docs"], record["stream_head_docs"]) == (True, 32, 2)
     assert record["backend"]["logprob_method"] in ("logprob_token_ids", "allowed_token_ids")
     assert "per_query" in done.stdout and "one_call" in done.stdout

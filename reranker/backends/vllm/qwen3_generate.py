@@ -34,7 +34,8 @@ logger = logging.getLogger(__name__)
 # busy while the next ones are tokenised (a few ms of the host's time each).
 STREAM_DOCS = 32
 # Documents of a first chunk sent to the engine alone, before the first full chunk is
-# tokenised (0: none); the engine idles while the first chunk is tokenised.
+# tokenised (0: none; only where the call's first request has more than twice as many):
+# the engine idles while the first chunk is tokenised.
 STREAM_HEAD_DOCS = 0
 
 
@@ -42,6 +43,10 @@ class Qwen3VLLMBackend(Qwen3VLLMBackendBase):
     """Qwen3-Reranker on vLLM's generate path; one engine call per request."""
 
     name: ClassVar[str] = "qwen3_vllm"
+    stream_docs: int
+    """Documents tokenised and sent to the engine at a time (:data:`STREAM_DOCS`)."""
+    stream_head_docs: int
+    """A first chunk of this many documents sent alone (:data:`STREAM_HEAD_DOCS`)."""
 
     def __init__(self, options: Any = None) -> None:
         super().__init__(options)
@@ -101,9 +106,14 @@ class Qwen3VLLMBackend(Qwen3VLLMBackendBase):
     def _score_jobs(self, jobs: list[ScoreJob]) -> list[PairScores | InvalidRequest]:
         """With one engine, the call streamed (see the module docstring); with several
         (data parallel), each engine's share in one ``generate`` call."""
-        if len(self._engines) != 1 or not can_stream(self._llm):
+        if not self.streams():
             return super()._score_jobs(jobs)
         return self._guarded(lambda: self._streamed(jobs))
+
+    def streams(self) -> bool:
+        """Whether calls are streamed to the engine: one engine, whose vLLM has the
+        engine methods :func:`run_streamed` needs."""
+        return len(self._engines) == 1 and can_stream(self._llm)
 
     def _streamed(self, jobs: list[ScoreJob]) -> list[PairScores | InvalidRequest]:
         """The jobs' documents tokenised ``stream_docs`` at a time (the first
