@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         backend.stream_docs = args.stream_docs
     if args.stream_head_docs is not None:
         backend.stream_head_docs = args.stream_head_docs
+    streamed = backend.streams()
     try:
         result = measure(backend, workload, args)
         meta = backend.meta_extra()
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         "repeat": args.repeat,
         "raw_logprobs": args.raw_logprobs,
         "options": options,
-        "streamed": backend.streams(),
+        "streamed": streamed,
         "stream_docs": backend.stream_docs,
         "stream_head_docs": backend.stream_head_docs,
         "backend": meta,
