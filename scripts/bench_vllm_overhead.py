@@ -157,8 +157,16 @@ def main(argv: list[str] | None = None) -> int:
     workload = make_workload(args.queries, args.docs, args.min_words, args.max_words, args.seed)
     options = backend_options(args)
     backend = load_backend("qwen3_vllm", options)
-    streaming = (args.stream_docs, args.stream_head_docs) != (None, None)
-    if streaming and not backend.streams():
+    settings = {
+        name: value
+        for name, value in (
+            ("stream_docs", args.stream_docs),
+            ("stream_head_docs", args.stream_head_docs),
+        )
+        if value is not None
+    }
+    streamed = backend.streams()
+    if settings and not streamed:
         backend.close()
         print(
             "error: --stream-docs / --stream-head-docs: this backend does not stream its "
@@ -166,11 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.stream_docs is not None:
-        backend.stream_docs = args.stream_docs
-    if args.stream_head_docs is not None:
-        backend.stream_head_docs = args.stream_head_docs
-    streamed = backend.streams()
+    for name, value in settings.items():
+        setattr(backend, name, value)
     try:
         result = measure(backend, workload, args)
         meta = backend.meta_extra()

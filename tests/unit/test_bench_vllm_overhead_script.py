@@ -3,12 +3,14 @@ run of each counts (on a scripted clock: exact rates); the stream settings are c
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_vllm_overhead.py"
 
 
+@functools.cache
 def load_script():
     spec = importlib.util.spec_from_file_location("bench_vllm_overhead", SCRIPT)
     assert spec is not None and spec.loader is not None

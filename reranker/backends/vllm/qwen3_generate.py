@@ -43,10 +43,10 @@ class Qwen3VLLMBackend(Qwen3VLLMBackendBase):
     """Qwen3-Reranker on vLLM's generate path; one engine call per request."""
 
     name: ClassVar[str] = "qwen3_vllm"
-    stream_docs: int
-    """Documents tokenised and sent to the engine at a time (:data:`STREAM_DOCS`)."""
-    stream_head_docs: int
-    """A first chunk of this many documents sent alone (:data:`STREAM_HEAD_DOCS`)."""
+    stream_docs: int = STREAM_DOCS
+    """Documents tokenised and sent to the engine at a time."""
+    stream_head_docs: int = STREAM_HEAD_DOCS
+    """A first chunk of this many documents sent alone (0: none)."""
 
     def __init__(self, options: Any = None) -> None:
         super().__init__(options)
@@ -75,8 +75,6 @@ class Qwen3VLLMBackend(Qwen3VLLMBackendBase):
             # may claim one more, and prompts keep the same limit as on every backend.
             extra["hf_overrides"] = {"max_position_embeddings": opts.max_model_len + 1}
         self._start_engines(engine_kwargs(opts, "generate", **extra))
-        self.stream_docs = STREAM_DOCS
-        self.stream_head_docs = STREAM_HEAD_DOCS
 
     def _checkpoint_positions(self) -> int | None:
         """The checkpoint's ``max_position_embeddings`` (None where it has none)."""
